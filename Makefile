@@ -1,0 +1,45 @@
+# `make test` and `make bench` set everything up on a fresh machine (Python 3.10+, a C++ compiler):
+# a virtual environment in .venv, torch, then qlayers built against that torch.
+#
+#   TORCH_SPEC   the torch to install (default: the CUDA build a plain `pip install torch` gives on
+#                Linux; TORCH_SPEC=torch==2.13.0 gives a quick CPU-only venv where that wheel exists)
+#   QLAYERS_CUDA auto | 0 | 1: build the CUDA kernels (see setup.py)
+#   PYTHON       the interpreter that creates the venv
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1
+QLAYERS_CUDA ?= auto
+MAX_JOBS ?= 2
+export QLAYERS_CUDA MAX_JOBS
+
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+DEV_PACKAGES := setuptools wheel numpy pytest pytest-benchmark hypothesis tqdm matplotlib
+# One stamp per torch spec: changing TORCH_SPEC reinstalls torch and rebuilds qlayers.
+DEPS_STAMP := $(VENV)/.deps-$(shell printf '%s' '$(TORCH_SPEC)' | tr -c 'A-Za-z0-9.' '_')
+BUILD_STAMP := $(VENV)/.built
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: install test bench clean
+
+$(DEPS_STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install "$(TORCH_SPEC)" $(DEV_PACKAGES)
+	rm -f $(VENV)/.deps-*
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	$(BIN)/pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(BUILD_STAMP)
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) benchmarks/compare.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info qlayers/_C*.so

@@ -1,0 +1,22 @@
+// The qlayers operator schemas, and the Python module that loads them.
+//
+// Kernels register themselves per backend (cpu/, cuda/); autograd, fake (meta) kernels and the
+// rest of the Python-side registrations live in qlayers/_registrations.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import qlayers._C` loads this library, which runs the registrations below. The module itself
+// holds nothing: every op is reached through torch.ops.qlayers.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(qlayers, m) {
+  // Components (n, m, *rest) -> the real Hamilton matrix (4n, 4m, *rest).
+  m.def("hamilton_expand(Tensor r, Tensor i, Tensor j, Tensor k) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // The adjoint of hamilton_expand: (4n, 4m, *rest) -> four (n, m, *rest) components.
+  m.def("hamilton_reduce(Tensor grad) -> (Tensor, Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+}

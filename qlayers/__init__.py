@@ -1,0 +1,23 @@
+"""qlayers: memory-efficient quaternion layers for PyTorch.
+
+The compiled library is loaded first (it defines the ``torch.ops.qlayers`` operators), then their
+Python-side registrations (autograd and fake kernels), then the public API.
+"""
+
+try:
+    from qlayers import _C  # noqa: F401  (loading it registers torch.ops.qlayers.*)
+except ImportError as exc:
+    raise ImportError(
+        "qlayers' compiled library (qlayers._C) is missing or failed to load: "
+        f"{exc}. Build it against the torch you have installed with "
+        "`pip install --no-build-isolation -e .` from the qlayers source folder "
+        "(or `make install`); rebuild after changing torch versions."
+    ) from exc
+
+from qlayers import _registrations  # noqa: F401,E402  (autograd and fake kernels for the ops)
+from qlayers import functional, init, memory, reference  # noqa: E402
+from qlayers.nn import QLinear  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["QLinear", "functional", "init", "memory", "reference", "__version__"]

@@ -1,0 +1,43 @@
+"""Python-side registrations for the raw ``torch.ops.qlayers`` operators, in one place.
+
+- fake kernels, so that torch.compile, torch.export and meta tensors know the output shapes;
+- autograd: hamilton_expand and hamilton_reduce are linear and adjoint to each other, so each one's
+  backward is the other. Because those backwards are themselves registered ops with autograd,
+  gradients of any order flow through them.
+"""
+
+import torch
+
+_expand = torch.ops.qlayers.hamilton_expand
+_reduce = torch.ops.qlayers.hamilton_reduce
+
+
+@torch.library.register_fake("qlayers::hamilton_expand")
+def _expand_fake(r, i, j, k):
+    torch._check(r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {tuple(r.shape)}")
+    for other in (i, j, k):
+        torch._check(other.shape == r.shape, lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {tuple(r.shape)} and {tuple(other.shape)}")
+        torch._check(other.dtype == r.dtype, lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {r.dtype} and {other.dtype}")
+    n, m, *rest = r.shape
+    return r.new_empty((4 * n, 4 * m, *rest))
+
+
+@torch.library.register_fake("qlayers::hamilton_reduce")
+def _reduce_fake(grad):
+    torch._check(grad.dim() >= 2, lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}")
+    rows, cols, *rest = grad.shape
+    torch._check(rows % 4 == 0 and cols % 4 == 0, lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}")
+    shape = (rows // 4, cols // 4, *rest)
+    return tuple(grad.new_empty(shape) for _ in range(4))
+
+
+def _expand_backward(ctx, grad):
+    return _reduce(grad)
+
+
+def _reduce_backward(ctx, grad_r, grad_i, grad_j, grad_k):
+    return _expand(grad_r, grad_i, grad_j, grad_k)
+
+
+torch.library.register_autograd("qlayers::hamilton_expand", _expand_backward)
+torch.library.register_autograd("qlayers::hamilton_reduce", _reduce_backward)

@@ -1,0 +1,103 @@
+"""QLinear: the quaternion counterpart of torch.nn.Linear."""
+
+import torch
+from torch import Tensor, nn
+
+from qlayers import functional, reference
+from qlayers import init as quaternion_init
+
+
+class QLinear(nn.Module):
+    r"""Quaternion linear layer: ``y = x @ W + bias``, ``W`` the real Hamilton matrix of four components.
+
+    Args:
+        in_features: real input features, a multiple of 4 (``in_features / 4`` quaternions).
+        out_features: real output features, a multiple of 4.
+        bias: learn an additive bias of shape ``(out_features,)``. Default: ``True``.
+        memory_efficient: ``True`` (default) keeps only the input for backward and rebuilds ``W``
+            there; ``False`` is plain autograd, which keeps ``W`` (the baseline).
+        init: ``"quaternion"`` (default), ``"unitary"`` or ``"random"``; see :mod:`qlayers.init`.
+        criterion: ``"glorot"`` (default) or ``"he"``.
+        device, dtype: as in ``torch.nn.Linear``.
+
+    Shape:
+        - Input: ``(*, in_features)``, features in ``[r | i | j | k]`` blocks.
+        - Output: ``(*, out_features)``, same layout.
+
+    Attributes:
+        r_weight, i_weight, j_weight, k_weight: components of shape
+            ``(in_features / 4, out_features / 4)`` (transposed with respect to
+            ``torch.nn.Linear.weight``; the names and shapes of the best-known implementations, so
+            their checkpoints load).
+        bias: ``(out_features,)``, initialised to zero.
+    """
+
+    __constants__ = ["in_features", "out_features", "memory_efficient", "init", "criterion"]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        memory_efficient: bool = True,
+        init: str = "quaternion",
+        criterion: str = "glorot",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or value < 0 or value % 4 != 0:
+                raise ValueError(
+                    f"QLinear: {name} must be a non-negative multiple of 4 "
+                    f"(real features, 4 per quaternion), got {value!r}"
+                )
+        quaternion_init.check_scheme(init, criterion)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.memory_efficient = memory_efficient
+        self.init = init
+        self.criterion = criterion
+
+        factory = {"device": device, "dtype": dtype}
+        shape = (in_features // 4, out_features // 4)
+        self.r_weight = nn.Parameter(torch.empty(shape, **factory))
+        self.i_weight = nn.Parameter(torch.empty(shape, **factory))
+        self.j_weight = nn.Parameter(torch.empty(shape, **factory))
+        self.k_weight = nn.Parameter(torch.empty(shape, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator = None) -> None:
+        """Redraw the components (with ``generator`` if given) and zero the bias."""
+        quaternion_init.quaternion_init_(
+            *self.components(),
+            fan_in=self.in_features // 4,
+            fan_out=self.out_features // 4,
+            scheme=self.init,
+            criterion=self.criterion,
+            generator=generator,
+        )
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def components(self) -> tuple:
+        """``(r_weight, i_weight, j_weight, k_weight)``."""
+        return self.r_weight, self.i_weight, self.j_weight, self.k_weight
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.memory_efficient:
+            return functional.quaternion_linear(input, *self.components(), self.bias)
+        functional.check_linear_arguments("QLinear", input, self.components(), self.bias)
+        return reference.quaternion_linear(input, *self.components(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, memory_efficient={self.memory_efficient}, "
+            f"init={self.init!r}, criterion={self.criterion!r}"
+        )

@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+import qlayers  # noqa: F401  (registers torch.ops.qlayers)
+
+# Float tolerances for comparing against a float64 oracle: tight enough to catch a wrong sign.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def hamilton_product(p, q):
+    """The Hamilton product of quaternions stored in the last dim as (a, b, c, d), from its definition."""
+    a1, b1, c1, d1 = p.unbind(-1)
+    a2, b2, c2, d2 = q.unbind(-1)
+    return torch.stack(
+        [
+            a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
+            a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
+            a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
+            a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
+        ],
+        dim=-1,
+    )
+
+
+def components(n, m, *rest, dtype=torch.float64, requires_grad=False):
+    return [torch.randn(n, m, *rest, dtype=dtype, requires_grad=requires_grad) for _ in range(4)]
