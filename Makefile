@@ -38,8 +38,12 @@ install: $(BUILD_STAMP)
 test: install
 	$(PY) -m pytest tests
 
+# The main job: the comparison table on stdout, and JSON, PNG and Markdown copies in bench-out/.
+BENCH_OUT ?= bench-out
+BENCH_ARGS ?=
 bench: install
-	$(PY) benchmarks/compare.py
+	$(PY) benchmarks/compare.py $(BENCH_ARGS) --json $(BENCH_OUT)/compare.json \
+		--plot $(BENCH_OUT)/compare.png --markdown $(BENCH_OUT)/compare.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info qlayers/_C*.so

@@ -1,104 +1,277 @@
-"""qlayers against plain autograd: bytes kept for backward and time of a training step.
+"""qlayers side by side with the other ways to write a quaternion layer, on this machine.
 
-    python benchmarks/compare.py [--quick] [--device cpu|cuda]
+    python benchmarks/compare.py [--quick] [--device cpu|cuda] [--json PATH] [--plot PATH] [--markdown PATH]
 
-Bytes kept are counted with saved-tensor hooks (deterministic; parameters left out). Times are
-medians of forward + backward from torch.utils.benchmark, with all threads.
+For every workload and implementation, in one process:
+
+- retained: bytes autograd keeps for backward, counted with saved-tensor hooks, each storage once,
+  parameters left out (deterministic);
+- peak: the peak memory of one training step (forward + backward) above what was allocated
+  before it. CUDA: torch.cuda.max_memory_allocated after resetting the peak, minus the baseline.
+  CPU: the allocator's own events from torch.profiler (profile_memory=True, the raw Kineto event
+  list), each allocation and free summed in the order they happened, and the highest running sum
+  taken (RSS is too noisy);
+- time: the median of forward + backward from torch.utils.benchmark, all threads, CUDA synchronised.
+
+Implementations: qlayers (memory-efficient), autograd (plain, as the lecture writes it),
+anchor-custom (the best-known libraries' custom backward, benchmarks/baselines.py), checkpoint
+(plain under torch.utils.checkpoint), compiled (plain under torch.compile), dense (torch.nn.Linear
+of the same real size: the speed floor).
 """
 
 import argparse
+import itertools
+import json
+import os
+import platform
 import sys
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List
 
 import torch
 import torch.utils.benchmark as benchmark
 from torch import nn
 
-import qlayers
-from qlayers.memory import SavedTensorBytes
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-IMPLEMENTATIONS = {
-    "qlayers": dict(memory_efficient=True),
-    "autograd": dict(memory_efficient=False),
+import baselines  # noqa: E402
+import qlayers  # noqa: E402
+from qlayers.memory import SavedTensorBytes  # noqa: E402
+
+LayerFactory = Callable[[int, int], nn.Module]
+
+
+def _compiled_plain(in_features, out_features):
+    # One compiled graph serves every instance: parameters are graph inputs, not guards.
+    return torch.compile(qlayers.QLinear(in_features, out_features, memory_efficient=False))
+
+
+IMPLEMENTATIONS: Dict[str, LayerFactory] = {
+    "qlayers": lambda i, o: qlayers.QLinear(i, o),
+    "autograd": lambda i, o: qlayers.QLinear(i, o, memory_efficient=False),
+    "anchor-custom": baselines.AnchorQLinear,
+    "checkpoint": baselines.CheckpointedQLinear,
+    "compiled": _compiled_plain,
+    "dense": nn.Linear,
 }
+
+
+class Recurrence(nn.Module):
+    """One layer applied at every step to a hidden state: h = tanh(layer(h) + x_t)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, xs):
+        h = torch.zeros_like(xs[0])
+        for x in xs:
+            h = torch.tanh(self.layer(h) + x)
+        return h
 
 
 @dataclass
 class Workload:
     name: str
-    build: Callable[[dict, torch.device], nn.Module]
-    make_input: Callable[[torch.device], torch.Tensor]
+    build: Callable[[LayerFactory], nn.Module]
+    input_shape: tuple
 
 
-class Recurrence(nn.Module):
-    """One QLinear applied at every step: h = tanh(q(h) + x_t)."""
-
-    def __init__(self, hidden, **layer_args):
-        super().__init__()
-        self.cell = qlayers.QLinear(hidden, hidden, **layer_args)
-
-    def forward(self, xs):
-        h = torch.zeros_like(xs[0])
-        for x in xs:
-            h = torch.tanh(self.cell(h) + x)
-        return h
+def mlp(layer, features, depth):
+    blocks = []
+    for _ in range(depth):
+        blocks += [layer(features, features), nn.ReLU()]
+    return nn.Sequential(*blocks)
 
 
-def workloads(quick):
-    features = 1024 if quick else 2048
-    steps, hidden = (25, 256) if quick else (100, 512)
+# name -> sizes per preset: full (make bench), quick (--quick, under 3 minutes on 2 cores), tiny (tests)
+SIZES = {
+    "full": dict(small=2048, large=(4096, 512), mlp=(64, 1024), rnn=(100, 16, 512)),
+    "quick": dict(small=1024, large=(2048, 512), mlp=(64, 512), rnn=(50, 16, 256)),
+    "tiny": dict(small=64, large=(64, 32), mlp=(4, 32), rnn=(5, 2, 16)),
+}
+
+
+def workloads(size: str) -> List[Workload]:
+    s = SIZES[size]
+    batch, large = s["large"]
+    mlp_batch, mlp_features = s["mlp"]
+    steps, rnn_batch, hidden = s["rnn"]
     return [
-        Workload(
-            f"linear batch 8 x {features}",
-            lambda args, device: qlayers.QLinear(features, features, **args, device=device),
-            lambda device: torch.randn(8, features, device=device, requires_grad=True),
-        ),
-        Workload(
-            f"recurrence {steps} steps, hidden {hidden}, batch 16",
-            lambda args, device: Recurrence(hidden, **args).to(device),
-            lambda device: torch.randn(steps, 16, hidden, device=device),
-        ),
+        Workload(f"small batch: 8 x {s['small']}", lambda layer: layer(s["small"], s["small"]), (8, s["small"])),
+        Workload(f"large batch: {batch} x {large}", lambda layer: layer(large, large), (batch, large)),
+        Workload(f"MLP: 8 layers of {mlp_features}, batch {mlp_batch}", lambda layer: mlp(layer, mlp_features, 8), (mlp_batch, mlp_features)),
+        Workload(f"recurrence: {steps} steps, hidden {hidden}, batch {rnn_batch}", lambda layer: Recurrence(layer(hidden, hidden)), (steps, rnn_batch, hidden)),
     ]
 
 
-def step(model, x):
+@dataclass
+class Record:
+    workload: str
+    impl: str
+    retained_bytes: int
+    peak_bytes: int
+    time_ms: float
+
+
+def training_step(model, x):
     model(x).sum().backward()
 
 
-def measure(workload, args, device):
-    model = workload.build(args, device)
-    x = workload.make_input(device)
+def retained_bytes(model, x):
     with SavedTensorBytes(exclude=model.parameters()) as saved:
         out = model(x)
     out.sum().backward()
+    return saved.total
+
+
+def peak_bytes(model, x, device):
+    model.zero_grad(set_to_none=True)  # every implementation allocates its gradients in the step
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+        training_step(model, x)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - baseline
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        training_step(model, x)
+    # The raw event list: FunctionEvents fold allocations into the ops that made them.
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
+
+
+def median_seconds(model, x, device, min_run_time):
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     timer = benchmark.Timer(
         "step(model, x); sync()",
-        globals=dict(step=step, model=model, x=x, sync=torch.cuda.synchronize if device.type == "cuda" else lambda: None),
+        globals=dict(step=training_step, model=model, x=x, sync=sync),
         num_threads=torch.get_num_threads(),
     )
-    return saved.total, timer.blocked_autorange(min_run_time=0.5 if device.type == "cpu" else 1.0).median
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def measure(workload, impl, device, min_run_time):
+    torch.manual_seed(0)
+    model = workload.build(IMPLEMENTATIONS[impl]).to(device)
+    x = torch.randn(workload.input_shape, device=device, requires_grad=True)
+    training_step(model, x)  # warm up (and compile)
+    retained = retained_bytes(model, x)
+    peak = peak_bytes(model, x, device)
+    seconds = median_seconds(model, x, device, min_run_time)
+    return Record(workload.name, impl, retained, peak, seconds * 1e3)
+
+
+def machine(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def table(records: List[Record]) -> List[str]:
+    """Markdown rows: absolute figures, then ratios to autograd and to dense in the same run."""
+    by_key = {(r.workload, r.impl): r for r in records}
+    lines = [
+        "| workload | impl | retained MiB | peak MiB | time ms | retained / autograd | peak / autograd | time / autograd | time / dense |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def ratio(value, base):
+        return f"{value / base:.2f}" if base else "-"
+
+    for r in records:
+        auto = by_key.get((r.workload, "autograd"))
+        dense = by_key.get((r.workload, "dense"))
+        lines.append(
+            f"| {r.workload} | {r.impl} | {r.retained_bytes / 2**20:.2f} | {r.peak_bytes / 2**20:.2f} | {r.time_ms:.3f} | "
+            f"{ratio(r.retained_bytes, auto.retained_bytes) if auto else '-'} | "
+            f"{ratio(r.peak_bytes, auto.peak_bytes) if auto else '-'} | "
+            f"{ratio(r.time_ms, auto.time_ms) if auto else '-'} | "
+            f"{ratio(r.time_ms, dense.time_ms) if dense else '-'} |"
+        )
+    return lines
+
+
+def plot(records: List[Record], path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads_seen = list(dict.fromkeys(r.workload for r in records))
+    impls = list(dict.fromkeys(r.impl for r in records))
+    by_key = {(r.workload, r.impl): r for r in records}
+    metrics = [("retained_bytes", "retained for backward (MiB)", 2**-20), ("peak_bytes", "peak of a step (MiB)", 2**-20), ("time_ms", "forward + backward (ms)", 1.0)]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(12, 11))
+    width = 0.8 / len(impls)
+    for ax, (field, label, scale) in zip(axes, metrics):
+        for index, impl in enumerate(impls):
+            values = [getattr(by_key[(w, impl)], field) * scale if (w, impl) in by_key else 0 for w in workloads_seen]
+            positions = [w + (index - (len(impls) - 1) / 2) * width for w in range(len(workloads_seen))]
+            ax.bar(positions, values, width, label=impl)
+        ax.set_yscale("symlog" if field != "time_ms" else "log")
+        ax.set_ylabel(label)
+        ax.set_xticks(range(len(workloads_seen)))
+        ax.set_xticklabels(workloads_seen, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(ncol=len(impls), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller workloads, a minute on a laptop CPU")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller workloads: under 3 minutes on a 2-core CPU")
+    parser.add_argument("--size", choices=sorted(SIZES), help="workload sizes (default: full, or quick with --quick)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS))
+    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of memory and time")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table, with machine and versions, as Markdown")
     options = parser.parse_args(argv)
+    size = options.size or ("quick" if options.quick else "full")
     device = torch.device(options.device)
-    print(f"qlayers {qlayers.__version__}, torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
-    header = f"{'workload':<40} {'impl':<9} {'kept (MiB)':>11} {'time (ms)':>10} {'kept / autograd':>16} {'time / autograd':>16}"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no CUDA device")
+    min_run_time = {"full": 1.0, "quick": 0.3, "tiny": 0.01}[size]
+    # Gradients that fade through a long untrained recurrence turn subnormal, and x86 arithmetic
+    # on subnormals is slow (seen here: a 16x512x512 GEMM took 0.7 ms instead of 0.03 ms), which
+    # would time the CPU's slow path, not the layers.
+    torch.set_flush_denormal(True)
+
+    from tqdm import tqdm
+
+    header = f"qlayers {qlayers.__version__}, torch {torch.__version__}, {device.type}: {machine(device)}, sizes {size}"
+    pairs = [(w, impl) for w in workloads(size) for impl in options.impls]
+    records = []
+    try:
+        for workload, impl in tqdm(pairs, desc="compare", unit="run", file=sys.stderr):
+            records.append(measure(workload, impl, device, min_run_time))
+    finally:
+        torch.set_flush_denormal(False)  # torch's default, for whoever called main()
+
+    lines = table(records)
     print(header)
-    print("-" * len(header))
-    for workload in workloads(options.quick):
-        results = {impl: measure(workload, args, device) for impl, args in IMPLEMENTATIONS.items()}
-        base_bytes, base_time = results["autograd"]
-        for impl, (kept, seconds) in results.items():
-            print(
-                f"{workload.name:<40} {impl:<9} {kept / 2**20:>11.2f} {seconds * 1e3:>10.3f} "
-                f"{kept / base_bytes:>16.3f} {seconds / base_time:>16.3f}"
+    print("\n".join(lines))
+    for path in (options.json, options.plot, options.markdown):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(
+                {"device": machine(device), "device_type": device.type, "torch": torch.__version__, "qlayers": qlayers.__version__,
+                 "size": size, "records": [asdict(r) for r in records]},
+                f,
+                indent=1,
             )
-        sys.stdout.flush()
+    if options.markdown:
+        with open(options.markdown, "w") as f:
+            f.write(f"# benchmarks/compare.py, sizes {size}\n\n{header}\n\n" + "\n".join(lines) + "\n")
+    if options.plot:
+        plot(records, options.plot, header)
+    return records
 
 
 if __name__ == "__main__":

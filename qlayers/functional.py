@@ -117,8 +117,8 @@ class QuaternionLinearFunction(torch.autograd.Function):
         grad_components = [None] * 4
 
         if needs_input:
-            weight = torch.ops.qlayers.hamilton_expand(*components)
-            grad_input = torch.matmul(grad_output, weight.t())
+            # The rebuilt matrix dies here, before the weight gradient allocates its own (4n, 4m).
+            grad_input = torch.matmul(grad_output, torch.ops.qlayers.hamilton_expand(*components).t())
         if any(needs_components) or needs_bias:
             # Flatten the leading dims explicitly: reshape(-1, ...) is ambiguous for an empty batch.
             rows = math.prod(input.shape[:-1])
