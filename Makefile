@@ -30,7 +30,8 @@ $(DEPS_STAMP):
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
-	$(BIN)/pip install --no-build-isolation --no-deps -e .
+	# -v: the log shows which kernels were built, and each compiler (g++, nvcc) command.
+	$(BIN)/pip install -v --no-build-isolation --no-deps -e .
 	touch $@
 
 install: $(BUILD_STAMP)

@@ -13,6 +13,9 @@ For every workload and implementation, in one process:
   taken (RSS is too noisy);
 - time: the median of forward + backward from torch.utils.benchmark, all threads, CUDA synchronised.
 
+Then the kernels alone: hamilton_expand and hamilton_reduce, their bandwidth (bytes read + written
+per second) against a clone of the (4n, 4m) matrix they write or read.
+
 Implementations: qlayers (memory-efficient), autograd (plain, as the lecture writes it),
 anchor-custom (the best-known libraries' custom backward, benchmarks/baselines.py), checkpoint
 (plain under torch.utils.checkpoint), compiled (plain under torch.compile), dense (torch.nn.Linear
@@ -141,12 +144,11 @@ def peak_bytes(model, x, device):
     return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
 
 
-def median_seconds(model, x, device, min_run_time):
+def median_seconds(fn, arg, device, min_run_time):
+    """Median seconds of fn(arg), synchronised on CUDA, with all threads."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     timer = benchmark.Timer(
-        "step(model, x); sync()",
-        globals=dict(step=training_step, model=model, x=x, sync=sync),
-        num_threads=torch.get_num_threads(),
+        "fn(arg); sync()", globals=dict(fn=fn, arg=arg, sync=sync), num_threads=torch.get_num_threads()
     )
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
@@ -158,8 +160,59 @@ def measure(workload, impl, device, min_run_time):
     training_step(model, x)  # warm up (and compile)
     retained = retained_bytes(model, x)
     peak = peak_bytes(model, x, device)
-    seconds = median_seconds(model, x, device, min_run_time)
+    seconds = median_seconds(lambda inputs: training_step(model, inputs), x, device, min_run_time)
     return Record(workload.name, impl, retained, peak, seconds * 1e3)
+
+
+# Kernel bandwidth: (components shape, dtype) per device type; large enough to leave the caches.
+KERNEL_CASES = {
+    "cpu": [((512, 512), dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)] + [((128, 128, 3, 3), torch.float32)],
+    "cuda": [((4096, 4096), dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)] + [((512, 512, 3, 3), torch.float32)],
+}
+
+
+@dataclass
+class KernelRecord:
+    op: str
+    shape: str
+    dtype: str
+    time_ms: float
+    gb_per_s: float
+    copy_gb_per_s: float
+    fraction_of_copy: float
+
+
+def kernel_bandwidth(device, min_run_time):
+    """hamilton_expand and hamilton_reduce against a copy (clone) of the (4n, 4m) matrix they write or read.
+
+    Bandwidth counts bytes read plus bytes written, for the ops and the copy alike; fraction_of_copy
+    is the op's bandwidth over the copy's. Both allocate their outputs, as they do in a layer.
+    """
+    records = []
+    for shape, dtype in KERNEL_CASES[device.type]:
+        parts = [torch.randn(shape, device=device).to(dtype) for _ in range(4)]
+        matrix = torch.ops.qlayers.hamilton_expand(*parts)
+        moved = (matrix.numel() + 4 * parts[0].numel()) * matrix.element_size()
+        copy_seconds = median_seconds(torch.clone, matrix, device, min_run_time)
+        copy_rate = 2 * matrix.numel() * matrix.element_size() / copy_seconds
+        for op, fn, arg in (("expand", lambda p: torch.ops.qlayers.hamilton_expand(*p), parts), ("reduce", torch.ops.qlayers.hamilton_reduce, matrix)):
+            seconds = median_seconds(fn, arg, device, min_run_time)
+            rate = moved / seconds
+            records.append(
+                KernelRecord(op, "x".join(map(str, shape)), str(dtype).replace("torch.", ""), seconds * 1e3,
+                             rate / 1e9, copy_rate / 1e9, rate / copy_rate)
+            )
+    return records
+
+
+def kernel_table(records):
+    lines = [
+        "| op | components | dtype | time ms | GB/s | copy GB/s | fraction of copy |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.time_ms:.3f} | {r.gb_per_s:.1f} | {r.copy_gb_per_s:.1f} | {r.fraction_of_copy:.2f} |")
+    return lines
 
 
 def machine(device):
@@ -249,10 +302,11 @@ def main(argv=None):
     try:
         for workload, impl in tqdm(pairs, desc="compare", unit="run", file=sys.stderr):
             records.append(measure(workload, impl, device, min_run_time))
+        kernels = kernel_bandwidth(device, min_run_time)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whoever called main()
 
-    lines = table(records)
+    lines = table(records) + ["", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", ""] + kernel_table(kernels)
     print(header)
     print("\n".join(lines))
     for path in (options.json, options.plot, options.markdown):
@@ -262,7 +316,7 @@ def main(argv=None):
         with open(options.json, "w") as f:
             json.dump(
                 {"device": machine(device), "device_type": device.type, "torch": torch.__version__, "qlayers": qlayers.__version__,
-                 "size": size, "records": [asdict(r) for r in records]},
+                 "size": size, "records": [asdict(r) for r in records], "kernels": [asdict(k) for k in kernels]},
                 f,
                 indent=1,
             )

@@ -1,9 +1,11 @@
-// Host-side argument checks and shapes shared by every backend's kernels.
+// Host-side argument checks, shapes and output allocation, shared by every backend's ops.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <vector>
 
 namespace qlayers {
@@ -54,6 +56,47 @@ inline int64_t trailing_numel(at::IntArrayRef sizes) {
   int64_t inner = 1;
   for (size_t d = 2; d < sizes.size(); ++d) inner *= sizes[d];
   return inner;
+}
+
+// (rows, cols, *rest) -> (rows, cols, inner). A view wherever the trailing dims merge, so only
+// exotic layouts pay for a copy.
+inline at::Tensor as_3d(const at::Tensor& t, int64_t rows, int64_t cols, int64_t inner) {
+  return t.reshape({rows, cols, inner});
+}
+
+// One hamilton_expand call, checked, with its output allocated and its inputs as 3-d views.
+struct ExpandCall {
+  at::Tensor out;                         // (4n, 4m, *rest), contiguous
+  std::array<at::Tensor, 4> components;  // (n, m, inner) views of r, i, j, k
+  int64_t n, m, inner;
+};
+
+inline ExpandCall prepare_expand(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
+                                 const at::Tensor& k) {
+  check_components(r, i, j, k);
+  ExpandCall call{at::empty(expanded_sizes(r.sizes()), r.options()), {}, r.size(0), r.size(1),
+                  trailing_numel(r.sizes())};
+  if (call.out.numel() > 0) {
+    const at::Tensor* parts[4] = {&r, &i, &j, &k};
+    for (int c = 0; c < 4; ++c) call.components[c] = as_3d(*parts[c], call.n, call.m, call.inner);
+  }
+  return call;
+}
+
+// One hamilton_reduce call, checked, with its four outputs allocated and its input as a 3-d view.
+struct ReduceCall {
+  std::array<at::Tensor, 4> outs;  // (n, m, *rest) each, contiguous
+  at::Tensor grad;                 // (4n, 4m, inner) view
+  int64_t n, m, inner;
+};
+
+inline ReduceCall prepare_reduce(const at::Tensor& grad) {
+  check_expanded(grad);
+  const auto sizes = reduced_sizes(grad.sizes());
+  ReduceCall call{{}, at::Tensor(), sizes[0], sizes[1], trailing_numel(sizes)};
+  for (auto& out : call.outs) out = at::empty(sizes, grad.options());
+  if (call.outs[0].numel() > 0) call.grad = as_3d(grad, 4 * call.n, 4 * call.m, call.inner);
+  return call;
 }
 
 }  // namespace qlayers

@@ -12,6 +12,15 @@ TOLERANCES = {
 }
 
 
+HAS_CUDA = torch.cuda.is_available()
+
+# Every kernel test runs on each backend; the CUDA cases need a visible GPU.
+DEVICES = [
+    pytest.param("cpu"),
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible to torch")),
+]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -32,5 +41,5 @@ def hamilton_product(p, q):
     )
 
 
-def components(n, m, *rest, dtype=torch.float64, requires_grad=False):
-    return [torch.randn(n, m, *rest, dtype=dtype, requires_grad=requires_grad) for _ in range(4)]
+def components(n, m, *rest, dtype=torch.float64, requires_grad=False, device="cpu"):
+    return [torch.randn(n, m, *rest, dtype=dtype, device=device, requires_grad=requires_grad) for _ in range(4)]

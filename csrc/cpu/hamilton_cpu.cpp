@@ -7,12 +7,16 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <tuple>
+#include <type_traits>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "../hamilton.h"
 #include "../hamilton_shapes.h"
@@ -36,23 +40,30 @@ struct Strided3d {
   int64_t offset(int64_t col, int64_t e) const { return col * col_stride + e * inner_stride; }
 };
 
-// (rows, cols, *rest) -> (rows, cols, inner). A view wherever the trailing dims merge, so only
-// exotic layouts pay for a copy; the caller keeps the result alive while kernels read it.
-at::Tensor as_3d(const at::Tensor& t, int64_t rows, int64_t cols, int64_t inner) {
-  return t.reshape({rows, cols, inner});
-}
-
 template <typename T>
 Strided3d<T> view_of(const at::Tensor& t) {
   return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
 }
 
+// to[t] = -from[t]. Negation only flips the sign bit, so 16-bit floats flip it directly: the
+// compiler vectorises that, while a round trip through float would run element by element.
 template <typename scalar_t>
-void expand_kernel(const std::array<at::Tensor, 4>& components, at::Tensor& out, int64_t n,
-                   int64_t m, int64_t inner) {
+void negate_run(const scalar_t* from, scalar_t* to, int64_t len) {
+  if constexpr (sizeof(scalar_t) == 2) {
+    const auto* in = reinterpret_cast<const uint16_t*>(from);
+    auto* out = reinterpret_cast<uint16_t*>(to);
+    for (int64_t t = 0; t < len; ++t) out[t] = in[t] ^ uint16_t{0x8000};
+  } else {
+    for (int64_t t = 0; t < len; ++t) to[t] = -from[t];
+  }
+}
+
+template <typename scalar_t>
+void expand_kernel(const ExpandCall& call) {
+  const int64_t n = call.n, m = call.m, inner = call.inner;
   std::array<Strided3d<const scalar_t>, 4> src;
-  for (int c = 0; c < 4; ++c) src[c] = view_of<const scalar_t>(components[c]);
-  scalar_t* dst = out.data_ptr<scalar_t>();
+  for (int c = 0; c < 4; ++c) src[c] = view_of<const scalar_t>(call.components[c]);
+  scalar_t* dst = call.out.data_ptr<scalar_t>();
 
   // A segment is one (row of W, column block) pair: m * inner contiguous outputs.
   const int64_t segment_len = m * inner;
@@ -69,7 +80,7 @@ void expand_kernel(const std::array<at::Tensor, 4>& components, at::Tensor& out,
       const bool negate = hamilton_sign(a, b) < 0;
       if (s.rows_contiguous(inner)) {
         if (negate) {
-          for (int64_t t = 0; t < segment_len; ++t) to[t] = -from[t];
+          negate_run(from, to, segment_len);
         } else {
           std::copy(from, from + segment_len, to);
         }
@@ -85,11 +96,103 @@ void expand_kernel(const std::array<at::Tensor, 4>& components, at::Tensor& out,
   });
 }
 
+// to[t] = sum_a signs[a] * rows[a][t], accumulated in opmath (float for 16-bit types).
 template <typename scalar_t>
-void reduce_kernel(const at::Tensor& grad, std::array<at::Tensor, 4>& outs, int64_t n, int64_t m,
-                   int64_t inner) {
+void signed_sum_run(const std::array<const scalar_t*, 4>& rows,
+                    const std::array<at::opmath_type<scalar_t>, 4>& signs, scalar_t* to, int64_t len) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const Strided3d<const scalar_t> g = view_of<const scalar_t>(grad);
+  for (int64_t t = 0; t < len; ++t) {
+    to[t] = static_cast<scalar_t>(signs[0] * static_cast<opmath_t>(rows[0][t]) +
+                                  signs[1] * static_cast<opmath_t>(rows[1][t]) +
+                                  signs[2] * static_cast<opmath_t>(rows[2][t]) +
+                                  signs[3] * static_cast<opmath_t>(rows[3][t]));
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// 16-bit floats convert element by element in portable code, which made reduce 7x (float16) and
+// 2x (bfloat16) slower than for float32. On x86 CPUs with AVX2 and F16C (checked at run time),
+// these convert 8 lanes at a time. Same operations in the same order, same rounding (to nearest
+// even; NaN stays NaN), so the results are bit-identical to the portable loop.
+// The lambdas below take and return AVX vectors inside AVX-enabled functions only.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+bool has_avx2_f16c() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return supported;
+}
+
+template <typename Widen, typename Narrow>
+__attribute__((target("avx2,f16c"))) inline int64_t signed_sum_x8(const std::array<const uint16_t*, 4>& rows,
+                                                                  const std::array<float, 4>& signs, uint16_t* to,
+                                                                  int64_t len, Widen widen, Narrow narrow) {
+  int64_t t = 0;
+  for (; t + 8 <= len; t += 8) {
+    __m256 acc = _mm256_mul_ps(_mm256_set1_ps(signs[0]), widen(rows[0] + t));
+    for (int a = 1; a < 4; ++a) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(signs[a]), widen(rows[a] + t)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to + t), narrow(acc));
+  }
+  return t;  // the caller finishes the tail
+}
+
+__attribute__((target("avx2,f16c"))) int64_t signed_sum_x8(const std::array<const c10::Half*, 4>& rows,
+                                                           const std::array<float, 4>& signs, c10::Half* to,
+                                                           int64_t len) {
+  auto widen = [](const uint16_t* p) __attribute__((target("avx2,f16c"))) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  };
+  auto narrow = [](__m256 v) __attribute__((target("avx2,f16c"))) {
+    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  };
+  return signed_sum_x8({reinterpret_cast<const uint16_t*>(rows[0]), reinterpret_cast<const uint16_t*>(rows[1]),
+                        reinterpret_cast<const uint16_t*>(rows[2]), reinterpret_cast<const uint16_t*>(rows[3])},
+                       signs, reinterpret_cast<uint16_t*>(to), len, widen, narrow);
+}
+
+__attribute__((target("avx2,f16c"))) int64_t signed_sum_x8(const std::array<const c10::BFloat16*, 4>& rows,
+                                                           const std::array<float, 4>& signs, c10::BFloat16* to,
+                                                           int64_t len) {
+  // bfloat16 is the top half of a float32: widen by shifting, narrow by rounding the low half.
+  auto widen = [](const uint16_t* p) __attribute__((target("avx2,f16c"))) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  };
+  auto narrow = [](__m256 v) __attribute__((target("avx2,f16c"))) {
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+    const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), is_nan);
+    return _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1));
+  };
+  return signed_sum_x8({reinterpret_cast<const uint16_t*>(rows[0]), reinterpret_cast<const uint16_t*>(rows[1]),
+                        reinterpret_cast<const uint16_t*>(rows[2]), reinterpret_cast<const uint16_t*>(rows[3])},
+                       signs, reinterpret_cast<uint16_t*>(to), len, widen, narrow);
+}
+
+template <typename scalar_t>
+void signed_sum_run_fast(const std::array<const scalar_t*, 4>& rows,
+                         const std::array<at::opmath_type<scalar_t>, 4>& signs, scalar_t* to, int64_t len) {
+  int64_t done = 0;
+  if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (has_avx2_f16c()) done = signed_sum_x8(rows, signs, to, len);
+  }
+  signed_sum_run<scalar_t>({rows[0] + done, rows[1] + done, rows[2] + done, rows[3] + done}, signs, to + done,
+                           len - done);
+}
+#else
+template <typename scalar_t>
+void signed_sum_run_fast(const std::array<const scalar_t*, 4>& rows,
+                         const std::array<at::opmath_type<scalar_t>, 4>& signs, scalar_t* to, int64_t len) {
+  signed_sum_run(rows, signs, to, len);
+}
+#endif
+
+template <typename scalar_t>
+void reduce_kernel(const ReduceCall& call) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t n = call.n, m = call.m, inner = call.inner;
+  const Strided3d<const scalar_t> g = view_of<const scalar_t>(call.grad);
   const int64_t run = m * inner;  // outputs per component row
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (4 * run));
   const bool contiguous = g.rows_contiguous(inner);
@@ -107,14 +210,9 @@ void reduce_kernel(const at::Tensor& grad, std::array<at::Tensor, 4>& outs, int6
         rows[a] = g.data + (a * n + p) * g.row_stride + b * m * g.col_stride;
         signs[a] = static_cast<opmath_t>(hamilton_sign(a, b));
       }
-      scalar_t* to = outs[c].data_ptr<scalar_t>() + p * run;
+      scalar_t* to = call.outs[c].data_ptr<scalar_t>() + p * run;
       if (contiguous) {
-        for (int64_t t = 0; t < run; ++t) {
-          to[t] = static_cast<scalar_t>(signs[0] * static_cast<opmath_t>(rows[0][t]) +
-                                        signs[1] * static_cast<opmath_t>(rows[1][t]) +
-                                        signs[2] * static_cast<opmath_t>(rows[2][t]) +
-                                        signs[3] * static_cast<opmath_t>(rows[3][t]));
-        }
+        signed_sum_run_fast(rows, signs, to, run);
       } else {
         for (int64_t q = 0; q < m; ++q) {
           for (int64_t e = 0; e < inner; ++e) {
@@ -132,33 +230,21 @@ void reduce_kernel(const at::Tensor& grad, std::array<at::Tensor, 4>& outs, int6
 
 at::Tensor hamilton_expand_cpu(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
                                const at::Tensor& k) {
-  check_components(r, i, j, k);
-  at::Tensor out = at::empty(expanded_sizes(r.sizes()), r.options());
-  if (out.numel() == 0) return out;
-
-  const int64_t n = r.size(0), m = r.size(1), inner = trailing_numel(r.sizes());
-  const std::array<at::Tensor, 4> components = {as_3d(r, n, m, inner), as_3d(i, n, m, inner),
-                                                as_3d(j, n, m, inner), as_3d(k, n, m, inner)};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "hamilton_expand_cpu",
-                                  [&] { expand_kernel<scalar_t>(components, out, n, m, inner); });
-  return out;
+  const ExpandCall call = prepare_expand(r, i, j, k);
+  if (call.out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "hamilton_expand_cpu",
+                                    [&] { expand_kernel<scalar_t>(call); });
+  }
+  return call.out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cpu(
-    const at::Tensor& grad) {
-  check_expanded(grad);
-  const auto sizes = reduced_sizes(grad.sizes());
-  std::array<at::Tensor, 4> outs;
-  for (auto& out : outs) out = at::empty(sizes, grad.options());
-
-  const int64_t n = sizes[0], m = sizes[1], inner = trailing_numel(sizes);
-  if (outs[0].numel() > 0) {
-    const at::Tensor g = as_3d(grad, 4 * n, 4 * m, inner);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                    "hamilton_reduce_cpu",
-                                    [&] { reduce_kernel<scalar_t>(g, outs, n, m, inner); });
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cpu(const at::Tensor& grad) {
+  const ReduceCall call = prepare_reduce(grad);
+  if (call.outs[0].numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "hamilton_reduce_cpu",
+                                    [&] { reduce_kernel<scalar_t>(call); });
   }
-  return {outs[0], outs[1], outs[2], outs[3]};
+  return {call.outs[0], call.outs[1], call.outs[2], call.outs[3]};
 }
 
 }  // namespace

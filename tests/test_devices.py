@@ -1,0 +1,85 @@
+"""Backends: the CUDA kernels are built and registered, agree with the CPU, and index past 2^31."""
+
+import os
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import qlayers
+from conftest import DEVICES, HAS_CUDA, TOLERANCES, components
+from qlayers import reference
+from qlayers.functional import quaternion_linear
+
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible to torch")
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="CPU-only torch build: no CUDA kernels are built")
+@pytest.mark.skipif(os.environ.get("QLAYERS_CUDA") == "0", reason="built with QLAYERS_CUDA=0")
+def test_cuda_kernels_are_registered():
+    # Runs on any CUDA build of torch, GPU or not: the build compiled and registered the kernels.
+    for op in ("qlayers::hamilton_expand", "qlayers::hamilton_reduce"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_qlinear_same_on_cpu_and_gpu(dtype):
+    cpu_layer = qlayers.QLinear(64, 32, dtype=dtype)
+    with torch.no_grad():
+        cpu_layer.bias.normal_()
+    gpu_layer = qlayers.QLinear(64, 32, dtype=dtype, device="cuda")
+    gpu_layer.load_state_dict(cpu_layer.state_dict())
+    x = torch.randn(5, 3, 64, dtype=dtype)
+    x_gpu = x.cuda().requires_grad_()
+    x.requires_grad_()
+    out_cpu, out_gpu = cpu_layer(x), gpu_layer(x_gpu)
+    grad = torch.randn_like(out_cpu)
+    out_cpu.backward(grad)
+    out_gpu.backward(grad.cuda())
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, **TOLERANCES[dtype])
+    torch.testing.assert_close(x_gpu.grad.cpu(), x.grad, **TOLERANCES[dtype])
+    for a, b in zip(gpu_layer.parameters(), cpu_layer.parameters()):
+        torch.testing.assert_close(a.grad.cpu(), b.grad, **TOLERANCES[dtype])
+
+
+@needs_gpu
+def test_gradcheck_quaternion_linear_on_gpu():
+    x = torch.randn(3, 8, dtype=torch.float64, device="cuda", requires_grad=True)
+    weights = components(2, 3, requires_grad=True, device="cuda")
+    bias = torch.randn(12, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert gradcheck(quaternion_linear, (x, *weights, bias))
+    assert gradgradcheck(quaternion_linear, (x, *weights, bias))
+
+
+@needs_gpu
+def test_gpu_kernels_follow_the_current_stream():
+    parts = components(64, 64, dtype=torch.float32, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        matrix = torch.ops.qlayers.hamilton_expand(*parts)
+        reduced = torch.ops.qlayers.hamilton_reduce(matrix)
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(matrix, reference.hamilton_matrix(*parts))
+    for got, part in zip(reduced, parts):
+        torch.testing.assert_close(got, 4 * part)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_indices_past_2_pow_31(device):
+    # W has 46400 x 46400 > 2^31 elements (4.3 GB in float16); its last rows start past 2^31, where
+    # 32-bit index math would wrap. Small integers keep float16 exact, so every check is equality.
+    n = m = 11600
+    assert (4 * n) * (4 * m) > 2**31
+    rows = torch.arange(n, device=device).view(n, 1)
+    cols = torch.arange(m, device=device).view(1, m)
+    parts = [((rows * 7 + cols * 3 + 50 * c) % 251 - 125).half() for c in range(4)]
+    matrix = torch.ops.qlayers.hamilton_expand(*parts)
+    for p in (0, n // 2, n - 1):
+        # Rows a*n + p of W come from row p of the components alone.
+        expected = reference.hamilton_matrix(*(part[p : p + 1] for part in parts))
+        assert torch.equal(matrix[p::n], expected)
+    # reduce(expand(c)) == 4c: each component sits in four blocks with signs that square to one.
+    for got, part in zip(torch.ops.qlayers.hamilton_reduce(matrix), parts):
+        assert torch.equal(got, 4 * part)
