@@ -3,7 +3,11 @@
 - fake kernels, so that torch.compile, torch.export and meta tensors know the output shapes;
 - autograd: hamilton_expand and hamilton_reduce are linear and adjoint to each other, so each one's
   backward is the other. Because those backwards are themselves registered ops with autograd,
-  gradients of any order flow through them.
+  gradients of any order flow through them;
+- vmap rules, so torch.func.vmap (and jacrev/jacfwd, which use it) batch over them.
+
+Forward-mode AD cannot be registered on a torch.library op; qlayers.functional wraps the ops in
+autograd Functions with a jvp for that.
 """
 
 import torch
@@ -41,3 +45,25 @@ def _reduce_backward(ctx, grad_r, grad_i, grad_j, grad_k):
 
 torch.library.register_autograd("qlayers::hamilton_expand", _expand_backward)
 torch.library.register_autograd("qlayers::hamilton_reduce", _reduce_backward)
+
+
+# vmap: the kernels carry trailing dims along untouched, so a batch dim moved to the end rides
+# through them for free and comes out at the end again.
+def _batch_last(t, bdim, batch_size):
+    if bdim is None:
+        return t.unsqueeze(-1).expand(*t.shape, batch_size)
+    return t.movedim(bdim, -1)
+
+
+@torch.library.register_vmap("qlayers::hamilton_expand")
+def _expand_vmap(info, in_dims, r, i, j, k):
+    parts = [_batch_last(t, d, info.batch_size) for t, d in zip((r, i, j, k), in_dims)]
+    out = _expand(*parts)
+    return out, out.dim() - 1
+
+
+@torch.library.register_vmap("qlayers::hamilton_reduce")
+def _reduce_vmap(info, in_dims, grad):
+    (bdim,) = in_dims
+    outs = _reduce(_batch_last(grad, bdim, info.batch_size))
+    return outs, tuple(o.dim() - 1 for o in outs)

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["hamilton_matrix", "quaternion_linear"]
+__all__ = ["hamilton_expand", "hamilton_matrix", "hamilton_reduce", "quaternion_linear"]
 
 _COMPONENT_NAMES = ("r_weight", "i_weight", "j_weight", "k_weight")
 
@@ -53,16 +53,24 @@ def _check_components(op: str, components: Sequence[Tensor], linear: bool) -> No
             )
 
 
-def _check_operand(op: str, name: str, t: Tensor, weight: Tensor) -> None:
-    """An input or bias must share the weights' dtype and device."""
-    if t.dtype != weight.dtype:
+def _check_operand(op: str, name: str, t: Tensor, weight: Tensor, autocast: bool = False) -> None:
+    """An input or bias must share the weights' device, and their dtype unless autocast casts both."""
+    if autocast and not t.is_floating_point():
+        raise TypeError(f"{op}: expected a floating-point {name}, got {t.dtype}")
+    if not autocast and t.dtype != weight.dtype:
         raise TypeError(f"{op}: expected {name} of dtype {weight.dtype} like the weights, got {t.dtype}")
     if t.device != weight.device:
         raise ValueError(f"{op}: expected {name} on {weight.device} like the weights, got {t.device}")
 
 
-def check_linear_arguments(op: str, input: Tensor, components: Sequence[Tensor], bias: Optional[Tensor]) -> None:
-    """Raise a clear error unless ``input @ W + bias`` is well formed for these components."""
+def check_linear_arguments(
+    op: str, input: Tensor, components: Sequence[Tensor], bias: Optional[Tensor], autocast: bool = False
+) -> None:
+    """Raise a clear error unless ``input @ W + bias`` is well formed for these components.
+
+    Under autocast (``autocast=True``) the input and bias may differ in dtype from the weights:
+    everything is cast to the autocast dtype.
+    """
     _check_components(op, components, linear=True)
     r_weight = components[0]
     if not isinstance(input, Tensor):
@@ -75,13 +83,79 @@ def check_linear_arguments(op: str, input: Tensor, components: Sequence[Tensor],
             f"{op}: expected input of shape (..., {4 * n}) for components of shape {(n, m)}, "
             f"got input of shape {_shape(input)}"
         )
-    _check_operand(op, "input", input, r_weight)
+    _check_operand(op, "input", input, r_weight, autocast)
     if bias is not None:
         if not isinstance(bias, Tensor):
             raise TypeError(f"{op}: expected bias to be a Tensor or None, got {type(bias).__name__}")
         if bias.shape != (4 * m,):
             raise ValueError(f"{op}: expected bias of shape ({4 * m},), got {_shape(bias)}")
-        _check_operand(op, "bias", bias, r_weight)
+        _check_operand(op, "bias", bias, r_weight, autocast)
+
+
+class _Expand(torch.autograd.Function):
+    """hamilton_expand with a forward-mode rule. Linear, so its jvp is itself on the tangents."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(r, i, j, k):
+        return torch.ops.qlayers.hamilton_expand(r, i, j, k)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.component_like = inputs[0]  # for zero tangents: shape only
+
+    @staticmethod
+    def backward(ctx, grad):
+        return hamilton_reduce(grad)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        return hamilton_expand(*_fill_zeros(tangents, ctx.component_like))
+
+
+class _Reduce(torch.autograd.Function):
+    """hamilton_reduce with a forward-mode rule, the adjoint of _Expand."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad):
+        return torch.ops.qlayers.hamilton_reduce(grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_r, grad_i, grad_j, grad_k):
+        like = next(g for g in (grad_r, grad_i, grad_j, grad_k) if g is not None)
+        return hamilton_expand(*_fill_zeros((grad_r, grad_i, grad_j, grad_k), like))
+
+    @staticmethod
+    def jvp(ctx, grad_tangent):
+        return hamilton_reduce(grad_tangent)
+
+
+def _fill_zeros(tensors, like):
+    """Autograd passes None for a zero gradient or tangent; the kernels want tensors."""
+    return [torch.zeros_like(like) if t is None else t for t in tensors]
+
+
+def hamilton_expand(r: Tensor, i: Tensor, j: Tensor, k: Tensor) -> Tensor:
+    """torch.ops.qlayers.hamilton_expand, differentiable in reverse and forward mode, at any order."""
+    # Dynamo refuses an autograd.Function with a jvp; when compiling, the op's own registered
+    # autograd serves (compiled graphs have no forward-mode AD to support).
+    if torch.compiler.is_compiling():
+        return torch.ops.qlayers.hamilton_expand(r, i, j, k)
+    return _Expand.apply(r, i, j, k)
+
+
+def hamilton_reduce(grad: Tensor):
+    """torch.ops.qlayers.hamilton_reduce, differentiable in reverse and forward mode, at any order."""
+    if torch.compiler.is_compiling():
+        return torch.ops.qlayers.hamilton_reduce(grad)
+    return _Reduce.apply(grad)
 
 
 def hamilton_matrix(r_weight: Tensor, i_weight: Tensor, j_weight: Tensor, k_weight: Tensor) -> Tensor:
@@ -92,33 +166,61 @@ def hamilton_matrix(r_weight: Tensor, i_weight: Tensor, j_weight: Tensor, k_weig
     """
     components = (r_weight, i_weight, j_weight, k_weight)
     _check_components("hamilton_matrix", components, linear=False)
-    return torch.ops.qlayers.hamilton_expand(*components)
+    return hamilton_expand(*components)
+
+
+def _autocast_dtype(input: Tensor, weight: Tensor) -> Optional[torch.dtype]:
+    """The dtype torch.autocast would run a linear layer in here, or None when it would not cast.
+
+    Like torch's own autocast, float64 operands are left alone.
+    """
+    device_type = input.device.type
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    if torch.float64 in (input.dtype, weight.dtype):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _cast(tensors, dtype):
+    return [t if t is None or dtype is None else t.to(dtype) for t in tensors]
 
 
 class QuaternionLinearFunction(torch.autograd.Function):
-    """``y = x @ W + bias`` that keeps only ``x`` and the components for backward."""
+    """``y = x @ W + bias`` that keeps only ``x`` and the components for backward.
+
+    ``compute_dtype`` is the autocast dtype (or None): operands are cast to it in forward and
+    again in backward, so autograd keeps the original tensors, not low-precision copies.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, r_weight, i_weight, j_weight, k_weight, bias):
-        weight = torch.ops.qlayers.hamilton_expand(r_weight, i_weight, j_weight, k_weight)
+    def forward(input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype):
+        input, *components, bias = _cast((input, r_weight, i_weight, j_weight, k_weight, bias), compute_dtype)
+        weight = hamilton_expand(*components)
         # F.linear multiplies by weight.t() again: x @ W, with the bias fused into the GEMM.
         return torch.nn.functional.linear(input, weight.t(), bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, r_weight, i_weight, j_weight, k_weight, _ = inputs
+        input, r_weight, i_weight, j_weight, k_weight, _, compute_dtype = inputs
         ctx.save_for_backward(input, r_weight, i_weight, j_weight, k_weight)
+        ctx.compute_dtype = compute_dtype
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, *components = ctx.saved_tensors
-        needs_input, *needs_components, needs_bias = ctx.needs_input_grad
+        saved = ctx.saved_tensors
+        input, *components = _cast(saved, ctx.compute_dtype)
+        needs_input, *needs_components, needs_bias, _ = ctx.needs_input_grad
         grad_input = grad_bias = None
         grad_components = [None] * 4
+        if ctx.compute_dtype is not None:
+            grad_output = grad_output.to(ctx.compute_dtype)
 
         if needs_input:
             # The rebuilt matrix dies here, before the weight gradient allocates its own (4n, 4m).
-            grad_input = torch.matmul(grad_output, torch.ops.qlayers.hamilton_expand(*components).t())
+            grad_input = torch.matmul(grad_output, hamilton_expand(*components).t()).to(saved[0].dtype)
         if any(needs_components) or needs_bias:
             # Flatten the leading dims explicitly: reshape(-1, ...) is ambiguous for an empty batch.
             rows = math.prod(input.shape[:-1])
@@ -126,12 +228,39 @@ class QuaternionLinearFunction(torch.autograd.Function):
         if any(needs_components):
             # One GEMM gives dL/dW; its adjoint map folds it onto the four components.
             grad_weight = input.reshape(rows, input.shape[-1]).t().matmul(grad_rows)
-            reduced = torch.ops.qlayers.hamilton_reduce(grad_weight)
+            reduced = hamilton_reduce(grad_weight)
             # Each component's flag is honoured on its own: freezing one never starves the others.
-            grad_components = [g if need else None for g, need in zip(reduced, needs_components)]
+            grad_components = [
+                g.to(c.dtype) if need else None for g, c, need in zip(reduced, saved[1:], needs_components)
+            ]
         if needs_bias:
-            grad_bias = grad_rows.sum(0)
-        return grad_input, *grad_components, grad_bias
+            grad_bias = grad_rows.sum(0)  # cast back to the bias' dtype by autograd
+        return grad_input, *grad_components, grad_bias, None
+
+
+class _QuaternionLinearWithJvp(QuaternionLinearFunction):
+    """QuaternionLinearFunction with forward-mode AD (jvp), used outside torch.compile."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        QuaternionLinearFunction.setup_context(ctx, inputs, output)
+        input, r_weight, i_weight, j_weight, k_weight, _, _ = inputs
+        ctx.save_for_forward(input, r_weight, i_weight, j_weight, k_weight)
+
+    @staticmethod
+    def jvp(ctx, input_tangent, r_tangent, i_tangent, j_tangent, k_tangent, bias_tangent, _):
+        # y = x W + b is bilinear in (x, W): dy = dx W + x dW + db, with dW = expand(dr, di, dj, dk).
+        input, *components = _cast(ctx.saved_tensors, ctx.compute_dtype)
+        component_tangents = (r_tangent, i_tangent, j_tangent, k_tangent)
+        terms = []
+        if input_tangent is not None:
+            terms.append(torch.matmul(input_tangent.to(input.dtype), hamilton_expand(*components)))
+        if any(t is not None for t in component_tangents):
+            tangents = _cast(_fill_zeros(component_tangents, components[0]), components[0].dtype)
+            terms.append(torch.matmul(input, hamilton_expand(*tangents)))
+        if bias_tangent is not None:
+            terms.append(bias_tangent.to(input.dtype))
+        return sum(terms[1:], terms[0])
 
 
 def quaternion_linear(
@@ -151,7 +280,11 @@ def quaternion_linear(
 
     Returns:
         ``(..., 4m)``. For backward, autograd keeps only ``input`` and the components; the
-        ``(4n, 4m)`` matrix ``W`` is rebuilt when needed.
+        ``(4n, 4m)`` matrix ``W`` is rebuilt when needed. Under ``torch.autocast`` it computes in
+        the autocast dtype, as ``torch.nn.functional.linear`` does.
     """
-    check_linear_arguments("quaternion_linear", input, (r_weight, i_weight, j_weight, k_weight), bias)
-    return QuaternionLinearFunction.apply(input, r_weight, i_weight, j_weight, k_weight, bias)
+    components = (r_weight, i_weight, j_weight, k_weight)
+    compute_dtype = _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
+    check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
+    function = QuaternionLinearFunction if torch.compiler.is_compiling() else _QuaternionLinearWithJvp
+    return function.apply(input, *components, bias, compute_dtype)

@@ -1,0 +1,257 @@
+"""qlayers as a PyTorch citizen: higher-order and forward-mode AD, torch.func, torch.compile,
+autocast and torch.export, each checked against the plain-autograd reference."""
+
+import pytest
+import torch
+import torch.autograd.forward_ad as forward_ad
+from torch.utils._pytree import tree_leaves
+
+import qlayers
+from conftest import DEVICES, HAS_CUDA, TOLERANCES, components
+from qlayers import reference
+from qlayers.functional import hamilton_matrix, quaternion_linear
+from qlayers.memory import SavedTensorBytes
+
+F64 = TOLERANCES[torch.float64]
+
+
+def linear_args(batch=3, n=2, m=3, dtype=torch.float64, device="cpu"):
+    x = torch.randn(batch, 4 * n, dtype=dtype, device=device)
+    return (x, *components(n, m, dtype=dtype, device=device), torch.randn(4 * m, dtype=dtype, device=device))
+
+
+def assert_trees_close(got, want, **tolerance):
+    for a, b in zip(tree_leaves(got), tree_leaves(want), strict=True):
+        torch.testing.assert_close(a, b, **(tolerance or F64))
+
+
+# --- double backward ---------------------------------------------------------------------------
+
+
+def test_gradient_penalty_matches_reference():
+    # d/dW || d(loss)/dx ||^2: needs the backward itself differentiated (the anchors' custom
+    # backward detaches there and returns a silently wrong penalty gradient).
+    x, *weights, bias = linear_args()
+
+    def penalty_grads(fn):
+        xx = x.clone().requires_grad_()
+        ws = [w.clone().requires_grad_() for w in (*weights, bias)]
+        (grad_x,) = torch.autograd.grad(fn(xx, *ws).tanh().sum(), xx, create_graph=True)
+        return torch.autograd.grad(grad_x.pow(2).sum(), ws)
+
+    ours, theirs = penalty_grads(quaternion_linear), penalty_grads(reference.quaternion_linear)
+    assert_trees_close(ours[:4], theirs[:4])
+    assert ours[4] is not None and theirs[4] is not None
+
+
+# --- forward mode and torch.func ----------------------------------------------------------------
+
+
+def test_forward_ad_dual_numbers():
+    args = linear_args()
+    tangents = [torch.randn_like(a) for a in args]
+    results = []
+    for fn in (quaternion_linear, reference.quaternion_linear):
+        with forward_ad.dual_level():
+            out = fn(*(forward_ad.make_dual(a, t) for a, t in zip(args, tangents)))
+            results.append(forward_ad.unpack_dual(out))
+    torch.testing.assert_close(results[0].primal, results[1].primal, **F64)
+    torch.testing.assert_close(results[0].tangent, results[1].tangent, **F64)
+
+
+def test_forward_ad_with_some_tangents_missing():
+    args = linear_args()
+    with forward_ad.dual_level():
+        dual_i = forward_ad.make_dual(args[2], torch.ones_like(args[2]))  # only i_weight has a tangent
+        tangent = forward_ad.unpack_dual(quaternion_linear(args[0], args[1], dual_i, *args[3:])).tangent
+    expected = torch.func.jvp(lambda i: reference.quaternion_linear(args[0], args[1], i, *args[3:]), (args[2],), (torch.ones_like(args[2]),))[1]
+    torch.testing.assert_close(tangent, expected, **F64)
+
+
+def test_func_jvp_and_hamilton_matrix_jvp():
+    args = linear_args()
+    tangents = tuple(torch.randn_like(a) for a in args)
+    assert_trees_close(torch.func.jvp(quaternion_linear, args, tangents), torch.func.jvp(reference.quaternion_linear, args, tangents))
+    parts, part_tangents = tuple(args[1:5]), tuple(tangents[1:5])
+    assert_trees_close(torch.func.jvp(hamilton_matrix, parts, part_tangents), torch.func.jvp(reference.hamilton_matrix, parts, part_tangents))
+
+
+@pytest.mark.parametrize("transform", [torch.func.jacfwd, torch.func.jacrev])
+@pytest.mark.parametrize("argnums", [0, 1, 4, 5, (0, 2)])
+def test_jacobians(transform, argnums):
+    args = linear_args()
+    assert_trees_close(
+        transform(quaternion_linear, argnums=argnums)(*args),
+        transform(reference.quaternion_linear, argnums=argnums)(*args),
+    )
+
+
+@pytest.mark.parametrize("argnums", [0, 3, (0, 1)])
+def test_hessian(argnums):
+    args = linear_args()
+
+    def loss(fn):
+        return lambda *a: fn(*a).tanh().sum()
+
+    assert_trees_close(
+        torch.func.hessian(loss(quaternion_linear), argnums=argnums)(*args),
+        torch.func.hessian(loss(reference.quaternion_linear), argnums=argnums)(*args),
+    )
+
+
+def test_vmap_over_inputs_and_over_the_raw_ops():
+    x, *weights, bias = linear_args()
+    batch = torch.randn(5, *x.shape, dtype=x.dtype)
+    batched = torch.vmap(quaternion_linear, in_dims=(0, None, None, None, None, None))(batch, *weights, bias)
+    torch.testing.assert_close(batched, reference.quaternion_linear(batch, *weights, bias), **F64)
+    # The raw ops' vmap rules, with a batch dim in different places and an unbatched argument.
+    stacks = [torch.randn(5, 2, 3, 2, dtype=torch.float64) for _ in range(4)]
+    out = torch.vmap(torch.ops.qlayers.hamilton_expand, in_dims=(0, 0, None, 2))(
+        stacks[0], stacks[1], stacks[2][0], stacks[3].movedim(0, 2)
+    )
+    expected = torch.stack([reference.hamilton_matrix(stacks[0][b], stacks[1][b], stacks[2][0], stacks[3][b]) for b in range(5)])
+    assert torch.equal(out, expected)
+    grads = torch.randn(5, 8, 12, 2, dtype=torch.float64)
+    for got, want in zip(torch.vmap(torch.ops.qlayers.hamilton_reduce)(grads), zip(*(torch.ops.qlayers.hamilton_reduce(g) for g in grads))):
+        assert torch.equal(got, torch.stack(want))
+
+
+def test_vmap_over_an_ensemble_of_weights():
+    layers = [qlayers.QLinear(8, 12, dtype=torch.float64) for _ in range(3)]
+    for layer in layers:
+        torch.nn.init.normal_(layer.bias)
+    params, buffers = torch.func.stack_module_state(layers)
+    template = qlayers.QLinear(8, 12, dtype=torch.float64, device="meta")
+    x = torch.randn(4, 8, dtype=torch.float64)
+
+    def call(p, b, inputs):
+        return torch.func.functional_call(template, (p, b), (inputs,))
+
+    outputs = torch.vmap(call, in_dims=(0, 0, None))(params, buffers, x)
+    torch.testing.assert_close(outputs, torch.stack([layer(x) for layer in layers]), **F64)
+    grads = torch.vmap(torch.func.grad(lambda p, b, inputs: call(p, b, inputs).pow(2).sum()), in_dims=(0, 0, None))(params, buffers, x)
+    for index, layer in enumerate(layers):
+        layer(x).pow(2).sum().backward()
+        for name, param in layer.named_parameters():
+            torch.testing.assert_close(grads[name][index], param.grad, **F64)
+
+
+# --- torch.compile ------------------------------------------------------------------------------
+
+
+def small_model(device="cpu"):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(qlayers.QLinear(64, 64), torch.nn.Tanh(), qlayers.QLinear(64, 32)).to(device)
+
+
+def training_step(model, x):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out.pow(2).sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_dynamic_matches_eager(backend):
+    torch._dynamo.reset()
+    model = small_model()
+    compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+    for batch in (7, 9, 12):  # dynamic shapes: one graph for every batch size
+        x = torch.randn(batch, 64)
+        (out, grads), (eager_out, eager_grads) = training_step(compiled, x), training_step(model, x)
+        torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-5)
+        assert_trees_close(grads, eager_grads, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_has_no_graph_breaks():
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(small_model())(torch.randn(7, 64))
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1
+
+
+def test_compiled_step_keeps_no_hamilton_matrix():
+    torch._dynamo.reset()
+    model = small_model()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(7, 64)
+    compiled(x).sum().backward()  # compile first, outside the count
+    with SavedTensorBytes(exclude=model.parameters()) as saved:
+        out = compiled(x)
+    out.sum().backward()
+    # What two nn.Linear layers would keep: the input and the hidden activation, nothing 64 x 64.
+    assert saved.total == 2 * x.numel() * 4
+    assert all(nbytes < 64 * 64 * 4 for nbytes in saved.storages.values())
+
+
+# --- autocast -----------------------------------------------------------------------------------
+
+AUTOCAST_CASES = [pytest.param("cpu", torch.bfloat16)] + [
+    pytest.param("cuda", dtype, marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible to torch"))
+    for dtype in (torch.float16, torch.bfloat16)
+]
+
+
+@pytest.mark.parametrize("device,dtype", AUTOCAST_CASES)
+def test_autocast_computes_in_low_precision_like_nn_linear(device, dtype):
+    layer = qlayers.QLinear(64, 32, device=device)
+    torch.nn.init.normal_(layer.bias)
+    dense = torch.nn.Linear(64, 32, device=device)
+    x = torch.randn(5, 64, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        out = layer(x)
+        dense_out = dense(x)
+        # What the layer should equal: the same math on operands rounded to the autocast dtype.
+        expected = reference.quaternion_linear(x.to(dtype), *(p.to(dtype) for p in layer.components()), layer.bias.to(dtype))
+    assert out.dtype == dense_out.dtype == dtype
+    torch.testing.assert_close(out, expected, **TOLERANCES[dtype])
+    out.float().pow(2).sum().backward()
+    assert x.grad.dtype == torch.float32
+    for param in layer.parameters():
+        assert param.dtype == torch.float32 and param.grad.dtype == torch.float32
+    # Gradients agree with full precision to low-precision accuracy.
+    reference_layer = qlayers.QLinear(64, 32, memory_efficient=False, device=device)
+    reference_layer.load_state_dict(layer.state_dict())
+    x_full = x.detach().clone().requires_grad_()
+    reference_layer(x_full).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_full.grad, rtol=0.05, atol=0.05 * x_full.grad.abs().max().item())
+
+
+def test_autocast_keeps_no_low_precision_copies():
+    layer = qlayers.QLinear(64, 64)
+    x = torch.randn(5, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), SavedTensorBytes(exclude=layer.parameters()) as saved:
+        out = layer(x)
+    out.float().sum().backward()
+    assert saved.total == x.numel() * 4  # the original input; the components are cast again in backward
+
+
+def test_compiled_autocast_matches_eager_autocast():
+    torch._dynamo.reset()
+    model = small_model()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(7, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, eager_out = compiled(x), model(x)
+    assert out.dtype == eager_out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, eager_out)
+
+
+def test_autocast_leaves_float64_alone():
+    layer = qlayers.QLinear(16, 8, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(2, 16, dtype=torch.float64)).dtype == torch.float64
+
+
+# --- torch.export ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_export_runs_and_matches_eager(device):
+    model = small_model(device).eval()
+    x = torch.randn(7, 64, device=device)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    for batch in (7, 3):
+        inputs = torch.randn(batch, 64, device=device)
+        torch.testing.assert_close(program.module()(inputs), model(inputs))
+    assert any("qlayers.hamilton_expand" in str(node.target) for node in program.graph.nodes)
