@@ -215,6 +215,60 @@ def kernel_table(records):
     return lines
 
 
+# The speed grid (issue: "faster than a dense layer"): one QLinear, forward + backward.
+GRID = {
+    "full": dict(batches=(1, 8, 64, 512, 4096), features=(512, 1024, 2048, 4096)),
+    "quick": dict(batches=(1, 8, 512), features=(512, 2048)),
+    "tiny": dict(batches=(1, 8), features=(32,)),
+}
+GRID_IMPLS = {
+    "qlayers": lambda f: qlayers.QLinear(f, f),
+    "qlayers-hamilton": lambda f: qlayers.QLinear(f, f, algorithm="hamilton"),
+    "qlayers-components": lambda f: qlayers.QLinear(f, f, algorithm="components"),
+    "autograd": lambda f: qlayers.QLinear(f, f, memory_efficient=False),
+    "dense": lambda f: nn.Linear(f, f),
+}
+
+
+@dataclass
+class GridRecord:
+    batch: int
+    features: int
+    impl: str
+    time_ms: float
+
+
+def speed_grid(size, device, min_run_time, impls=GRID_IMPLS):
+    records = []
+    for features in GRID[size]["features"]:
+        for batch in GRID[size]["batches"]:
+            x = torch.randn(batch, features, device=device, requires_grad=True)
+            for impl in impls:
+                torch.manual_seed(0)
+                layer = GRID_IMPLS[impl](features).to(device)
+                training_step(layer, x)
+                seconds = median_seconds(lambda inputs: training_step(layer, inputs), x, device, min_run_time)
+                records.append(GridRecord(batch, features, impl, seconds * 1e3))
+    return records
+
+
+def grid_table(records):
+    by_key = {(r.batch, r.features, r.impl): r.time_ms for r in records}
+    impls = list(dict.fromkeys(r.impl for r in records))
+    lines = [
+        "| batch | features | " + " | ".join(f"{impl} ms" for impl in impls) + " | qlayers / dense | qlayers / autograd |",
+        "|---:|---:|" + "---:|" * (len(impls) + 2),
+    ]
+    for batch, features in dict.fromkeys((r.batch, r.features) for r in records):
+        times = [by_key[(batch, features, impl)] for impl in impls]
+        ours = by_key[(batch, features, "qlayers")]
+        lines.append(
+            f"| {batch} | {features} | " + " | ".join(f"{t:.3f}" for t in times)
+            + f" | {ours / by_key[(batch, features, 'dense')]:.2f} | {ours / by_key[(batch, features, 'autograd')]:.2f} |"
+        )
+    return lines
+
+
 def machine(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -303,10 +357,17 @@ def main(argv=None):
         for workload, impl in tqdm(pairs, desc="compare", unit="run", file=sys.stderr):
             records.append(measure(workload, impl, device, min_run_time))
         kernels = kernel_bandwidth(device, min_run_time)
+        grid = speed_grid(size, device, min_run_time)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whoever called main()
 
-    lines = table(records) + ["", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", ""] + kernel_table(kernels)
+    lines = (
+        table(records)
+        + ["", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", ""]
+        + kernel_table(kernels)
+        + ["", "One layer, forward + backward, by batch and features (qlayers = algorithm 'auto'):", ""]
+        + grid_table(grid)
+    )
     print(header)
     print("\n".join(lines))
     for path in (options.json, options.plot, options.markdown):
@@ -316,7 +377,8 @@ def main(argv=None):
         with open(options.json, "w") as f:
             json.dump(
                 {"device": machine(device), "device_type": device.type, "torch": torch.__version__, "qlayers": qlayers.__version__,
-                 "size": size, "records": [asdict(r) for r in records], "kernels": [asdict(k) for k in kernels]},
+                 "size": size, "records": [asdict(r) for r in records], "kernels": [asdict(k) for k in kernels],
+                 "grid": [asdict(g) for g in grid]},
                 f,
                 indent=1,
             )

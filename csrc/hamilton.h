@@ -38,4 +38,11 @@ QLAYERS_HOST_DEVICE constexpr int hamilton_sign(int a, int b) {
 // The column block that holds `component` in row block a (the inverse of hamilton_component).
 QLAYERS_HOST_DEVICE constexpr int hamilton_column(int a, int component) { return a ^ component; }
 
+// hamilton_combine / hamilton_spread (the layer computed from component products, without W):
+// output block u sums input blocks v of component u ^ v with this sign. Forward (x -> y) uses
+// the table read down its columns, sign(v, u); the input gradient reads it across, sign(u, v).
+QLAYERS_HOST_DEVICE constexpr int combine_sign(int u, int v, bool transpose) {
+  return transpose ? hamilton_sign(u, v) : hamilton_sign(v, u);
+}
+
 }  // namespace qlayers

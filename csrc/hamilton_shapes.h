@@ -99,4 +99,46 @@ inline ReduceCall prepare_reduce(const at::Tensor& grad) {
   return call;
 }
 
+// One hamilton_combine call: products (4, *rows, 4, k) -> out (*rows, 4k).
+struct CombineCall {
+  at::Tensor out;       // (*rows, 4k), contiguous
+  at::Tensor products;  // contiguous
+  int64_t rows, k;
+  bool transpose;
+};
+
+inline CombineCall prepare_combine(const at::Tensor& products, bool transpose) {
+  TORCH_CHECK_VALUE(products.dim() >= 3 && products.size(0) == 4 && products.size(-2) == 4,
+                    "hamilton_combine: expected products of shape (4, *rows, 4, k), got ", products.sizes());
+  std::vector<int64_t> sizes(products.sizes().begin() + 1, products.sizes().end() - 2);
+  const int64_t k = products.size(-1);
+  int64_t rows = 1;
+  for (int64_t size : sizes) rows *= size;
+  sizes.push_back(4 * k);
+  return {at::empty(sizes, products.options()), products.contiguous(), rows, k, transpose};
+}
+
+// One hamilton_spread call, the adjoint of hamilton_combine: grad (*rows, 4k) -> (4, *rows, 4, k).
+struct SpreadCall {
+  at::Tensor out;   // (4, *rows, 4, k), contiguous
+  at::Tensor grad;  // contiguous
+  int64_t rows, k;
+  bool transpose;
+};
+
+inline SpreadCall prepare_spread(const at::Tensor& grad, bool transpose) {
+  TORCH_CHECK_VALUE(grad.dim() >= 1 && grad.size(-1) % 4 == 0,
+                    "hamilton_spread: expected a tensor of shape (*rows, 4k), got ", grad.sizes());
+  const int64_t k = grad.size(-1) / 4;
+  std::vector<int64_t> sizes = {4};
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < grad.dim(); ++d) {
+    sizes.push_back(grad.size(d));
+    rows *= grad.size(d);
+  }
+  sizes.push_back(4);
+  sizes.push_back(k);
+  return {at::empty(sizes, grad.options()), grad.contiguous(), rows, k, transpose};
+}
+
 }  // namespace qlayers

@@ -19,4 +19,9 @@ TORCH_LIBRARY(qlayers, m) {
   // The adjoint of hamilton_expand: (4n, 4m, *rest) -> four (n, m, *rest) components.
   m.def("hamilton_reduce(Tensor grad) -> (Tensor, Tensor, Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+  // The layer without W: products (4, *rows, 4, k) of the input's quaternion parts with each
+  // component, combined with the Hamilton signs into (*rows, 4k). transpose: the input gradient.
+  m.def("hamilton_combine(Tensor products, bool transpose) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // The adjoint of hamilton_combine: (*rows, 4k) -> (4, *rows, 4, k).
+  m.def("hamilton_spread(Tensor grad, bool transpose) -> Tensor", {at::Tag::pt2_compliant_tag});
 }

@@ -67,3 +67,53 @@ def _reduce_vmap(info, in_dims, grad):
     (bdim,) = in_dims
     outs = _reduce(_batch_last(grad, bdim, info.batch_size))
     return outs, tuple(o.dim() - 1 for o in outs)
+
+
+# hamilton_combine / hamilton_spread: the layer computed from component products, without W.
+_combine = torch.ops.qlayers.hamilton_combine
+_spread = torch.ops.qlayers.hamilton_spread
+
+
+@torch.library.register_fake("qlayers::hamilton_combine")
+def _combine_fake(products, transpose):
+    torch._check(
+        products.dim() >= 3 and products.shape[0] == 4 and products.shape[-2] == 4,
+        lambda: f"hamilton_combine: expected products of shape (4, *rows, 4, k), got {tuple(products.shape)}",
+    )
+    return products.new_empty((*products.shape[1:-2], 4 * products.shape[-1]))
+
+
+@torch.library.register_fake("qlayers::hamilton_spread")
+def _spread_fake(grad, transpose):
+    torch._check(
+        grad.dim() >= 1 and grad.shape[-1] % 4 == 0,
+        lambda: f"hamilton_spread: expected a tensor of shape (*rows, 4k), got {tuple(grad.shape)}",
+    )
+    return grad.new_empty((4, *grad.shape[:-1], 4, grad.shape[-1] // 4))
+
+
+def _remember_transpose(ctx, inputs, output):
+    ctx.transpose = inputs[1]
+
+
+def _combine_backward(ctx, grad):
+    return _spread(grad, ctx.transpose), None
+
+
+def _spread_backward(ctx, grad):
+    return _combine(grad, ctx.transpose), None
+
+
+torch.library.register_autograd("qlayers::hamilton_combine", _combine_backward, setup_context=_remember_transpose)
+torch.library.register_autograd("qlayers::hamilton_spread", _spread_backward, setup_context=_remember_transpose)
+
+
+@torch.library.register_vmap("qlayers::hamilton_combine")
+def _combine_vmap(info, in_dims, products, transpose):
+    # Rows may span several dims: the batch dim becomes the first of them.
+    return _combine(products.movedim(in_dims[0], 1), transpose), 0
+
+
+@torch.library.register_vmap("qlayers::hamilton_spread")
+def _spread_vmap(info, in_dims, grad, transpose):
+    return _spread(grad.movedim(in_dims[0], 0), transpose), 1

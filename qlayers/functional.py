@@ -6,12 +6,21 @@ input gradient needs it. Autograd therefore keeps exactly what a dense layer kee
 """
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["hamilton_expand", "hamilton_matrix", "hamilton_reduce", "quaternion_linear"]
+__all__ = [
+    "ALGORITHMS",
+    "choose_algorithm",
+    "hamilton_combine",
+    "hamilton_expand",
+    "hamilton_matrix",
+    "hamilton_reduce",
+    "hamilton_spread",
+    "quaternion_linear",
+]
 
 _COMPONENT_NAMES = ("r_weight", "i_weight", "j_weight", "k_weight")
 
@@ -137,6 +146,50 @@ class _Reduce(torch.autograd.Function):
         return hamilton_reduce(grad_tangent)
 
 
+class _Combine(torch.autograd.Function):
+    """hamilton_combine with a forward-mode rule; its adjoint is hamilton_spread."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(products, transpose):
+        return torch.ops.qlayers.hamilton_combine(products, transpose)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.transpose = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return hamilton_spread(grad, ctx.transpose), None
+
+    @staticmethod
+    def jvp(ctx, products_tangent, _):
+        return hamilton_combine(products_tangent, ctx.transpose)
+
+
+class _Spread(torch.autograd.Function):
+    """hamilton_spread with a forward-mode rule; its adjoint is hamilton_combine."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, transpose):
+        return torch.ops.qlayers.hamilton_spread(grad, transpose)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.transpose = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return hamilton_combine(grad, ctx.transpose), None
+
+    @staticmethod
+    def jvp(ctx, grad_tangent, _):
+        return hamilton_spread(grad_tangent, ctx.transpose)
+
+
 def _fill_zeros(tensors, like):
     """Autograd passes None for a zero gradient or tangent; the kernels want tensors."""
     return [torch.zeros_like(like) if t is None else t for t in tensors]
@@ -156,6 +209,20 @@ def hamilton_reduce(grad: Tensor):
     if torch.compiler.is_compiling():
         return torch.ops.qlayers.hamilton_reduce(grad)
     return _Reduce.apply(grad)
+
+
+def hamilton_combine(products: Tensor, transpose: bool = False) -> Tensor:
+    """torch.ops.qlayers.hamilton_combine, differentiable in reverse and forward mode."""
+    if torch.compiler.is_compiling():
+        return torch.ops.qlayers.hamilton_combine(products, transpose)
+    return _Combine.apply(products, transpose)
+
+
+def hamilton_spread(grad: Tensor, transpose: bool = False) -> Tensor:
+    """torch.ops.qlayers.hamilton_spread, differentiable in reverse and forward mode."""
+    if torch.compiler.is_compiling():
+        return torch.ops.qlayers.hamilton_spread(grad, transpose)
+    return _Spread.apply(grad, transpose)
 
 
 def hamilton_matrix(r_weight: Tensor, i_weight: Tensor, j_weight: Tensor, k_weight: Tensor) -> Tensor:
@@ -186,56 +253,158 @@ def _cast(tensors, dtype):
     return [t if t is None or dtype is None else t.to(dtype) for t in tensors]
 
 
+ALGORITHMS = ("auto", "hamilton", "components")
+
+# The three products of a linear layer, each with its own choice of formulation.
+PHASES = ("forward", "grad_input", "grad_components")
+
+# Rows per input quaternion feature (rows / n) up to which "auto" picks the components
+# formulation, per phase; measured with benchmarks/compare.py (README, "Choosing the algorithm").
+COMPONENTS_MAX_ROWS_PER_FEATURE = {"forward": 0.75, "grad_input": 0.75, "grad_components": 0.75}
+
+
+def choose_algorithm(algorithm: str, rows: int, n: int, phase: str = "forward") -> str:
+    """The formulation for a product of ``rows`` input rows with ``(n, m)`` components.
+
+    "hamilton" builds W (4n x 4m) and runs one dense GEMM: best when the batch is large, W is
+    then small next to the activations. "components" multiplies the input's quaternion parts
+    by the components and combines the 16 products with the Hamilton signs, never forming W: it
+    reads a quarter of the weight bytes, which wins when the batch is small (memory-bound).
+    """
+    if algorithm != "auto":
+        return algorithm
+    if isinstance(rows, torch.SymInt) or isinstance(n, torch.SymInt):
+        # Sizes left symbolic (dynamic shapes under torch.compile or torch.export): deciding on
+        # them would specialise the graph, so take the formulation that suits any batch.
+        return "hamilton"
+    return "components" if rows <= COMPONENTS_MAX_ROWS_PER_FEATURE[phase] * n else "hamilton"
+
+
+def _rows(t: Tensor) -> int:
+    return math.prod(t.shape[:-1])
+
+
+class _Ops(NamedTuple):
+    expand: Callable
+    reduce: Callable
+    combine: Callable
+    spread: Callable
+
+
+# A Function's forward, and a backward that builds no graph, need no derivatives of the ops they
+# call: the raw ops skip the wrappers' overhead, which matters for small layers.
+_RAW_OPS = _Ops(
+    torch.ops.qlayers.hamilton_expand,
+    torch.ops.qlayers.hamilton_reduce,
+    torch.ops.qlayers.hamilton_combine,
+    torch.ops.qlayers.hamilton_spread,
+)
+
+
+def _ops(differentiable: bool) -> _Ops:
+    if differentiable:
+        return _Ops(hamilton_expand, hamilton_reduce, hamilton_combine, hamilton_spread)
+    return _RAW_OPS
+
+
+def _component_products(quaternion_rows, components, transpose):
+    """(4R, k) rows times each component (or its transpose): (4, 4R, m) products.
+
+    Four GEMMs that read the components in place: stacking them for one batched GEMM, or a
+    broadcast matmul, measured slower here (a copy of the components per call).
+    """
+    return torch.stack([quaternion_rows @ (c.t() if transpose else c) for c in components])
+
+
+def _linear_forward(algorithm, input, components, bias, ops):
+    """input @ W + bias by the given formulation; input (..., 4n) -> (..., 4m)."""
+    n, m = components[0].shape
+    if algorithm == "hamilton":
+        # F.linear multiplies by weight.t() again: x @ W, with the bias fused into the GEMM.
+        return torch.nn.functional.linear(input, ops.expand(*components).t(), bias)
+    rows = _rows(input)
+    quaternion_rows = input.reshape(rows * 4, n)  # row (r, a): quaternion part a of input row r
+    products = _component_products(quaternion_rows, components, transpose=False).view(4, rows, 4, m)
+    out = ops.combine(products, False)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*input.shape[:-1], 4 * m)
+
+
+def _linear_grad_input(algorithm, grad_output, components, ops):
+    """grad_output @ W^T by the given formulation; (..., 4m) -> (..., 4n)."""
+    n, m = components[0].shape
+    if algorithm == "hamilton":
+        return torch.matmul(grad_output, ops.expand(*components).t())
+    rows = _rows(grad_output)
+    quaternion_rows = grad_output.reshape(rows * 4, m)
+    products = _component_products(quaternion_rows, components, transpose=True).view(4, rows, 4, n)
+    return ops.combine(products, True).reshape(*grad_output.shape[:-1], 4 * n)
+
+
+def _linear_grad_components(algorithm, input_rows, grad_rows, n, ops):
+    """The four component gradients from 2-d input (rows, 4n) and grad_output (rows, 4m)."""
+    rows, m = input_rows.shape[0], grad_rows.shape[1] // 4
+    if algorithm == "hamilton":
+        # One GEMM gives dL/dW; its adjoint map folds it onto the four components.
+        return ops.reduce(input_rows.t().matmul(grad_rows))
+    # The same sums with W never formed: a signed rearrangement of grad_output, then one GEMM
+    # per component against the input's quaternion parts.
+    spread = ops.spread(grad_rows, False).view(4, rows * 4, m)
+    quaternion_rows_t = input_rows.reshape(rows * 4, n).t()
+    return [quaternion_rows_t @ spread[c] for c in range(4)]
+
+
 class QuaternionLinearFunction(torch.autograd.Function):
     """``y = x @ W + bias`` that keeps only ``x`` and the components for backward.
 
     ``compute_dtype`` is the autocast dtype (or None): operands are cast to it in forward and
     again in backward, so autograd keeps the original tensors, not low-precision copies.
+    ``algorithms`` names the formulation ("hamilton" or "components") for the forward product,
+    the input gradient and the component gradients, decided before the call (a decision on
+    symbolic sizes inside backward would break torch.compile's tracing).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype):
+    def forward(input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, algorithms):
         input, *components, bias = _cast((input, r_weight, i_weight, j_weight, k_weight, bias), compute_dtype)
-        weight = hamilton_expand(*components)
-        # F.linear multiplies by weight.t() again: x @ W, with the bias fused into the GEMM.
-        return torch.nn.functional.linear(input, weight.t(), bias)
+        return _linear_forward(algorithms[0], input, components, bias, _RAW_OPS)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, r_weight, i_weight, j_weight, k_weight, _, compute_dtype = inputs
+        input, r_weight, i_weight, j_weight, k_weight, _, compute_dtype, algorithms = inputs
         ctx.save_for_backward(input, r_weight, i_weight, j_weight, k_weight)
         ctx.compute_dtype = compute_dtype
+        ctx.algorithms = algorithms
 
     @staticmethod
     def backward(ctx, grad_output):
         saved = ctx.saved_tensors
         input, *components = _cast(saved, ctx.compute_dtype)
-        needs_input, *needs_components, needs_bias, _ = ctx.needs_input_grad
+        needs_input, *needs_components, needs_bias, _, _ = ctx.needs_input_grad
         grad_input = grad_bias = None
         grad_components = [None] * 4
         if ctx.compute_dtype is not None:
             grad_output = grad_output.to(ctx.compute_dtype)
+        # create_graph=True (double backward, hessians) needs differentiable ops; else raw ones.
+        ops = _ops(torch.is_grad_enabled())
 
         if needs_input:
-            # The rebuilt matrix dies here, before the weight gradient allocates its own (4n, 4m).
-            grad_input = torch.matmul(grad_output, hamilton_expand(*components).t()).to(saved[0].dtype)
+            grad_input = _linear_grad_input(ctx.algorithms[1], grad_output, components, ops).to(saved[0].dtype)
         if any(needs_components) or needs_bias:
             # Flatten the leading dims explicitly: reshape(-1, ...) is ambiguous for an empty batch.
-            rows = math.prod(input.shape[:-1])
+            rows = _rows(input)
             grad_rows = grad_output.reshape(rows, grad_output.shape[-1])
         if any(needs_components):
-            # One GEMM gives dL/dW; its adjoint map folds it onto the four components.
-            grad_weight = input.reshape(rows, input.shape[-1]).t().matmul(grad_rows)
-            reduced = hamilton_reduce(grad_weight)
+            n = components[0].shape[0]
+            grads = _linear_grad_components(ctx.algorithms[2], input.reshape(rows, 4 * n), grad_rows, n, ops)
             # Each component's flag is honoured on its own: freezing one never starves the others.
-            grad_components = [
-                g.to(c.dtype) if need else None for g, c, need in zip(reduced, saved[1:], needs_components)
-            ]
+            grad_components = [g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)]
         if needs_bias:
             grad_bias = grad_rows.sum(0)  # cast back to the bias' dtype by autograd
-        return grad_input, *grad_components, grad_bias, None
+        return grad_input, *grad_components, grad_bias, None, None
 
 
 class _QuaternionLinearWithJvp(QuaternionLinearFunction):
@@ -244,23 +413,48 @@ class _QuaternionLinearWithJvp(QuaternionLinearFunction):
     @staticmethod
     def setup_context(ctx, inputs, output):
         QuaternionLinearFunction.setup_context(ctx, inputs, output)
-        input, r_weight, i_weight, j_weight, k_weight, _, _ = inputs
-        ctx.save_for_forward(input, r_weight, i_weight, j_weight, k_weight)
+        ctx.save_for_forward(*inputs[:5])
 
     @staticmethod
-    def jvp(ctx, input_tangent, r_tangent, i_tangent, j_tangent, k_tangent, bias_tangent, _):
+    def jvp(ctx, input_tangent, r_tangent, i_tangent, j_tangent, k_tangent, bias_tangent, *_):
         # y = x W + b is bilinear in (x, W): dy = dx W + x dW + db, with dW = expand(dr, di, dj, dk).
         input, *components = _cast(ctx.saved_tensors, ctx.compute_dtype)
         component_tangents = (r_tangent, i_tangent, j_tangent, k_tangent)
         terms = []
         if input_tangent is not None:
-            terms.append(torch.matmul(input_tangent.to(input.dtype), hamilton_expand(*components)))
+            terms.append(_linear_forward(ctx.algorithms[0], input_tangent.to(input.dtype), components, None, _ops(True)))
         if any(t is not None for t in component_tangents):
             tangents = _cast(_fill_zeros(component_tangents, components[0]), components[0].dtype)
-            terms.append(torch.matmul(input, hamilton_expand(*tangents)))
+            terms.append(_linear_forward(ctx.algorithms[0], input, tangents, None, _ops(True)))
         if bias_tangent is not None:
             terms.append(bias_tangent.to(input.dtype))
         return sum(terms[1:], terms[0])
+
+
+class _QuaternionLinearEager(torch.autograd.Function):
+    """The same Function in the ctx-first style, for plain eager calls.
+
+    Function.apply binds the arguments with inspect.signature on every call when setup_context is
+    defined, which cost about 40 us here: as much as a small layer's whole forward. torch.func
+    transforms need the setup_context style, so this one serves only when none is active.
+    """
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = QuaternionLinearFunction.forward(*inputs)
+        _QuaternionLinearWithJvp.setup_context(ctx, inputs, output)
+        return output
+
+    backward = QuaternionLinearFunction.backward
+    jvp = _QuaternionLinearWithJvp.jvp
+
+
+def _linear_function():
+    if torch.compiler.is_compiling():
+        return QuaternionLinearFunction  # Dynamo refuses a Function with a jvp
+    if torch._C._are_functorch_transforms_active():
+        return _QuaternionLinearWithJvp
+    return _QuaternionLinearEager
 
 
 def quaternion_linear(
@@ -270,6 +464,7 @@ def quaternion_linear(
     j_weight: Tensor,
     k_weight: Tensor,
     bias: Optional[Tensor] = None,
+    algorithm: str = "auto",
 ) -> Tensor:
     """Quaternion linear map ``y = x @ W + bias``, memory-efficient.
 
@@ -277,6 +472,8 @@ def quaternion_linear(
         input: ``(..., 4n)``, features in ``[r | i | j | k]`` blocks.
         r_weight, i_weight, j_weight, k_weight: ``(n, m)`` components of the weight.
         bias: optional ``(4m,)``.
+        algorithm: ``"auto"`` (default), ``"hamilton"`` or ``"components"``; see
+            :func:`choose_algorithm`. Both keep only the input and the components for backward.
 
     Returns:
         ``(..., 4m)``. For backward, autograd keeps only ``input`` and the components; the
@@ -286,5 +483,13 @@ def quaternion_linear(
     components = (r_weight, i_weight, j_weight, k_weight)
     compute_dtype = _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
     check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
-    function = QuaternionLinearFunction if torch.compiler.is_compiling() else _QuaternionLinearWithJvp
-    return function.apply(input, *components, bias, compute_dtype)
+    check_algorithm(algorithm)
+    rows, n = _rows(input), r_weight.shape[0]
+    algorithms = tuple(choose_algorithm(algorithm, rows, n, phase) for phase in PHASES)
+    return _linear_function().apply(input, *components, bias, compute_dtype, algorithms)
+
+
+def check_algorithm(algorithm: str) -> None:
+    """Raise ValueError unless ``algorithm`` names a formulation."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")

@@ -137,7 +137,7 @@ def test_module_parameters_and_repr():
     assert layer.bias is None
     assert repr(layer) == (
         "QLinear(in_features=16, out_features=24, bias=False, memory_efficient=True, "
-        "init='quaternion', criterion='glorot')"
+        "algorithm='auto', init='quaternion', criterion='glorot')"
     )
     with_bias = qlayers.QLinear(16, 24, dtype=torch.float64)
     assert with_bias.bias.shape == (24,) and with_bias.r_weight.dtype == torch.float64

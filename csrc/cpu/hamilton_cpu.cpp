@@ -58,6 +58,16 @@ void negate_run(const scalar_t* from, scalar_t* to, int64_t len) {
   }
 }
 
+// to[t] = from[t] or -from[t].
+template <typename scalar_t>
+void signed_copy_run(const scalar_t* from, scalar_t* to, int64_t len, bool negate) {
+  if (negate) {
+    negate_run(from, to, len);
+  } else {
+    std::copy(from, from + len, to);
+  }
+}
+
 template <typename scalar_t>
 void expand_kernel(const ExpandCall& call) {
   const int64_t n = call.n, m = call.m, inner = call.inner;
@@ -79,11 +89,7 @@ void expand_kernel(const ExpandCall& call) {
       scalar_t* to = dst + segment * segment_len;
       const bool negate = hamilton_sign(a, b) < 0;
       if (s.rows_contiguous(inner)) {
-        if (negate) {
-          negate_run(from, to, segment_len);
-        } else {
-          std::copy(from, from + segment_len, to);
-        }
+        signed_copy_run(from, to, segment_len, negate);
       } else {
         for (int64_t q = 0; q < m; ++q) {
           for (int64_t e = 0; e < inner; ++e) {
@@ -228,6 +234,47 @@ void reduce_kernel(const ReduceCall& call) {
   });
 }
 
+// products (4, R, 4, k) -> out (R, 4, k): out[row, u] = sum_v sign * products[u ^ v, row, v].
+template <typename scalar_t>
+void combine_kernel(const CombineCall& call) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t rows = call.rows, k = call.k;
+  const scalar_t* products = call.products.const_data_ptr<scalar_t>();
+  scalar_t* out = call.out.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (4 * k));
+  at::parallel_for(0, 4 * rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {  // task = row * 4 + u
+      const int64_t row = task / 4;
+      const int u = static_cast<int>(task % 4);
+      std::array<const scalar_t*, 4> runs;
+      std::array<opmath_t, 4> signs;
+      for (int v = 0; v < 4; ++v) {
+        runs[v] = products + (((u ^ v) * rows + row) * 4 + v) * k;
+        signs[v] = static_cast<opmath_t>(combine_sign(u, v, call.transpose));
+      }
+      signed_sum_run_fast(runs, signs, out + task * k, k);
+    }
+  });
+}
+
+// grad (R, 4, k) -> out (4, R, 4, k): out[c, row, v] = sign * grad[row, c ^ v].
+template <typename scalar_t>
+void spread_kernel(const SpreadCall& call) {
+  const int64_t rows = call.rows, k = call.k;
+  const scalar_t* grad = call.grad.const_data_ptr<scalar_t>();
+  scalar_t* out = call.out.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / k);
+  at::parallel_for(0, 16 * rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {  // task = (c * R + row) * 4 + v
+      const int v = static_cast<int>(task % 4);
+      const int64_t row = (task / 4) % rows;
+      const int c = static_cast<int>(task / (4 * rows));
+      const int u = c ^ v;
+      signed_copy_run(grad + (row * 4 + u) * k, out + task * k, k, combine_sign(u, v, call.transpose) < 0);
+    }
+  });
+}
+
 at::Tensor hamilton_expand_cpu(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
                                const at::Tensor& k) {
   const ExpandCall call = prepare_expand(r, i, j, k);
@@ -247,11 +294,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cpu(c
   return {call.outs[0], call.outs[1], call.outs[2], call.outs[3]};
 }
 
+at::Tensor hamilton_combine_cpu(const at::Tensor& products, bool transpose) {
+  const CombineCall call = prepare_combine(products, transpose);
+  if (call.out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, products.scalar_type(), "hamilton_combine_cpu",
+                                    [&] { combine_kernel<scalar_t>(call); });
+  }
+  return call.out;
+}
+
+at::Tensor hamilton_spread_cpu(const at::Tensor& grad, bool transpose) {
+  const SpreadCall call = prepare_spread(grad, transpose);
+  if (call.out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "hamilton_spread_cpu",
+                                    [&] { spread_kernel<scalar_t>(call); });
+  }
+  return call.out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qlayers, CPU, m) {
   m.impl("hamilton_expand", &hamilton_expand_cpu);
   m.impl("hamilton_reduce", &hamilton_reduce_cpu);
+  m.impl("hamilton_combine", &hamilton_combine_cpu);
+  m.impl("hamilton_spread", &hamilton_spread_cpu);
 }
 
 }  // namespace qlayers

@@ -134,6 +134,57 @@ __global__ void reduce_kernel(Strided3d<scalar_t> g, KernelArray<scalar_t*, 4> o
   }
 }
 
+// products (4, R, 4, k) -> out (R, 4, k): out[row, u, q] = sum_v sign * products[u ^ v, row, v, q].
+template <typename scalar_t, int Width>
+__global__ void combine_kernel(const scalar_t* __restrict__ products, scalar_t* __restrict__ out, int64_t rows,
+                               int64_t k, bool transpose, int64_t packs) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
+       pack += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t index = pack * Width;  // over (row, u, q)
+    const int64_t task = index / k;      // row * 4 + u
+    const int64_t q = index - task * k;
+    const int64_t row = task / 4;
+    const int u = static_cast<int>(task % 4);
+    opmath_t acc[Width];
+#pragma unroll
+    for (int e = 0; e < Width; ++e) acc[e] = opmath_t(0);
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const opmath_t sign = static_cast<opmath_t>(combine_sign(u, v, transpose));
+      const Pack<scalar_t, Width> values =
+          *reinterpret_cast<const Pack<scalar_t, Width>*>(products + (((u ^ v) * rows + row) * 4 + v) * k + q);
+#pragma unroll
+      for (int e = 0; e < Width; ++e) acc[e] += sign * static_cast<opmath_t>(values.v[e]);
+    }
+    Pack<scalar_t, Width> result;
+#pragma unroll
+    for (int e = 0; e < Width; ++e) result.v[e] = static_cast<scalar_t>(acc[e]);
+    *reinterpret_cast<Pack<scalar_t, Width>*>(out + index) = result;
+  }
+}
+
+// grad (R, 4, k) -> out (4, R, 4, k): out[c, row, v, q] = sign * grad[row, c ^ v, q].
+template <typename scalar_t, int Width>
+__global__ void spread_kernel(const scalar_t* __restrict__ grad, scalar_t* __restrict__ out, int64_t rows,
+                              int64_t k, bool transpose, int64_t packs) {
+  for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
+       pack += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t index = pack * Width;  // over (c, row, v, q)
+    const int64_t task = index / k;      // (c * R + row) * 4 + v
+    const int64_t q = index - task * k;
+    const int v = static_cast<int>(task % 4);
+    const int64_t row = (task / 4) % rows;
+    const int c = static_cast<int>(task / (4 * rows));
+    const int u = c ^ v;
+    const bool negate = combine_sign(u, v, transpose) < 0;
+    Pack<scalar_t, Width> values = *reinterpret_cast<const Pack<scalar_t, Width>*>(grad + (row * 4 + u) * k + q);
+#pragma unroll
+    for (int e = 0; e < Width; ++e) values.v[e] = negate ? static_cast<scalar_t>(-values.v[e]) : values.v[e];
+    *reinterpret_cast<Pack<scalar_t, Width>*>(out + index) = values;
+  }
+}
+
 bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % kPackBytes == 0; }
 
 // Whether every row of a strided view is one contiguous, pack-aligned run of `run` elements.
@@ -194,6 +245,27 @@ void launch_reduce(const ReduceCall& call) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename scalar_t>
+using RowsKernel = void (*)(const scalar_t*, scalar_t*, int64_t, int64_t, bool, int64_t);
+
+// Both operands are contiguous with rows of k elements: the packed kernel runs when k and the
+// pointers allow whole packs, the one-element kernel otherwise.
+template <typename scalar_t>
+void launch_rows_kernel(RowsKernel<scalar_t> packed, RowsKernel<scalar_t> single, const at::Tensor& in,
+                        const at::Tensor& out, int64_t rows, int64_t k, bool transpose) {
+  constexpr int kWidth = kPackBytes / sizeof(scalar_t);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const scalar_t* src = in.const_data_ptr<scalar_t>();
+  scalar_t* dst = out.data_ptr<scalar_t>();
+  if (k % kWidth == 0 && aligned(src) && aligned(dst)) {
+    const int64_t packs = out.numel() / kWidth;
+    packed<<<blocks_for(packs), kThreads, 0, stream>>>(src, dst, rows, k, transpose, packs);
+  } else {
+    single<<<blocks_for(out.numel()), kThreads, 0, stream>>>(src, dst, rows, k, transpose, out.numel());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor hamilton_expand_cuda(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
                                 const at::Tensor& k) {
   const c10::cuda::OptionalCUDAGuard guard(r.device());
@@ -215,11 +287,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cuda(
   return {call.outs[0], call.outs[1], call.outs[2], call.outs[3]};
 }
 
+at::Tensor hamilton_combine_cuda(const at::Tensor& products, bool transpose) {
+  const c10::cuda::OptionalCUDAGuard guard(products.device());
+  const CombineCall call = prepare_combine(products, transpose);
+  if (call.out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, products.scalar_type(), "hamilton_combine_cuda", [&] {
+      constexpr int kWidth = kPackBytes / sizeof(scalar_t);
+      launch_rows_kernel<scalar_t>(combine_kernel<scalar_t, kWidth>, combine_kernel<scalar_t, 1>, call.products,
+                                   call.out, call.rows, call.k, call.transpose);
+    });
+  }
+  return call.out;
+}
+
+at::Tensor hamilton_spread_cuda(const at::Tensor& grad, bool transpose) {
+  const c10::cuda::OptionalCUDAGuard guard(grad.device());
+  const SpreadCall call = prepare_spread(grad, transpose);
+  if (call.out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "hamilton_spread_cuda", [&] {
+      constexpr int kWidth = kPackBytes / sizeof(scalar_t);
+      launch_rows_kernel<scalar_t>(spread_kernel<scalar_t, kWidth>, spread_kernel<scalar_t, 1>, call.grad, call.out,
+                                   call.rows, call.k, call.transpose);
+    });
+  }
+  return call.out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qlayers, CUDA, m) {
   m.impl("hamilton_expand", &hamilton_expand_cuda);
   m.impl("hamilton_reduce", &hamilton_reduce_cuda);
+  m.impl("hamilton_combine", &hamilton_combine_cuda);
+  m.impl("hamilton_spread", &hamilton_spread_cuda);
 }
 
 }  // namespace qlayers

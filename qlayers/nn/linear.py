@@ -16,6 +16,9 @@ class QLinear(nn.Module):
         bias: learn an additive bias of shape ``(out_features,)``. Default: ``True``.
         memory_efficient: ``True`` (default) keeps only the input for backward and rebuilds ``W``
             there; ``False`` is plain autograd, which keeps ``W`` (the baseline).
+        algorithm: how the memory-efficient path computes: ``"auto"`` (default) picks per call
+            between ``"hamilton"`` (build W, one GEMM) and ``"components"`` (never build W); see
+            :func:`qlayers.functional.choose_algorithm`.
         init: ``"quaternion"`` (default), ``"unitary"`` or ``"random"``; see :mod:`qlayers.init`.
         criterion: ``"glorot"`` (default) or ``"he"``.
         device, dtype: as in ``torch.nn.Linear``.
@@ -32,7 +35,7 @@ class QLinear(nn.Module):
         bias: ``(out_features,)``, initialised to zero.
     """
 
-    __constants__ = ["in_features", "out_features", "memory_efficient", "init", "criterion"]
+    __constants__ = ["in_features", "out_features", "memory_efficient", "algorithm", "init", "criterion"]
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class QLinear(nn.Module):
         bias: bool = True,
         *,
         memory_efficient: bool = True,
+        algorithm: str = "auto",
         init: str = "quaternion",
         criterion: str = "glorot",
         device=None,
@@ -54,9 +58,11 @@ class QLinear(nn.Module):
                     f"(real features, 4 per quaternion), got {value!r}"
                 )
         quaternion_init.check_scheme(init, criterion)
+        functional.check_algorithm(algorithm)
         self.in_features = in_features
         self.out_features = out_features
         self.memory_efficient = memory_efficient
+        self.algorithm = algorithm
         self.init = init
         self.criterion = criterion
 
@@ -91,7 +97,7 @@ class QLinear(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         if self.memory_efficient:
-            return functional.quaternion_linear(input, *self.components(), self.bias)
+            return functional.quaternion_linear(input, *self.components(), self.bias, self.algorithm)
         functional.check_linear_arguments("QLinear", input, self.components(), self.bias)
         return reference.quaternion_linear(input, *self.components(), self.bias)
 
@@ -99,5 +105,5 @@ class QLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, memory_efficient={self.memory_efficient}, "
-            f"init={self.init!r}, criterion={self.criterion!r}"
+            f"algorithm={self.algorithm!r}, init={self.init!r}, criterion={self.criterion!r}"
         )

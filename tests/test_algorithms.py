@@ -1,0 +1,193 @@
+"""The two formulations of the layer ("hamilton" builds W, "components" never does), their raw
+ops hamilton_combine / hamilton_spread, and the automatic choice between them."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import qlayers
+from conftest import DEVICES, TOLERANCES, components
+from qlayers import reference
+from qlayers.functional import choose_algorithm, quaternion_linear
+from qlayers.memory import SavedTensorBytes
+
+combine = torch.ops.qlayers.hamilton_combine
+spread = torch.ops.qlayers.hamilton_spread
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def products(rows, parts, transpose):
+    """(4, R, 4, k) products of quaternion rows (R*4, n or m) with each part (or its transpose)."""
+    return torch.stack([rows @ (p.t() if transpose else p) for p in parts])
+
+
+# --- the raw ops, against the reference matrix --------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n,m", [(1, 1, 1), (3, 2, 5), (4, 8, 8), (5, 3, 16), (2, 7, 33)])
+def test_combine_gives_the_layer_and_its_input_gradient(rows, n, m, dtype, device):
+    # combine(x's parts times each component) == x @ W, and transposed == g @ W^T.
+    x = torch.randn(rows, 4 * n, dtype=torch.float64)
+    g = torch.randn(rows, 4 * m, dtype=torch.float64)
+    parts64 = components(n, m)
+    matrix = reference.hamilton_matrix(*parts64)
+    parts = [p.to(device, dtype) for p in parts64]
+    forward = products(x.to(device, dtype).reshape(rows * 4, n), parts, False).view(4, rows, 4, m)
+    backward = products(g.to(device, dtype).reshape(rows * 4, m), parts, True).view(4, rows, 4, n)
+    # The GEMMs above round in low precision before combine does: compare with that tolerance.
+    tolerance = TOLERANCES[dtype] if dtype in (torch.float64, torch.float32) else dict(rtol=0.05, atol=0.15)
+    torch.testing.assert_close(combine(forward, False).cpu().double(), x @ matrix, **tolerance)
+    torch.testing.assert_close(combine(backward, True).cpu().double(), g @ matrix.t(), **tolerance)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n,m", [(1, 1, 1), (3, 2, 5), (5, 3, 16), (2, 7, 33)])
+def test_spread_gives_the_component_gradients(rows, n, m, dtype, device):
+    x = torch.randn(rows, 4 * n, dtype=torch.float64)
+    g = torch.randn(rows, 4 * m, dtype=torch.float64)
+    parts = components(n, m, requires_grad=True)
+    expected = torch.autograd.grad(x @ reference.hamilton_matrix(*parts), parts, g)
+    spread_g = spread(g.to(device, dtype), False)
+    assert spread_g.shape == (4, rows, 4, m)
+    quaternion_rows_t = x.reshape(rows * 4, n).t()
+    # spread only copies and flips signs of g rounded to dtype: the GEMM runs in float64.
+    tolerance = TOLERANCES[dtype] if dtype in (torch.float64, torch.float32) else dict(rtol=0.02, atol=0.05)
+    for c, want in enumerate(expected):
+        got = quaternion_rows_t @ spread_g[c].reshape(rows * 4, m).cpu().double()
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_combine_and_spread_are_adjoint(transpose, device):
+    p = torch.randn(4, 3, 2, 4, 5, dtype=torch.float64, device=device)  # rows may span dims
+    g = torch.randn(3, 2, 20, dtype=torch.float64, device=device)
+    assert combine(p, transpose).shape == g.shape and spread(g, transpose).shape == p.shape
+    torch.testing.assert_close((combine(p, transpose) * g).sum(), (p * spread(g, transpose)).sum(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_combine_spread_autograd_vmap_and_opcheck(device):
+    p = torch.randn(4, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(2, 12, dtype=torch.float64, device=device, requires_grad=True)
+    for transpose in (False, True):
+        assert gradcheck(lambda t: combine(t, transpose), (p,))
+        assert gradgradcheck(lambda t: combine(t, transpose), (p,))
+        assert gradcheck(lambda t: spread(t, transpose), (g,))
+        torch.library.opcheck(combine, (p, transpose))
+        torch.library.opcheck(spread, (g, transpose))
+        batch = torch.randn(5, 4, 2, 4, 3, dtype=torch.float64, device=device)
+        assert torch.equal(torch.vmap(lambda t: combine(t, transpose))(batch), torch.stack([combine(b, transpose) for b in batch]))
+        grads = torch.randn(2, 5, 12, dtype=torch.float64, device=device)
+        assert torch.equal(torch.vmap(lambda t: spread(t, transpose), in_dims=1)(grads), torch.stack([spread(grads[:, b], transpose) for b in range(5)]))
+
+
+def test_combine_spread_bad_shapes():
+    with pytest.raises(ValueError, match=r"hamilton_combine: expected products of shape \(4, \*rows, 4, k\), got \[3, 2, 4, 5\]"):
+        combine(torch.zeros(3, 2, 4, 5), False)
+    with pytest.raises(ValueError, match=r"hamilton_spread: expected a tensor of shape \(\*rows, 4k\), got \[2, 6\]"):
+        spread(torch.zeros(2, 6), False)
+
+
+# --- the layer, by algorithm ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("input_shape", [(), (0,), (1,), (5,), (3, 4), (2, 0, 3)])
+@pytest.mark.parametrize("n,m", [(3, 5), (1, 1), (8, 2)])
+def test_layer_matches_reference(algorithm, dtype, input_shape, n, m):
+    x = torch.randn(*input_shape, 4 * n, dtype=dtype)
+    weights = [w.to(dtype) for w in components(n, m)]
+    b = torch.randn(4 * m, dtype=dtype)
+    grad = torch.randn(*input_shape, 4 * m, dtype=dtype)
+    results = []
+    for fn in (lambda *a: quaternion_linear(*a, algorithm=algorithm), reference.quaternion_linear):
+        leaves = [t.clone().requires_grad_() for t in (x, *weights, b)]
+        out = fn(*leaves)
+        out.backward(grad)
+        results.append([out] + [t.grad for t in leaves])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_components_in_low_precision(device, dtype):
+    layer = qlayers.QLinear(32, 16, algorithm="components", dtype=dtype, device=device)
+    reference_layer = qlayers.QLinear(32, 16, memory_efficient=False, dtype=torch.float64)
+    reference_layer.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    x = torch.randn(3, 32, dtype=dtype, device=device)
+    torch.testing.assert_close(layer(x).cpu().double(), reference_layer(x.cpu().double()), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("frozen", ["r_weight", "j_weight"])
+def test_components_honours_each_flag(frozen):
+    layer = qlayers.QLinear(16, 8, algorithm="components", dtype=torch.float64)
+    plain = qlayers.QLinear(16, 8, memory_efficient=False, dtype=torch.float64)
+    plain.load_state_dict(layer.state_dict())
+    for module in (layer, plain):
+        getattr(module, frozen).requires_grad_(False)
+        module(torch.ones(2, 16, dtype=torch.float64).cumsum(1)).pow(2).sum().backward()
+    for (name, a), b in zip(layer.named_parameters(), plain.parameters()):
+        if name == frozen:
+            assert a.grad is None
+        else:
+            torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("algorithm", ["hamilton", "components"])
+def test_gradcheck_by_algorithm(algorithm):
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    weights = components(2, 3, requires_grad=True)
+    b = torch.randn(12, dtype=torch.float64, requires_grad=True)
+
+    def fn(*args):
+        return quaternion_linear(*args, algorithm=algorithm)
+
+    assert gradcheck(fn, (x, *weights, b))
+    assert gradgradcheck(fn, (x, *weights, b))
+
+
+@pytest.mark.parametrize("algorithm", ["hamilton", "components"])
+def test_both_algorithms_keep_only_the_input(algorithm):
+    layer = qlayers.QLinear(256, 256, algorithm=algorithm)
+    x = torch.randn(8, 256, requires_grad=True)
+    with SavedTensorBytes(exclude=layer.parameters()) as saved:
+        out = layer(x)
+    out.sum().backward()
+    assert saved.total == x.numel() * 4
+
+
+# --- the automatic choice -----------------------------------------------------------------------
+
+
+def test_choose_algorithm_rule():
+    assert choose_algorithm("auto", rows=8, n=512) == "components"
+    assert choose_algorithm("auto", rows=4096, n=128) == "hamilton"
+    assert choose_algorithm("hamilton", rows=1, n=512) == "hamilton"
+    assert choose_algorithm("components", rows=10**6, n=1) == "components"
+
+
+def ops_called(layer, x):
+    with torch.profiler.profile() as prof:
+        layer(x).sum().backward()
+    return {e.name for e in prof.events() if e.name.startswith("qlayers::")}
+
+
+def test_auto_uses_components_for_small_batches_and_hamilton_for_large():
+    layer = qlayers.QLinear(256, 256)  # n = 64
+    small = ops_called(layer, torch.randn(4, 256, requires_grad=True))
+    large = ops_called(layer, torch.randn(1024, 256, requires_grad=True))
+    assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
+    assert large == {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
+
+
+def test_bad_algorithm_name():
+    with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'hamilton', 'components'\), got 'fast'"):
+        qlayers.QLinear(8, 8, algorithm="fast")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        quaternion_linear(torch.randn(2, 8), *components(2, 2, dtype=torch.float32), algorithm="dense")
