@@ -6,8 +6,8 @@
   Hamilton-structured matrices, and multiplies those into a (4n x 4m) product of which only the
   first n rows are used: 128 B n m FLOPs where 32 B n m suffice. Like theirs, it decides from the
   r component alone whether the components need gradients.
-- CheckpointedQLinear: plain autograd under torch.utils.checkpoint, which recomputes the layer
-  (the Hamilton matrix included) in backward instead of keeping it.
+- CheckpointedQLinear / CheckpointedQConv2d: plain autograd under torch.utils.checkpoint, which
+  recomputes the layer (the Hamilton matrix or kernel included) in backward instead of keeping it.
 """
 
 import torch
@@ -80,3 +80,13 @@ class CheckpointedQLinear(_QuaternionParameters):
 
     def forward(self, input):
         return checkpoint(reference.quaternion_linear, input, *self.components(), self.bias, use_reentrant=False)
+
+
+class CheckpointedQConv2d(qlayers.QConv2d):
+    """The plain-autograd quaternion convolution, recomputed in backward by torch.utils.checkpoint."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs, memory_efficient=False)
+
+    def forward(self, input):
+        return checkpoint(super().forward, input, use_reentrant=False)

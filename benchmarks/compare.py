@@ -78,6 +78,40 @@ class Workload:
     name: str
     build: Callable[[LayerFactory], nn.Module]
     input_shape: tuple
+    # Convolution workloads build from convolution factories (no anchor-custom: the anchors'
+    # convolutions are plain autograd only).
+    factories: Dict[str, LayerFactory] = None
+
+    def factory(self, impl):
+        return (self.factories or IMPLEMENTATIONS).get(impl)
+
+
+def _compiled_plain_conv(*args, **kwargs):
+    return torch.compile(qlayers.QConv2d(*args, **kwargs, memory_efficient=False))
+
+
+CONV_IMPLEMENTATIONS: Dict[str, LayerFactory] = {
+    "qlayers": qlayers.QConv2d,
+    "autograd": lambda *a, **k: qlayers.QConv2d(*a, **k, memory_efficient=False),
+    "checkpoint": baselines.CheckpointedQConv2d,
+    "compiled": _compiled_plain_conv,
+    "dense": nn.Conv2d,
+}
+
+
+def cnn(conv):
+    """A small quaternion CNN for 32x32 images with 4 input channels (RGB + grey as the real part)."""
+    return nn.Sequential(
+        conv(4, 64, 3, padding=1), nn.ReLU(),
+        conv(64, 128, 3, stride=2, padding=1), nn.ReLU(),
+        conv(128, 128, 3, padding=1), nn.ReLU(),
+        conv(128, 256, 3, stride=2, padding=1),
+    )
+
+
+def pointwise_block(conv, channels):
+    """1x1 convolutions: the kernel is smallest next to the activations here."""
+    return nn.Sequential(conv(channels, channels, 1), nn.ReLU(), conv(channels, channels, 1), nn.ReLU(), conv(channels, channels, 1))
 
 
 def mlp(layer, features, depth):
@@ -89,9 +123,9 @@ def mlp(layer, features, depth):
 
 # name -> sizes per preset: full (make bench), quick (--quick, under 3 minutes on 2 cores), tiny (tests)
 SIZES = {
-    "full": dict(small=2048, large=(4096, 512), mlp=(64, 1024), rnn=(100, 16, 512)),
-    "quick": dict(small=1024, large=(2048, 512), mlp=(64, 512), rnn=(50, 16, 256)),
-    "tiny": dict(small=64, large=(64, 32), mlp=(4, 32), rnn=(5, 2, 16)),
+    "full": dict(small=2048, large=(4096, 512), mlp=(64, 1024), rnn=(100, 16, 512), cnn=(64, 32), pointwise=(32, 256, 16)),
+    "quick": dict(small=1024, large=(2048, 512), mlp=(64, 512), rnn=(50, 16, 256), cnn=(16, 32), pointwise=(8, 256, 16)),
+    "tiny": dict(small=64, large=(64, 32), mlp=(4, 32), rnn=(5, 2, 16), cnn=(2, 8), pointwise=(2, 16, 4)),
 }
 
 
@@ -100,11 +134,16 @@ def workloads(size: str) -> List[Workload]:
     batch, large = s["large"]
     mlp_batch, mlp_features = s["mlp"]
     steps, rnn_batch, hidden = s["rnn"]
+    cnn_batch, cnn_size = s["cnn"]
+    pw_batch, channels, side = s["pointwise"]
     return [
         Workload(f"small batch: 8 x {s['small']}", lambda layer: layer(s["small"], s["small"]), (8, s["small"])),
         Workload(f"large batch: {batch} x {large}", lambda layer: layer(large, large), (batch, large)),
         Workload(f"MLP: 8 layers of {mlp_features}, batch {mlp_batch}", lambda layer: mlp(layer, mlp_features, 8), (mlp_batch, mlp_features)),
         Workload(f"recurrence: {steps} steps, hidden {hidden}, batch {rnn_batch}", lambda layer: Recurrence(layer(hidden, hidden)), (steps, rnn_batch, hidden)),
+        Workload(f"CNN: 4 convs on {cnn_size}x{cnn_size} images, batch {cnn_batch}", cnn, (cnn_batch, 4, cnn_size, cnn_size), CONV_IMPLEMENTATIONS),
+        Workload(f"1x1 convs: 3 x {channels} channels, {side}x{side}, batch {pw_batch}", lambda conv: pointwise_block(conv, channels),
+                 (pw_batch, channels, side, side), CONV_IMPLEMENTATIONS),
     ]
 
 
@@ -155,7 +194,7 @@ def median_seconds(fn, arg, device, min_run_time):
 
 def measure(workload, impl, device, min_run_time):
     torch.manual_seed(0)
-    model = workload.build(IMPLEMENTATIONS[impl]).to(device)
+    model = workload.build(workload.factory(impl)).to(device)
     x = torch.randn(workload.input_shape, device=device, requires_grad=True)
     training_step(model, x)  # warm up (and compile)
     retained = retained_bytes(model, x)
@@ -351,7 +390,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     header = f"qlayers {qlayers.__version__}, torch {torch.__version__}, {device.type}: {machine(device)}, sizes {size}"
-    pairs = [(w, impl) for w in workloads(size) for impl in options.impls]
+    pairs = [(w, impl) for w in workloads(size) for impl in options.impls if w.factory(impl) is not None]
     records = []
     try:
         for workload, impl in tqdm(pairs, desc="compare", unit="run", file=sys.stderr):

@@ -16,8 +16,29 @@ except ImportError as exc:
 
 from qlayers import _registrations  # noqa: F401,E402  (autograd and fake kernels for the ops)
 from qlayers import functional, init, memory, reference  # noqa: E402
-from qlayers.nn import QLinear  # noqa: E402
+from qlayers.nn import (  # noqa: E402
+    QConv1d,
+    QConv2d,
+    QConv3d,
+    QConvTranspose1d,
+    QConvTranspose2d,
+    QConvTranspose3d,
+    QLinear,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["QLinear", "functional", "init", "memory", "reference", "__version__"]
+__all__ = [
+    "QConv1d",
+    "QConv2d",
+    "QConv3d",
+    "QConvTranspose1d",
+    "QConvTranspose2d",
+    "QConvTranspose3d",
+    "QLinear",
+    "functional",
+    "init",
+    "memory",
+    "reference",
+    "__version__",
+]

@@ -19,6 +19,7 @@ __all__ = [
     "hamilton_matrix",
     "hamilton_reduce",
     "hamilton_spread",
+    "quaternion_conv",
     "quaternion_linear",
 ]
 
@@ -416,19 +417,27 @@ class _QuaternionLinearWithJvp(QuaternionLinearFunction):
         ctx.save_for_forward(*inputs[:5])
 
     @staticmethod
-    def jvp(ctx, input_tangent, r_tangent, i_tangent, j_tangent, k_tangent, bias_tangent, *_):
+    def jvp(ctx, *tangents):
         # y = x W + b is bilinear in (x, W): dy = dx W + x dW + db, with dW = expand(dr, di, dj, dk).
-        input, *components = _cast(ctx.saved_tensors, ctx.compute_dtype)
-        component_tangents = (r_tangent, i_tangent, j_tangent, k_tangent)
-        terms = []
-        if input_tangent is not None:
-            terms.append(_linear_forward(ctx.algorithms[0], input_tangent.to(input.dtype), components, None, _ops(True)))
-        if any(t is not None for t in component_tangents):
-            tangents = _cast(_fill_zeros(component_tangents, components[0]), components[0].dtype)
-            terms.append(_linear_forward(ctx.algorithms[0], input, tangents, None, _ops(True)))
-        if bias_tangent is not None:
-            terms.append(bias_tangent.to(input.dtype))
-        return sum(terms[1:], terms[0])
+        return _bilinear_jvp(
+            ctx, tangents, lambda x, components: _linear_forward(ctx.algorithms[0], x, components, None, _ops(True)),
+            lambda bias, out: bias,
+        )
+
+
+def _bilinear_jvp(ctx, tangents, product, bias_like):
+    """The jvp of out = product(input, components) + bias, bilinear in (input, components)."""
+    input_tangent, *component_tangents, bias_tangent = tangents[:6]
+    input, *components = _cast(ctx.saved_tensors, ctx.compute_dtype)
+    terms = []
+    if input_tangent is not None:
+        terms.append(product(input_tangent.to(input.dtype), components))
+    if any(t is not None for t in component_tangents):
+        tangents = _cast(_fill_zeros(component_tangents, components[0]), components[0].dtype)
+        terms.append(product(input, tangents))
+    if bias_tangent is not None:
+        terms.append(bias_like(bias_tangent.to(input.dtype), terms[0] if terms else None))
+    return sum(terms[1:], terms[0])
 
 
 class _QuaternionLinearEager(torch.autograd.Function):
@@ -493,3 +502,154 @@ def check_algorithm(algorithm: str) -> None:
     """Raise ValueError unless ``algorithm`` names a formulation."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+
+
+# --- convolutions -------------------------------------------------------------------------------
+
+
+def _conv_kernel(components, groups, ops):
+    """Components ``(a, b, *k)`` -> the real ``(4a, 4b, *k)`` convolution kernel, group by group.
+
+    A convolution kernel holds the Hamilton table transposed (row block = output component); the
+    table's off-diagonal signs are antisymmetric, so that is the expansion of the conjugate
+    ``(r, -i, -j, -k)``. Groups ride through the kernels as a trailing dim.
+    """
+    r, i, j, k = components
+    conjugate = (r, -i, -j, -k)
+    if groups == 1:
+        return ops.expand(*conjugate)
+    a, b, *rest = r.shape
+    grouped = [c.reshape(groups, a // groups, b, *rest).movedim(0, 2) for c in conjugate]
+    return ops.expand(*grouped).movedim(2, 0).reshape(4 * a, 4 * b, *rest)
+
+
+def _conv_kernel_adjoint(grad_kernel, groups, ops):
+    """The gradients of the four components from the gradient of the real kernel."""
+    if groups == 1:
+        grad_r, grad_i, grad_j, grad_k = ops.reduce(grad_kernel)
+    else:
+        rows, b4, *rest = grad_kernel.shape
+        grouped = grad_kernel.reshape(groups, rows // groups, b4, *rest).movedim(0, 2)
+        grad_r, grad_i, grad_j, grad_k = (
+            g.movedim(2, 0).reshape(rows // 4, b4 // 4, *rest) for g in ops.reduce(grouped)
+        )
+    return grad_r, -grad_i, -grad_j, -grad_k
+
+
+class QuaternionConvFunction(torch.autograd.Function):
+    """A quaternion (transposed) convolution that keeps only the input and the components.
+
+    ``options`` = (stride, padding, dilation, transposed, output_padding, groups), as
+    ``aten::convolution`` takes them; the kernel is rebuilt in backward.
+    """
+
+    @staticmethod
+    def forward(input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, options):
+        input, *components, bias = _cast((input, r_weight, i_weight, j_weight, k_weight, bias), compute_dtype)
+        kernel = _conv_kernel(components, options[5], _RAW_OPS)
+        return torch.ops.aten.convolution(input, kernel, bias, *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, options = inputs
+        ctx.save_for_backward(input, r_weight, i_weight, j_weight, k_weight)
+        ctx.compute_dtype, ctx.options = compute_dtype, options
+        ctx.bias_shape = None if bias is None else tuple(bias.shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        input, *components = _cast(saved, ctx.compute_dtype)
+        if ctx.compute_dtype is not None:
+            grad_output = grad_output.to(ctx.compute_dtype)
+        needs_input, *needs_components, needs_bias, _, _ = ctx.needs_input_grad
+        ops = _ops(torch.is_grad_enabled())
+        kernel = _conv_kernel(components, ctx.options[5], ops)
+        grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
+            grad_output, input, kernel, ctx.bias_shape, *ctx.options, [needs_input, any(needs_components), needs_bias]
+        )
+        grad_components = [None] * 4
+        if any(needs_components):
+            grads = _conv_kernel_adjoint(grad_kernel, ctx.options[5], ops)
+            grad_components = [g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)]
+        if grad_input is not None:
+            grad_input = grad_input.to(saved[0].dtype)
+        return grad_input, *grad_components, grad_bias, None, None
+
+
+class _QuaternionConvWithJvp(QuaternionConvFunction):
+    """QuaternionConvFunction with forward-mode AD, used outside torch.compile."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        QuaternionConvFunction.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:5])
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        # Bilinear in (input, kernel): d out = conv(d input, K) + conv(input, dK) + d bias.
+        def product(x, components):
+            return torch.ops.aten.convolution(x, _conv_kernel(components, ctx.options[5], _ops(True)), None, *ctx.options)
+
+        def bias_like(bias, out):  # along the channel dim
+            return bias.view(-1, *([1] * len(ctx.options[0])))
+
+        return _bilinear_jvp(ctx, tangents, product, bias_like)
+
+
+def check_conv_arguments(
+    op: str, input: Tensor, components: Sequence[Tensor], bias: Optional[Tensor], groups: int, transposed: bool,
+    autocast: bool = False,
+) -> None:
+    """Raise a clear error unless the (transposed) convolution is well formed for these components."""
+    _check_components(op, components, linear=False)
+    r_weight = components[0]
+    dims = r_weight.dim() - 2
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected input to be a Tensor, got {type(input).__name__}")
+    if input.dim() != dims + 2:
+        raise ValueError(
+            f"{op}: expected a {dims + 2}-d input (batch, channels, {dims} spatial dims) for "
+            f"{dims}-d components, got a {input.dim()}-d input of shape {_shape(input)}"
+        )
+    in_channels = 4 * r_weight.shape[0] if transposed else 4 * r_weight.shape[1] * groups
+    if input.shape[1] != in_channels:
+        raise ValueError(f"{op}: expected input with {in_channels} channels, got {input.shape[1]} (shape {_shape(input)})")
+    _check_operand(op, "input", input, r_weight, autocast)
+    if bias is not None:
+        out_channels = 4 * r_weight.shape[1] * groups if transposed else 4 * r_weight.shape[0]
+        if bias.shape != (out_channels,):
+            raise ValueError(f"{op}: expected bias of shape ({out_channels},), got {_shape(bias)}")
+        _check_operand(op, "bias", bias, r_weight, autocast)
+
+
+def quaternion_conv(
+    input: Tensor,
+    r_weight: Tensor,
+    i_weight: Tensor,
+    j_weight: Tensor,
+    k_weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    transposed: bool = False,
+    output_padding=0,
+) -> Tensor:
+    """Quaternion convolution (or transposed convolution), memory-efficient, any of 1d/2d/3d.
+
+    Components have shape ``(out/4, in/4/groups, *kernel)`` (``(in/4, out/4/groups, *kernel)``
+    when transposed); channels are ``[r | i | j | k]`` blocks, per group when ``groups > 1``.
+    ``padding`` is a number or a tuple here; the modules also take ``"same"`` and ``"valid"``.
+    Autograd keeps the input and the components; the real kernel is rebuilt in backward.
+    """
+    components = (r_weight, i_weight, j_weight, k_weight)
+    compute_dtype = _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
+    op = "quaternion_conv_transpose" if transposed else "quaternion_conv"
+    check_conv_arguments(op, input, components, bias, groups, transposed, autocast=compute_dtype is not None)
+    dims = r_weight.dim() - 2
+    expand = lambda value: tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims  # noqa: E731
+    options = (expand(stride), expand(padding), expand(dilation), transposed, expand(output_padding), groups)
+    function = QuaternionConvFunction if torch.compiler.is_compiling() else _QuaternionConvWithJvp
+    return function.apply(input, *components, bias, compute_dtype, options)

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["hamilton_matrix", "quaternion_linear"]
+__all__ = ["hamilton_matrix", "quaternion_conv", "quaternion_conv_kernel", "quaternion_conv_transpose", "quaternion_linear"]
 
 
 def hamilton_matrix(r: Tensor, i: Tensor, j: Tensor, k: Tensor) -> Tensor:
@@ -27,3 +27,43 @@ def quaternion_linear(
     """``input @ W + bias`` with ``W`` built by :func:`hamilton_matrix` and kept by autograd."""
     output = torch.matmul(input, hamilton_matrix(r, i, j, k))
     return output if bias is None else output + bias
+
+
+def quaternion_conv_kernel(r: Tensor, i: Tensor, j: Tensor, k: Tensor, groups: int = 1) -> Tensor:
+    """The real convolution kernel, as the best-known implementations build it, one group at a time.
+
+    Components ``(a, b, *kernel)`` give ``(4a, 4b, *kernel)``: ``[r, -i, -j, -k]``,
+    ``[i, r, -k, j]``, ``[j, k, r, -i]``, ``[k, -j, i, r]`` each concatenated along dim 1, then
+    those four along dim 0. With ``groups > 1`` the components are split along dim 0 and each
+    group gets its own such kernel, so every group is a quaternion convolution of its own.
+    """
+    kernels = []
+    for r_, i_, j_, k_ in zip(*(c.chunk(groups, dim=0) for c in (r, i, j, k))):
+        rows = [
+            torch.cat([r_, -i_, -j_, -k_], dim=1),
+            torch.cat([i_, r_, -k_, j_], dim=1),
+            torch.cat([j_, k_, r_, -i_], dim=1),
+            torch.cat([k_, -j_, i_, r_], dim=1),
+        ]
+        kernels.append(torch.cat(rows, dim=0))
+    return torch.cat(kernels, dim=0)
+
+
+_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+_CONV_TRANSPOSE = {
+    1: torch.nn.functional.conv_transpose1d,
+    2: torch.nn.functional.conv_transpose2d,
+    3: torch.nn.functional.conv_transpose3d,
+}
+
+
+def quaternion_conv(input, r, i, j, k, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Plain-autograd quaternion convolution: the kernel is kept by autograd for backward."""
+    kernel = quaternion_conv_kernel(r, i, j, k, groups)
+    return _CONV[r.dim() - 2](input, kernel, bias, stride, padding, dilation, groups)
+
+
+def quaternion_conv_transpose(input, r, i, j, k, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Plain-autograd quaternion transposed convolution."""
+    kernel = quaternion_conv_kernel(r, i, j, k, groups)
+    return _CONV_TRANSPOSE[r.dim() - 2](input, kernel, bias, stride, padding, output_padding, groups, dilation)

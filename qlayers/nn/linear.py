@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from qlayers import functional, reference
 from qlayers import init as quaternion_init
+from qlayers.nn._parameters import register_quaternion_parameters
 
 
 class QLinear(nn.Module):
@@ -68,14 +69,7 @@ class QLinear(nn.Module):
 
         factory = {"device": device, "dtype": dtype}
         shape = (in_features // 4, out_features // 4)
-        self.r_weight = nn.Parameter(torch.empty(shape, **factory))
-        self.i_weight = nn.Parameter(torch.empty(shape, **factory))
-        self.j_weight = nn.Parameter(torch.empty(shape, **factory))
-        self.k_weight = nn.Parameter(torch.empty(shape, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **factory))
-        else:
-            self.register_parameter("bias", None)
+        register_quaternion_parameters(self, shape, out_features, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator = None) -> None:

@@ -1,0 +1,13 @@
+"""The parameters every quaternion layer holds, under the best-known implementations' names."""
+
+import torch
+from torch import nn
+
+COMPONENT_NAMES = ("r_weight", "i_weight", "j_weight", "k_weight")
+
+
+def register_quaternion_parameters(module: nn.Module, shape, bias_features: int, bias: bool, factory: dict) -> None:
+    """Register r_weight, i_weight, j_weight, k_weight of ``shape`` and a ``(bias_features,)`` bias (or None)."""
+    for name in COMPONENT_NAMES:
+        module.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+    module.register_parameter("bias", nn.Parameter(torch.empty(bias_features, **factory)) if bias else None)

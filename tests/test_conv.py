@@ -1,0 +1,205 @@
+"""Quaternion convolutions against torch.nn convolutions on the torch.cat kernel, and the product."""
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck, gradgradcheck
+
+import qlayers
+from conftest import TOLERANCES, components, hamilton_product
+from qlayers import reference
+from qlayers.functional import quaternion_conv
+from qlayers.memory import SavedTensorBytes
+
+F64 = TOLERANCES[torch.float64]
+CONV = {1: (qlayers.QConv1d, nn.Conv1d), 2: (qlayers.QConv2d, nn.Conv2d), 3: (qlayers.QConv3d, nn.Conv3d)}
+TRANSPOSE = {
+    1: (qlayers.QConvTranspose1d, nn.ConvTranspose1d),
+    2: (qlayers.QConvTranspose2d, nn.ConvTranspose2d),
+    3: (qlayers.QConvTranspose3d, nn.ConvTranspose3d),
+}
+SPATIAL = {1: (11,), 2: (9, 8), 3: (6, 5, 7)}
+
+
+def torch_twin(layer, torch_class, **kwargs):
+    """The torch.nn layer with the reference (torch.cat) kernel of `layer`: the oracle."""
+    twin = torch_class(layer.in_channels, layer.out_channels, layer.kernel_size, groups=layer.groups,
+                       bias=layer.bias is not None, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        twin.weight.copy_(reference.quaternion_conv_kernel(*layer.components(), groups=layer.groups))
+        if layer.bias is not None:
+            twin.bias.copy_(layer.bias)
+    return twin
+
+
+def compare_with_twin(layer, twin, x):
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = layer(x_ours), twin(x_theirs)
+    torch.testing.assert_close(out, expected, **F64)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, **F64)
+    # The kernel's gradient, folded onto the components by the reference's own autograd.
+    leaves = [c.detach().clone().requires_grad_() for c in layer.components()]
+    kernel = reference.quaternion_conv_kernel(*leaves, groups=layer.groups)
+    expected_grads = torch.autograd.grad(kernel, leaves, twin.weight.grad)
+    for param, want in zip(layer.components(), expected_grads):
+        torch.testing.assert_close(param.grad, want, **F64)
+    if layer.bias is not None:
+        torch.testing.assert_close(layer.bias.grad, twin.bias.grad, **F64)
+
+
+def randomise(layer):
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    return layer
+
+
+CASES = [
+    dict(),
+    dict(stride=2),
+    dict(padding=1),
+    dict(padding="same"),
+    dict(padding="same", dilation=2),
+    dict(padding="valid", bias=False),
+    dict(dilation=2, padding=2),
+    dict(groups=2),
+    dict(groups=2, stride=2, padding=1),
+    dict(padding=1, padding_mode="reflect"),
+    dict(padding=2, padding_mode="circular"),
+    dict(padding="same", padding_mode="replicate"),
+]
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("memory_efficient", [True, False])
+def test_conv_matches_torch_conv_on_the_reference_kernel(dims, case, memory_efficient):
+    ours_class, torch_class = CONV[dims]
+    layer = randomise(ours_class(8, 16, 3, memory_efficient=memory_efficient, dtype=torch.float64, **case))
+    twin = torch_twin(layer, torch_class, **{k: v for k, v in case.items() if k not in ("groups", "bias")})
+    compare_with_twin(layer, twin, torch.randn(2, 8, *SPATIAL[dims], dtype=torch.float64))
+
+
+TRANSPOSE_CASES = [dict(), dict(stride=2), dict(stride=2, padding=1, output_padding=1), dict(groups=2, dilation=2), dict(bias=False)]
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_transposed_conv_matches_torch(dims, case):
+    ours_class, torch_class = TRANSPOSE[dims]
+    layer = randomise(ours_class(8, 16, 3, dtype=torch.float64, **case))
+    twin = torch_twin(layer, torch_class, **{k: v for k, v in case.items() if k not in ("groups", "bias")})
+    compare_with_twin(layer, twin, torch.randn(2, 8, *SPATIAL[dims], dtype=torch.float64))
+
+
+def test_conv_is_the_quaternion_product():
+    # A 1x1 convolution: output quaternion q = sum_p w[q, p] (x) x[p] at every position.
+    n_in, n_out = 3, 2
+    layer = randomise(qlayers.QConv2d(4 * n_in, 4 * n_out, 1, dtype=torch.float64))
+    x = torch.randn(2, 4 * n_in, 5, 4, dtype=torch.float64)
+    w = torch.stack([c[:, :, 0, 0] for c in layer.components()], dim=-1)  # (out q, in p, 4)
+    xq = x.view(2, 4, n_in, 5, 4).permute(0, 3, 4, 2, 1)  # (batch, h, w, p, 4)
+    products = hamilton_product(w[None, None, None], xq.unsqueeze(3))  # (batch, h, w, q, p, 4)
+    expected = products.sum(4).permute(0, 4, 3, 1, 2).reshape(2, 4 * n_out, 5, 4) + layer.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(layer(x), expected, **F64)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gradcheck(transposed):
+    x = torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True)
+    shape = (2, 1, 3, 2) if not transposed else (2, 1, 3, 2)
+    weights = components(*shape, requires_grad=True)
+    out_channels = 4 * (shape[1] * 2 if transposed else shape[0])
+    bias = torch.randn(out_channels, dtype=torch.float64, requires_grad=True)
+
+    def fn(*args):
+        return quaternion_conv(*args, stride=(2, 1), padding=1, dilation=(1, 2), groups=2, transposed=transposed,
+                               output_padding=(1, 0) if transposed else 0)
+
+    assert gradcheck(fn, (x, *weights, bias))
+    assert gradgradcheck(fn, (x, *weights, bias))
+
+
+def test_keeps_no_expanded_kernel():
+    layer = qlayers.QConv2d(64, 64, 3, padding=1)
+    plain = qlayers.QConv2d(64, 64, 3, padding=1, memory_efficient=False)
+    x = torch.randn(2, 64, 8, 8, requires_grad=True)
+    kept = {}
+    for name, module in (("efficient", layer), ("plain", plain)):
+        with SavedTensorBytes(exclude=module.parameters()) as saved:
+            out = module(x)
+        out.sum().backward()
+        kept[name] = saved.total
+    assert kept["efficient"] == x.numel() * 4
+    assert kept["plain"] - kept["efficient"] >= 64 * 64 * 9 * 4  # the (64, 64, 3, 3) kernel
+
+
+def test_channels_last_and_unbatched():
+    layer = randomise(qlayers.QConv2d(8, 8, 3, padding=1, dtype=torch.float64))
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    expected = layer(x)
+    out = layer(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, **F64)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(layer(x[0]), expected[0], **F64)
+
+
+def test_parameters_layout_and_repr():
+    layer = qlayers.QConv2d(8, 16, (3, 5), groups=2)
+    assert [n for n, _ in layer.named_parameters()] == ["r_weight", "i_weight", "j_weight", "k_weight", "bias"]
+    assert layer.r_weight.shape == (4, 1, 3, 5)
+    transposed = qlayers.QConvTranspose2d(8, 16, 3, groups=2)
+    assert transposed.r_weight.shape == (2, 2, 3, 3)
+    assert repr(qlayers.QConv1d(4, 8, 3, padding="same")) == (
+        "QConv1d(4, 8, kernel_size=(3,), stride=(1,), padding='same', memory_efficient=True, init='quaternion', criterion='glorot')"
+    )
+
+
+def test_compile_and_autocast():
+    torch._dynamo.reset()
+    model = nn.Sequential(qlayers.QConv2d(8, 16, 3, padding=1), nn.ReLU(), qlayers.QConv2d(16, 8, 3, stride=2))
+    x = torch.randn(2, 8, 10, 10)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("channels", [(6, 8), (8, 10), (8, 12, 2)])
+    def test_channels_must_hold_whole_quaternions(self, channels):
+        in_channels, out_channels, *groups = channels
+        with pytest.raises(ValueError, match="must be a positive multiple of 4"):
+            qlayers.QConv2d(in_channels, out_channels, 3, groups=groups[0] if groups else 1)
+
+    def test_wrong_input_channels(self):
+        with pytest.raises(ValueError, match=r"expected input with 8 channels, got 12"):
+            qlayers.QConv2d(8, 8, 3)(torch.randn(1, 12, 5, 5))
+
+    def test_wrong_input_rank(self):
+        with pytest.raises(ValueError, match=r"expected a 4-d \(batched\) or 3-d \(unbatched\) input, got a 5-d input"):
+            qlayers.QConv2d(8, 8, 3)(torch.randn(1, 8, 5, 5, 5))
+
+    def test_bad_padding(self):
+        with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+            qlayers.QConv2d(8, 8, 3, stride=2, padding="same")
+        with pytest.raises(ValueError, match="padding_mode must be one of"):
+            qlayers.QConv2d(8, 8, 3, padding_mode="mirror")
+        with pytest.raises(ValueError, match="not supported for transposed"):
+            qlayers.QConvTranspose2d(8, 8, 3, padding="same")
+
+
+def test_forward_mode_jvp_matches_reference():
+    x = torch.randn(2, 8, 5, 4, dtype=torch.float64)
+    args = (x, *components(3, 2, 3, 2), torch.randn(12, dtype=torch.float64))
+    tangents = tuple(torch.randn_like(a) for a in args)
+    ours = torch.func.jvp(lambda *a: quaternion_conv(*a, padding=1, groups=1), args, tangents)
+    theirs = torch.func.jvp(lambda *a: reference.quaternion_conv(*a, padding=1), args, tangents)
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got, want, **F64)
