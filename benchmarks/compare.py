@@ -99,6 +99,25 @@ CONV_IMPLEMENTATIONS: Dict[str, LayerFactory] = {
 }
 
 
+class SequenceOutput(nn.Module):
+    """A recurrent layer's output sequence alone (drops the final states)."""
+
+    def __init__(self, recurrent):
+        super().__init__()
+        self.recurrent = recurrent
+
+    def forward(self, x):
+        return self.recurrent(x)[0]
+
+
+# Recurrent workloads: the anchors' QLSTM and compiling a 100-step loop are left out.
+LSTM_IMPLEMENTATIONS: Dict[str, LayerFactory] = {
+    "qlayers": qlayers.QLSTM,
+    "autograd": lambda *a, **k: qlayers.QLSTM(*a, **k, memory_efficient=False),
+    "dense": nn.LSTM,
+}
+
+
 def cnn(conv):
     """A small quaternion CNN for 32x32 images with 4 input channels (RGB + grey as the real part)."""
     return nn.Sequential(
@@ -123,19 +142,27 @@ def mlp(layer, features, depth):
 
 # name -> sizes per preset: full (make bench), quick (--quick, under 3 minutes on 2 cores), tiny (tests)
 SIZES = {
-    "full": dict(small=2048, large=(4096, 512), mlp=(64, 1024), rnn=(100, 16, 512), cnn=(64, 32), pointwise=(32, 256, 16)),
-    "quick": dict(small=1024, large=(2048, 512), mlp=(64, 512), rnn=(50, 16, 256), cnn=(16, 32), pointwise=(8, 256, 16)),
-    "tiny": dict(small=64, large=(64, 32), mlp=(4, 32), rnn=(5, 2, 16), cnn=(2, 8), pointwise=(2, 16, 4)),
+    "full": dict(small=2048, large=(4096, 512), mlp=(64, 1024), rnn=(100, 16, 512), cnn=(64, 32), pointwise=(32, 256, 16),
+                 lstm=(2, 512, 100, 16)),
+    "quick": dict(small=1024, large=(2048, 512), mlp=(64, 512), rnn=(50, 16, 256), cnn=(16, 32), pointwise=(8, 256, 16),
+                  lstm=(2, 256, 50, 16)),
+    "tiny": dict(small=64, large=(64, 32), mlp=(4, 32), rnn=(5, 2, 16), cnn=(2, 8), pointwise=(2, 16, 4), lstm=(1, 8, 4, 2)),
 }
+# On a GPU the full QLSTM workload is the lecture's scale: 2 layers, hidden 1024, 200 steps, batch 16.
+GPU_LSTM = (2, 1024, 200, 16)
 
 
-def workloads(size: str) -> List[Workload]:
-    s = SIZES[size]
+
+def workloads(size: str, device_type: str = "cpu") -> List[Workload]:
+    s = dict(SIZES[size])
+    if size == "full" and device_type == "cuda":
+        s["lstm"] = GPU_LSTM
     batch, large = s["large"]
     mlp_batch, mlp_features = s["mlp"]
     steps, rnn_batch, hidden = s["rnn"]
     cnn_batch, cnn_size = s["cnn"]
     pw_batch, channels, side = s["pointwise"]
+    lstm_layers, lstm_hidden, lstm_steps, lstm_batch = s["lstm"]
     return [
         Workload(f"small batch: 8 x {s['small']}", lambda layer: layer(s["small"], s["small"]), (8, s["small"])),
         Workload(f"large batch: {batch} x {large}", lambda layer: layer(large, large), (batch, large)),
@@ -144,6 +171,9 @@ def workloads(size: str) -> List[Workload]:
         Workload(f"CNN: 4 convs on {cnn_size}x{cnn_size} images, batch {cnn_batch}", cnn, (cnn_batch, 4, cnn_size, cnn_size), CONV_IMPLEMENTATIONS),
         Workload(f"1x1 convs: 3 x {channels} channels, {side}x{side}, batch {pw_batch}", lambda conv: pointwise_block(conv, channels),
                  (pw_batch, channels, side, side), CONV_IMPLEMENTATIONS),
+        Workload(f"QLSTM: {lstm_layers} layers, hidden {lstm_hidden}, {lstm_steps} steps, batch {lstm_batch}",
+                 lambda lstm: SequenceOutput(lstm(lstm_hidden, lstm_hidden, lstm_layers)),
+                 (lstm_steps, lstm_batch, lstm_hidden), LSTM_IMPLEMENTATIONS),
     ]
 
 
@@ -338,6 +368,21 @@ def table(records: List[Record]) -> List[str]:
     return lines
 
 
+def lecture_claim(records: List[Record]) -> List[str]:
+    """The lecture's claim, restated for the QLSTM workload: peak memory plain / efficient, with time."""
+    by_key = {(r.workload, r.impl): r for r in records}
+    lines = []
+    for workload in dict.fromkeys(r.workload for r in records):
+        plain, ours = by_key.get((workload, "autograd")), by_key.get((workload, "qlayers"))
+        if workload.startswith("QLSTM") and plain and ours and ours.peak_bytes:
+            lines.append(
+                f"Lecture's claim, {workload}: peak memory plain / qlayers = {plain.peak_bytes / ours.peak_bytes:.2f}x, "
+                f"time plain / qlayers = {plain.time_ms / ours.time_ms:.2f}x "
+                "(the lecture: 24 GB -> 6-8 GB, i.e. 3-4x less memory, at 20% slower training)."
+            )
+    return lines
+
+
 def plot(records: List[Record], path, title):
     import matplotlib
 
@@ -390,7 +435,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     header = f"qlayers {qlayers.__version__}, torch {torch.__version__}, {device.type}: {machine(device)}, sizes {size}"
-    pairs = [(w, impl) for w in workloads(size) for impl in options.impls if w.factory(impl) is not None]
+    pairs = [(w, impl) for w in workloads(size, device.type) for impl in options.impls if w.factory(impl) is not None]
     records = []
     try:
         for workload, impl in tqdm(pairs, desc="compare", unit="run", file=sys.stderr):
@@ -402,6 +447,8 @@ def main(argv=None):
 
     lines = (
         table(records)
+        + [""]
+        + lecture_claim(records)
         + ["", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", ""]
         + kernel_table(kernels)
         + ["", "One layer, forward + backward, by batch and features (qlayers = algorithm 'auto'):", ""]

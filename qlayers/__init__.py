@@ -15,8 +15,11 @@ except ImportError as exc:
     ) from exc
 
 from qlayers import _registrations  # noqa: F401,E402  (autograd and fake kernels for the ops)
-from qlayers import functional, init, memory, reference  # noqa: E402
+from qlayers import functional, init, memory, quaternion, reference  # noqa: E402
 from qlayers.nn import (  # noqa: E402
+    QLSTM,
+    QRNN,
+    QBatchNorm,
     QConv1d,
     QConv2d,
     QConv3d,
@@ -24,11 +27,16 @@ from qlayers.nn import (  # noqa: E402
     QConvTranspose2d,
     QConvTranspose3d,
     QLinear,
+    QLiGRU,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "QBatchNorm",
+    "QLSTM",
+    "QLiGRU",
+    "QRNN",
     "QConv1d",
     "QConv2d",
     "QConv3d",
@@ -39,6 +47,7 @@ __all__ = [
     "functional",
     "init",
     "memory",
+    "quaternion",
     "reference",
     "__version__",
 ]

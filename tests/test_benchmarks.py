@@ -85,6 +85,7 @@ def test_compare_smoke(tmp_path):
     for workload in compare.workloads("tiny"):
         # The plain path keeps the Hamilton matrices that qlayers does not.
         assert kept[(workload.name, "autograd")] > kept[(workload.name, "qlayers")]
-        assert kept[(workload.name, "qlayers")] == kept[(workload.name, "dense")]
+        if not workload.name.startswith("QLSTM"):  # nn.LSTM's fused kernel keeps its gate workspace
+            assert kept[(workload.name, "qlayers")] == kept[(workload.name, "dense")]
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| workload | impl |" in paths["md"].read_text()
