@@ -15,13 +15,15 @@ export QLAYERS_CUDA MAX_JOBS
 
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-DEV_PACKAGES := setuptools wheel numpy pytest pytest-benchmark hypothesis tqdm matplotlib
-# One stamp per torch spec: changing TORCH_SPEC reinstalls torch and rebuilds qlayers.
-DEPS_STAMP := $(VENV)/.deps-$(shell printf '%s' '$(TORCH_SPEC)' | tr -c 'A-Za-z0-9.' '_')
+DEV_PACKAGES := setuptools wheel numpy pytest pytest-benchmark hypothesis tqdm matplotlib ruff mypy
+# One stamp per torch spec and package list: changing either reinstalls and rebuilds qlayers.
+DEPS_STAMP := $(VENV)/.deps-$(shell printf '%s' '$(TORCH_SPEC) $(DEV_PACKAGES)' | cksum | cut -d' ' -f1)
 BUILD_STAMP := $(VENV)/.built
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install test bench clean
+LINTED := qlayers benchmarks tests examples setup.py
+
+.PHONY: install lint test bench clean
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +38,13 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 
 install: $(BUILD_STAMP)
 
-test: install
+# Style and types: ruff (lint and format) and mypy on the package; part of `make test`.
+lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+
+test: lint
 	$(PY) -m pytest tests
 
 # The main job: the comparison table on stdout, and JSON, PNG and Markdown copies in bench-out/.

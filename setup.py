@@ -56,7 +56,10 @@ def _nvcc_toolkit():
     try:
         dry_run = subprocess.run(
             [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -127,8 +130,10 @@ def _extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
-    print(f"qlayers: building CPU and CUDA kernels (toolkit {toolkit}, "
-          f"{len(cuda_sources)} CUDA sources, archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')})")
+    print(
+        f"qlayers: building CPU and CUDA kernels (toolkit {toolkit}, "
+        f"{len(cuda_sources)} CUDA sources, archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')})"
+    )
     return cpp_extension.CUDAExtension(
         "qlayers._C",
         sources + cuda_sources,

@@ -29,6 +29,7 @@ import os
 import platform
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Dict, List
 
 import torch
@@ -38,6 +39,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import baselines  # noqa: E402
+
 import qlayers  # noqa: E402
 from qlayers.memory import SavedTensorBytes  # noqa: E402
 
@@ -121,16 +123,21 @@ LSTM_IMPLEMENTATIONS: Dict[str, LayerFactory] = {
 def cnn(conv):
     """A small quaternion CNN for 32x32 images with 4 input channels (RGB + grey as the real part)."""
     return nn.Sequential(
-        conv(4, 64, 3, padding=1), nn.ReLU(),
-        conv(64, 128, 3, stride=2, padding=1), nn.ReLU(),
-        conv(128, 128, 3, padding=1), nn.ReLU(),
+        conv(4, 64, 3, padding=1),
+        nn.ReLU(),
+        conv(64, 128, 3, stride=2, padding=1),
+        nn.ReLU(),
+        conv(128, 128, 3, padding=1),
+        nn.ReLU(),
         conv(128, 256, 3, stride=2, padding=1),
     )
 
 
 def pointwise_block(conv, channels):
     """1x1 convolutions: the kernel is smallest next to the activations here."""
-    return nn.Sequential(conv(channels, channels, 1), nn.ReLU(), conv(channels, channels, 1), nn.ReLU(), conv(channels, channels, 1))
+    return nn.Sequential(
+        conv(channels, channels, 1), nn.ReLU(), conv(channels, channels, 1), nn.ReLU(), conv(channels, channels, 1)
+    )
 
 
 def mlp(layer, features, depth):
@@ -142,15 +149,30 @@ def mlp(layer, features, depth):
 
 # name -> sizes per preset: full (make bench), quick (--quick, under 3 minutes on 2 cores), tiny (tests)
 SIZES = {
-    "full": dict(small=2048, large=(4096, 512), mlp=(64, 1024), rnn=(100, 16, 512), cnn=(64, 32), pointwise=(32, 256, 16),
-                 lstm=(2, 512, 100, 16)),
-    "quick": dict(small=1024, large=(2048, 512), mlp=(64, 512), rnn=(50, 16, 256), cnn=(16, 32), pointwise=(8, 256, 16),
-                  lstm=(2, 256, 50, 16)),
-    "tiny": dict(small=64, large=(64, 32), mlp=(4, 32), rnn=(5, 2, 16), cnn=(2, 8), pointwise=(2, 16, 4), lstm=(1, 8, 4, 2)),
+    "full": dict(
+        small=2048,
+        large=(4096, 512),
+        mlp=(64, 1024),
+        rnn=(100, 16, 512),
+        cnn=(64, 32),
+        pointwise=(32, 256, 16),
+        lstm=(2, 512, 100, 16),
+    ),
+    "quick": dict(
+        small=1024,
+        large=(2048, 512),
+        mlp=(64, 512),
+        rnn=(50, 16, 256),
+        cnn=(16, 32),
+        pointwise=(8, 256, 16),
+        lstm=(2, 256, 50, 16),
+    ),
+    "tiny": dict(
+        small=64, large=(64, 32), mlp=(4, 32), rnn=(5, 2, 16), cnn=(2, 8), pointwise=(2, 16, 4), lstm=(1, 8, 4, 2)
+    ),
 }
 # On a GPU the full QLSTM workload is the lecture's scale: 2 layers, hidden 1024, 200 steps, batch 16.
 GPU_LSTM = (2, 1024, 200, 16)
-
 
 
 def workloads(size: str, device_type: str = "cpu") -> List[Workload]:
@@ -166,14 +188,34 @@ def workloads(size: str, device_type: str = "cpu") -> List[Workload]:
     return [
         Workload(f"small batch: 8 x {s['small']}", lambda layer: layer(s["small"], s["small"]), (8, s["small"])),
         Workload(f"large batch: {batch} x {large}", lambda layer: layer(large, large), (batch, large)),
-        Workload(f"MLP: 8 layers of {mlp_features}, batch {mlp_batch}", lambda layer: mlp(layer, mlp_features, 8), (mlp_batch, mlp_features)),
-        Workload(f"recurrence: {steps} steps, hidden {hidden}, batch {rnn_batch}", lambda layer: Recurrence(layer(hidden, hidden)), (steps, rnn_batch, hidden)),
-        Workload(f"CNN: 4 convs on {cnn_size}x{cnn_size} images, batch {cnn_batch}", cnn, (cnn_batch, 4, cnn_size, cnn_size), CONV_IMPLEMENTATIONS),
-        Workload(f"1x1 convs: 3 x {channels} channels, {side}x{side}, batch {pw_batch}", lambda conv: pointwise_block(conv, channels),
-                 (pw_batch, channels, side, side), CONV_IMPLEMENTATIONS),
-        Workload(f"QLSTM: {lstm_layers} layers, hidden {lstm_hidden}, {lstm_steps} steps, batch {lstm_batch}",
-                 lambda lstm: SequenceOutput(lstm(lstm_hidden, lstm_hidden, lstm_layers)),
-                 (lstm_steps, lstm_batch, lstm_hidden), LSTM_IMPLEMENTATIONS),
+        Workload(
+            f"MLP: 8 layers of {mlp_features}, batch {mlp_batch}",
+            lambda layer: mlp(layer, mlp_features, 8),
+            (mlp_batch, mlp_features),
+        ),
+        Workload(
+            f"recurrence: {steps} steps, hidden {hidden}, batch {rnn_batch}",
+            lambda layer: Recurrence(layer(hidden, hidden)),
+            (steps, rnn_batch, hidden),
+        ),
+        Workload(
+            f"CNN: 4 convs on {cnn_size}x{cnn_size} images, batch {cnn_batch}",
+            cnn,
+            (cnn_batch, 4, cnn_size, cnn_size),
+            CONV_IMPLEMENTATIONS,
+        ),
+        Workload(
+            f"1x1 convs: 3 x {channels} channels, {side}x{side}, batch {pw_batch}",
+            lambda conv: pointwise_block(conv, channels),
+            (pw_batch, channels, side, side),
+            CONV_IMPLEMENTATIONS,
+        ),
+        Workload(
+            f"QLSTM: {lstm_layers} layers, hidden {lstm_hidden}, {lstm_steps} steps, batch {lstm_batch}",
+            lambda lstm: SequenceOutput(lstm(lstm_hidden, lstm_hidden, lstm_layers)),
+            (lstm_steps, lstm_batch, lstm_hidden),
+            LSTM_IMPLEMENTATIONS,
+        ),
     ]
 
 
@@ -209,7 +251,9 @@ def peak_bytes(model, x, device):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         training_step(model, x)
     # The raw event list: FunctionEvents fold allocations into the ops that made them.
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
 
 
@@ -235,8 +279,10 @@ def measure(workload, impl, device, min_run_time):
 
 # Kernel bandwidth: (components shape, dtype) per device type; large enough to leave the caches.
 KERNEL_CASES = {
-    "cpu": [((512, 512), dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)] + [((128, 128, 3, 3), torch.float32)],
-    "cuda": [((4096, 4096), dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)] + [((512, 512, 3, 3), torch.float32)],
+    "cpu": [((512, 512), dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)]
+    + [((128, 128, 3, 3), torch.float32)],
+    "cuda": [((4096, 4096), dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)]
+    + [((512, 512, 3, 3), torch.float32)],
 }
 
 
@@ -264,12 +310,22 @@ def kernel_bandwidth(device, min_run_time):
         moved = (matrix.numel() + 4 * parts[0].numel()) * matrix.element_size()
         copy_seconds = median_seconds(torch.clone, matrix, device, min_run_time)
         copy_rate = 2 * matrix.numel() * matrix.element_size() / copy_seconds
-        for op, fn, arg in (("expand", lambda p: torch.ops.qlayers.hamilton_expand(*p), parts), ("reduce", torch.ops.qlayers.hamilton_reduce, matrix)):
+        for op, fn, arg in (
+            ("expand", lambda p: torch.ops.qlayers.hamilton_expand(*p), parts),
+            ("reduce", torch.ops.qlayers.hamilton_reduce, matrix),
+        ):
             seconds = median_seconds(fn, arg, device, min_run_time)
             rate = moved / seconds
             records.append(
-                KernelRecord(op, "x".join(map(str, shape)), str(dtype).replace("torch.", ""), seconds * 1e3,
-                             rate / 1e9, copy_rate / 1e9, rate / copy_rate)
+                KernelRecord(
+                    op,
+                    "x".join(map(str, shape)),
+                    str(dtype).replace("torch.", ""),
+                    seconds * 1e3,
+                    rate / 1e9,
+                    copy_rate / 1e9,
+                    rate / copy_rate,
+                )
             )
     return records
 
@@ -280,7 +336,10 @@ def kernel_table(records):
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in records:
-        lines.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.time_ms:.3f} | {r.gb_per_s:.1f} | {r.copy_gb_per_s:.1f} | {r.fraction_of_copy:.2f} |")
+        lines.append(
+            f"| {r.op} | {r.shape} | {r.dtype} | {r.time_ms:.3f} | {r.gb_per_s:.1f} | {r.copy_gb_per_s:.1f} "
+            f"| {r.fraction_of_copy:.2f} |"
+        )
     return lines
 
 
@@ -316,7 +375,7 @@ def speed_grid(size, device, min_run_time, impls=GRID_IMPLS):
                 torch.manual_seed(0)
                 layer = GRID_IMPLS[impl](features).to(device)
                 training_step(layer, x)
-                seconds = median_seconds(lambda inputs: training_step(layer, inputs), x, device, min_run_time)
+                seconds = median_seconds(partial(training_step, layer), x, device, min_run_time)
                 records.append(GridRecord(batch, features, impl, seconds * 1e3))
     return records
 
@@ -325,15 +384,19 @@ def grid_table(records):
     by_key = {(r.batch, r.features, r.impl): r.time_ms for r in records}
     impls = list(dict.fromkeys(r.impl for r in records))
     lines = [
-        "| batch | features | " + " | ".join(f"{impl} ms" for impl in impls) + " | qlayers / dense | qlayers / autograd |",
+        "| batch | features | "
+        + " | ".join(f"{impl} ms" for impl in impls)
+        + " | qlayers / dense | qlayers / autograd |",
         "|---:|---:|" + "---:|" * (len(impls) + 2),
     ]
     for batch, features in dict.fromkeys((r.batch, r.features) for r in records):
         times = [by_key[(batch, features, impl)] for impl in impls]
         ours = by_key[(batch, features, "qlayers")]
         lines.append(
-            f"| {batch} | {features} | " + " | ".join(f"{t:.3f}" for t in times)
-            + f" | {ours / by_key[(batch, features, 'dense')]:.2f} | {ours / by_key[(batch, features, 'autograd')]:.2f} |"
+            f"| {batch} | {features} | "
+            + " | ".join(f"{t:.3f}" for t in times)
+            + f" | {ours / by_key[(batch, features, 'dense')]:.2f}"
+            + f" | {ours / by_key[(batch, features, 'autograd')]:.2f} |"
         )
     return lines
 
@@ -348,7 +411,8 @@ def table(records: List[Record]) -> List[str]:
     """Markdown rows: absolute figures, then ratios to autograd and to dense in the same run."""
     by_key = {(r.workload, r.impl): r for r in records}
     lines = [
-        "| workload | impl | retained MiB | peak MiB | time ms | retained / autograd | peak / autograd | time / autograd | time / dense |",
+        "| workload | impl | retained MiB | peak MiB | time ms | retained / autograd | peak / autograd "
+        "| time / autograd | time / dense |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -359,7 +423,8 @@ def table(records: List[Record]) -> List[str]:
         auto = by_key.get((r.workload, "autograd"))
         dense = by_key.get((r.workload, "dense"))
         lines.append(
-            f"| {r.workload} | {r.impl} | {r.retained_bytes / 2**20:.2f} | {r.peak_bytes / 2**20:.2f} | {r.time_ms:.3f} | "
+            f"| {r.workload} | {r.impl} | {r.retained_bytes / 2**20:.2f} | {r.peak_bytes / 2**20:.2f} "
+            f"| {r.time_ms:.3f} | "
             f"{ratio(r.retained_bytes, auto.retained_bytes) if auto else '-'} | "
             f"{ratio(r.peak_bytes, auto.peak_bytes) if auto else '-'} | "
             f"{ratio(r.time_ms, auto.time_ms) if auto else '-'} | "
@@ -376,7 +441,8 @@ def lecture_claim(records: List[Record]) -> List[str]:
         plain, ours = by_key.get((workload, "autograd")), by_key.get((workload, "qlayers"))
         if workload.startswith("QLSTM") and plain and ours and ours.peak_bytes:
             lines.append(
-                f"Lecture's claim, {workload}: peak memory plain / qlayers = {plain.peak_bytes / ours.peak_bytes:.2f}x, "
+                f"Lecture's claim, {workload}: "
+                f"peak memory plain / qlayers = {plain.peak_bytes / ours.peak_bytes:.2f}x, "
                 f"time plain / qlayers = {plain.time_ms / ours.time_ms:.2f}x "
                 "(the lecture: 24 GB -> 6-8 GB, i.e. 3-4x less memory, at 20% slower training)."
             )
@@ -392,7 +458,11 @@ def plot(records: List[Record], path, title):
     workloads_seen = list(dict.fromkeys(r.workload for r in records))
     impls = list(dict.fromkeys(r.impl for r in records))
     by_key = {(r.workload, r.impl): r for r in records}
-    metrics = [("retained_bytes", "retained for backward (MiB)", 2**-20), ("peak_bytes", "peak of a step (MiB)", 2**-20), ("time_ms", "forward + backward (ms)", 1.0)]
+    metrics = [
+        ("retained_bytes", "retained for backward (MiB)", 2**-20),
+        ("peak_bytes", "peak of a step (MiB)", 2**-20),
+        ("time_ms", "forward + backward (ms)", 1.0),
+    ]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(12, 11))
     width = 0.8 / len(impls)
     for ax, (field, label, scale) in zip(axes, metrics):
@@ -413,7 +483,9 @@ def plot(records: List[Record], path, title):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller workloads: under 3 minutes on a 2-core CPU")
     parser.add_argument("--size", choices=sorted(SIZES), help="workload sizes (default: full, or quick with --quick)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -462,9 +534,16 @@ def main(argv=None):
     if options.json:
         with open(options.json, "w") as f:
             json.dump(
-                {"device": machine(device), "device_type": device.type, "torch": torch.__version__, "qlayers": qlayers.__version__,
-                 "size": size, "records": [asdict(r) for r in records], "kernels": [asdict(k) for k in kernels],
-                 "grid": [asdict(g) for g in grid]},
+                {
+                    "device": machine(device),
+                    "device_type": device.type,
+                    "torch": torch.__version__,
+                    "qlayers": qlayers.__version__,
+                    "size": size,
+                    "records": [asdict(r) for r in records],
+                    "kernels": [asdict(k) for k in kernels],
+                    "grid": [asdict(g) for g in grid],
+                },
                 f,
                 indent=1,
             )

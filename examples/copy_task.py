@@ -30,7 +30,7 @@ class Copier(nn.Module):
 
 def batch(generator, steps, delay, size, features):
     x = torch.randn(steps, size, features, generator=generator)
-    x[steps - delay:] = 0  # the tail is blank: the model must recall, not copy the present
+    x[steps - delay :] = 0  # the tail is blank: the model must recall, not copy the present
     target = torch.zeros_like(x)
     target[delay:] = x[: steps - delay]
     return x, target
@@ -57,7 +57,7 @@ def main(argv=None):
         for name, model in models.items():
             x, target = batch(data[name], options.length, options.delay, 32, options.features)
             with SavedTensorBytes(exclude=model.parameters()) as saved:
-                loss = (model(x)[options.delay:] - target[options.delay:]).pow(2).mean()
+                loss = (model(x)[options.delay :] - target[options.delay :]).pow(2).mean()
             optimisers[name].zero_grad()
             loss.backward()
             optimisers[name].step()
@@ -65,8 +65,10 @@ def main(argv=None):
             kept[name] = saved.total
         if step % 50 == 0 or step == options.steps - 1:
             print(f"step {step:4d}  loss efficient {losses['efficient'][-1]:.5f}  plain {losses['plain'][-1]:.5f}")
-    print(f"bytes kept for backward per step: efficient {kept['efficient']:,}  plain {kept['plain']:,} "
-          f"({kept['plain'] / kept['efficient']:.1f}x)")
+    print(
+        f"bytes kept for backward per step: efficient {kept['efficient']:,}  plain {kept['plain']:,} "
+        f"({kept['plain'] / kept['efficient']:.1f}x)"
+    )
     return losses, kept
 
 

@@ -5,7 +5,7 @@ Python-side registrations (autograd and fake kernels), then the public API.
 """
 
 try:
-    from qlayers import _C  # noqa: F401  (loading it registers torch.ops.qlayers.*)
+    from qlayers import _C  # type: ignore[attr-defined]  # noqa: F401  (registers torch.ops.qlayers.*)
 except ImportError as exc:
     raise ImportError(
         "qlayers' compiled library (qlayers._C) is missing or failed to load: "
@@ -14,8 +14,14 @@ except ImportError as exc:
         "(or `make install`); rebuild after changing torch versions."
     ) from exc
 
-from qlayers import _registrations  # noqa: F401,E402  (autograd and fake kernels for the ops)
-from qlayers import functional, init, memory, quaternion, reference  # noqa: E402
+from qlayers import (  # noqa: E402
+    _registrations,  # noqa: F401,E402  (autograd and fake kernels for the ops)
+    functional,
+    init,
+    memory,
+    quaternion,
+    reference,
+)
 from qlayers.nn import (  # noqa: E402
     QLSTM,
     QRNN,
@@ -26,8 +32,8 @@ from qlayers.nn import (  # noqa: E402
     QConvTranspose1d,
     QConvTranspose2d,
     QConvTranspose3d,
-    QLinear,
     QLiGRU,
+    QLinear,
 )
 
 __version__ = "0.1.0"

@@ -18,19 +18,32 @@ _reduce = torch.ops.qlayers.hamilton_reduce
 
 @torch.library.register_fake("qlayers::hamilton_expand")
 def _expand_fake(r, i, j, k):
-    torch._check(r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {tuple(r.shape)}")
-    for other in (i, j, k):
-        torch._check(other.shape == r.shape, lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {tuple(r.shape)} and {tuple(other.shape)}")
-        torch._check(other.dtype == r.dtype, lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {r.dtype} and {other.dtype}")
+    torch._check(
+        r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {tuple(r.shape)}"
+    )
+    parts = (r, i, j, k)
+    torch._check(
+        all(p.shape == r.shape for p in parts),
+        lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {[tuple(p.shape) for p in parts]}",
+    )
+    torch._check(
+        all(p.dtype == r.dtype for p in parts),
+        lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {[p.dtype for p in parts]}",
+    )
     n, m, *rest = r.shape
     return r.new_empty((4 * n, 4 * m, *rest))
 
 
 @torch.library.register_fake("qlayers::hamilton_reduce")
 def _reduce_fake(grad):
-    torch._check(grad.dim() >= 2, lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}")
+    torch._check(
+        grad.dim() >= 2, lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}"
+    )
     rows, cols, *rest = grad.shape
-    torch._check(rows % 4 == 0 and cols % 4 == 0, lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}")
+    torch._check(
+        rows % 4 == 0 and cols % 4 == 0,
+        lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}",
+    )
     shape = (rows // 4, cols // 4, *rest)
     return tuple(grad.new_empty(shape) for _ in range(4))
 

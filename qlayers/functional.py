@@ -38,8 +38,7 @@ def _check_components(op: str, components: Sequence[Tensor], linear: bool) -> No
     r = components[0]
     if linear and r.dim() != 2:
         raise ValueError(
-            f"{op}: expected 2-d components of shape (in_features/4, out_features/4), "
-            f"got r_weight of shape {_shape(r)}"
+            f"{op}: expected 2-d components of shape (in_features/4, out_features/4), got r_weight of shape {_shape(r)}"
         )
     if r.dim() < 2:
         raise ValueError(f"{op}: expected components of shape (n, m, *rest), got r_weight of shape {_shape(r)}")
@@ -402,7 +401,9 @@ class QuaternionLinearFunction(torch.autograd.Function):
             n = components[0].shape[0]
             grads = _linear_grad_components(ctx.algorithms[2], input.reshape(rows, 4 * n), grad_rows, n, ops)
             # Each component's flag is honoured on its own: freezing one never starves the others.
-            grad_components = [g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)]
+            grad_components = [
+                g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)
+            ]
         if needs_bias:
             grad_bias = grad_rows.sum(0)  # cast back to the bias' dtype by autograd
         return grad_input, *grad_components, grad_bias, None, None
@@ -420,7 +421,9 @@ class _QuaternionLinearWithJvp(QuaternionLinearFunction):
     def jvp(ctx, *tangents):
         # y = x W + b is bilinear in (x, W): dy = dx W + x dW + db, with dW = expand(dr, di, dj, dk).
         return _bilinear_jvp(
-            ctx, tangents, lambda x, components: _linear_forward(ctx.algorithms[0], x, components, None, _ops(True)),
+            ctx,
+            tangents,
+            lambda x, components: _linear_forward(ctx.algorithms[0], x, components, None, _ops(True)),
             lambda bias, out: bias,
         )
 
@@ -490,7 +493,9 @@ def quaternion_linear(
         the autocast dtype, as ``torch.nn.functional.linear`` does.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
-    compute_dtype = _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
+    compute_dtype = (
+        _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
+    )
     check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
     check_algorithm(algorithm)
     rows, n = _rows(input), r_weight.shape[0]
@@ -571,7 +576,9 @@ class QuaternionConvFunction(torch.autograd.Function):
         grad_components = [None] * 4
         if any(needs_components):
             grads = _conv_kernel_adjoint(grad_kernel, ctx.options[5], ops)
-            grad_components = [g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)]
+            grad_components = [
+                g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)
+            ]
         if grad_input is not None:
             grad_input = grad_input.to(saved[0].dtype)
         return grad_input, *grad_components, grad_bias, None, None
@@ -589,7 +596,9 @@ class _QuaternionConvWithJvp(QuaternionConvFunction):
     def jvp(ctx, *tangents):
         # Bilinear in (input, kernel): d out = conv(d input, K) + conv(input, dK) + d bias.
         def product(x, components):
-            return torch.ops.aten.convolution(x, _conv_kernel(components, ctx.options[5], _ops(True)), None, *ctx.options)
+            return torch.ops.aten.convolution(
+                x, _conv_kernel(components, ctx.options[5], _ops(True)), None, *ctx.options
+            )
 
         def bias_like(bias, out):  # along the channel dim
             return bias.view(-1, *([1] * len(ctx.options[0])))
@@ -598,7 +607,12 @@ class _QuaternionConvWithJvp(QuaternionConvFunction):
 
 
 def check_conv_arguments(
-    op: str, input: Tensor, components: Sequence[Tensor], bias: Optional[Tensor], groups: int, transposed: bool,
+    op: str,
+    input: Tensor,
+    components: Sequence[Tensor],
+    bias: Optional[Tensor],
+    groups: int,
+    transposed: bool,
     autocast: bool = False,
 ) -> None:
     """Raise a clear error unless the (transposed) convolution is well formed for these components."""
@@ -614,7 +628,9 @@ def check_conv_arguments(
         )
     in_channels = 4 * r_weight.shape[0] if transposed else 4 * r_weight.shape[1] * groups
     if input.shape[1] != in_channels:
-        raise ValueError(f"{op}: expected input with {in_channels} channels, got {input.shape[1]} (shape {_shape(input)})")
+        raise ValueError(
+            f"{op}: expected input with {in_channels} channels, got {input.shape[1]} (shape {_shape(input)})"
+        )
     _check_operand(op, "input", input, r_weight, autocast)
     if bias is not None:
         out_channels = 4 * r_weight.shape[1] * groups if transposed else 4 * r_weight.shape[0]
@@ -645,7 +661,9 @@ def quaternion_conv(
     Autograd keeps the input and the components; the real kernel is rebuilt in backward.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
-    compute_dtype = _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
+    compute_dtype = (
+        _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
+    )
     op = "quaternion_conv_transpose" if transposed else "quaternion_conv"
     check_conv_arguments(op, input, components, bias, groups, transposed, autocast=compute_dtype is not None)
     dims = r_weight.dim() - 2

@@ -24,8 +24,11 @@ __all__ = [
 def components(x: Tensor, dim: int = -1) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The four ``[r | i | j | k]`` blocks of ``x`` along ``dim`` (views)."""
     if x.shape[dim] % 4 != 0:
-        raise ValueError(f"expected a multiple of 4 features along dim {dim} ([r | i | j | k] blocks), got {x.shape[dim]}")
-    return x.chunk(4, dim=dim)
+        raise ValueError(
+            f"expected a multiple of 4 features along dim {dim} ([r | i | j | k] blocks), got {x.shape[dim]}"
+        )
+    r, i, j, k = x.chunk(4, dim=dim)
+    return r, i, j, k
 
 
 def from_components(r: Tensor, i: Tensor, j: Tensor, k: Tensor, dim: int = -1) -> Tensor:
@@ -97,7 +100,9 @@ class QuaternionDropout(nn.Module):
             return x
         shape = list(x.shape)
         if shape[self.dim] % 4 != 0:
-            raise ValueError(f"QuaternionDropout: expected a multiple of 4 features along dim {self.dim}, got {shape[self.dim]}")
+            raise ValueError(
+                f"QuaternionDropout: expected a multiple of 4 features along dim {self.dim}, got {shape[self.dim]}"
+            )
         shape[self.dim] //= 4
         keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
         if self.p < 1.0:

@@ -9,7 +9,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["hamilton_matrix", "quaternion_conv", "quaternion_conv_kernel", "quaternion_conv_transpose", "quaternion_linear"]
+__all__ = [
+    "hamilton_matrix",
+    "quaternion_conv",
+    "quaternion_conv_kernel",
+    "quaternion_conv_transpose",
+    "quaternion_linear",
+]
 
 
 def hamilton_matrix(r: Tensor, i: Tensor, j: Tensor, k: Tensor) -> Tensor:
@@ -63,7 +69,9 @@ def quaternion_conv(input, r, i, j, k, bias=None, stride=1, padding=0, dilation=
     return _CONV[r.dim() - 2](input, kernel, bias, stride, padding, dilation, groups)
 
 
-def quaternion_conv_transpose(input, r, i, j, k, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+def quaternion_conv_transpose(
+    input, r, i, j, k, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
     """Plain-autograd quaternion transposed convolution."""
     kernel = quaternion_conv_kernel(r, i, j, k, groups)
     return _CONV_TRANSPOSE[r.dim() - 2](input, kernel, bias, stride, padding, output_padding, groups, dilation)

@@ -1,12 +1,14 @@
 """The two formulations of the layer ("hamilton" builds W, "components" never does), their raw
 ops hamilton_combine / hamilton_spread, and the automatic choice between them."""
 
+from functools import partial
+
 import pytest
 import torch
+from conftest import DEVICES, TOLERANCES, components
 from torch.autograd import gradcheck, gradgradcheck
 
 import qlayers
-from conftest import DEVICES, TOLERANCES, components
 from qlayers import reference
 from qlayers.functional import choose_algorithm, quaternion_linear
 from qlayers.memory import SavedTensorBytes
@@ -66,7 +68,9 @@ def test_combine_and_spread_are_adjoint(transpose, device):
     p = torch.randn(4, 3, 2, 4, 5, dtype=torch.float64, device=device)  # rows may span dims
     g = torch.randn(3, 2, 20, dtype=torch.float64, device=device)
     assert combine(p, transpose).shape == g.shape and spread(g, transpose).shape == p.shape
-    torch.testing.assert_close((combine(p, transpose) * g).sum(), (p * spread(g, transpose)).sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        (combine(p, transpose) * g).sum(), (p * spread(g, transpose)).sum(), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -74,19 +78,27 @@ def test_combine_spread_autograd_vmap_and_opcheck(device):
     p = torch.randn(4, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
     g = torch.randn(2, 12, dtype=torch.float64, device=device, requires_grad=True)
     for transpose in (False, True):
-        assert gradcheck(lambda t: combine(t, transpose), (p,))
-        assert gradgradcheck(lambda t: combine(t, transpose), (p,))
-        assert gradcheck(lambda t: spread(t, transpose), (g,))
+        assert gradcheck(partial(combine, transpose=transpose), (p,))
+        assert gradgradcheck(partial(combine, transpose=transpose), (p,))
+        assert gradcheck(partial(spread, transpose=transpose), (g,))
         torch.library.opcheck(combine, (p, transpose))
         torch.library.opcheck(spread, (g, transpose))
         batch = torch.randn(5, 4, 2, 4, 3, dtype=torch.float64, device=device)
-        assert torch.equal(torch.vmap(lambda t: combine(t, transpose))(batch), torch.stack([combine(b, transpose) for b in batch]))
+        assert torch.equal(
+            torch.vmap(partial(combine, transpose=transpose))(batch),
+            torch.stack([combine(b, transpose) for b in batch]),
+        )
         grads = torch.randn(2, 5, 12, dtype=torch.float64, device=device)
-        assert torch.equal(torch.vmap(lambda t: spread(t, transpose), in_dims=1)(grads), torch.stack([spread(grads[:, b], transpose) for b in range(5)]))
+        assert torch.equal(
+            torch.vmap(partial(spread, transpose=transpose), in_dims=1)(grads),
+            torch.stack([spread(grads[:, b], transpose) for b in range(5)]),
+        )
 
 
 def test_combine_spread_bad_shapes():
-    with pytest.raises(ValueError, match=r"hamilton_combine: expected products of shape \(4, \*rows, 4, k\), got \[3, 2, 4, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"hamilton_combine: expected products of shape \(4, \*rows, 4, k\), got \[3, 2, 4, 5\]"
+    ):
         combine(torch.zeros(3, 2, 4, 5), False)
     with pytest.raises(ValueError, match=r"hamilton_spread: expected a tensor of shape \(\*rows, 4k\), got \[2, 6\]"):
         spread(torch.zeros(2, 6), False)

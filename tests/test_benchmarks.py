@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
+from conftest import TOLERANCES
 from torch import nn
 
 import qlayers
-from conftest import TOLERANCES
 from qlayers.memory import SavedTensorBytes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -66,8 +66,20 @@ def test_compare_smoke(tmp_path):
     impls = ["qlayers", "autograd", "anchor-custom", "checkpoint", "dense"]
     paths = {kind: tmp_path / f"out.{kind}" for kind in ("json", "png", "md")}
     compare.main(
-        ["--size", "tiny", "--device", "cpu", "--impls", *impls,
-         "--json", str(paths["json"]), "--plot", str(paths["png"]), "--markdown", str(paths["md"])]
+        [
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--impls",
+            *impls,
+            "--json",
+            str(paths["json"]),
+            "--plot",
+            str(paths["png"]),
+            "--markdown",
+            str(paths["md"]),
+        ]
     )
     result = json.loads(paths["json"].read_text())
     assert result["torch"] == torch.__version__

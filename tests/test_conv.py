@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import TOLERANCES, components, hamilton_product
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
 import qlayers
-from conftest import TOLERANCES, components, hamilton_product
 from qlayers import reference
 from qlayers.functional import quaternion_conv
 from qlayers.memory import SavedTensorBytes
@@ -23,8 +23,15 @@ SPATIAL = {1: (11,), 2: (9, 8), 3: (6, 5, 7)}
 
 def torch_twin(layer, torch_class, **kwargs):
     """The torch.nn layer with the reference (torch.cat) kernel of `layer`: the oracle."""
-    twin = torch_class(layer.in_channels, layer.out_channels, layer.kernel_size, groups=layer.groups,
-                       bias=layer.bias is not None, dtype=torch.float64, **kwargs)
+    twin = torch_class(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        groups=layer.groups,
+        bias=layer.bias is not None,
+        dtype=torch.float64,
+        **kwargs,
+    )
     with torch.no_grad():
         twin.weight.copy_(reference.quaternion_conv_kernel(*layer.components(), groups=layer.groups))
         if layer.bias is not None:
@@ -83,7 +90,13 @@ def test_conv_matches_torch_conv_on_the_reference_kernel(dims, case, memory_effi
     compare_with_twin(layer, twin, torch.randn(2, 8, *SPATIAL[dims], dtype=torch.float64))
 
 
-TRANSPOSE_CASES = [dict(), dict(stride=2), dict(stride=2, padding=1, output_padding=1), dict(groups=2, dilation=2), dict(bias=False)]
+TRANSPOSE_CASES = [
+    dict(),
+    dict(stride=2),
+    dict(stride=2, padding=1, output_padding=1),
+    dict(groups=2, dilation=2),
+    dict(bias=False),
+]
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
@@ -116,8 +129,15 @@ def test_gradcheck(transposed):
     bias = torch.randn(out_channels, dtype=torch.float64, requires_grad=True)
 
     def fn(*args):
-        return quaternion_conv(*args, stride=(2, 1), padding=1, dilation=(1, 2), groups=2, transposed=transposed,
-                               output_padding=(1, 0) if transposed else 0)
+        return quaternion_conv(
+            *args,
+            stride=(2, 1),
+            padding=1,
+            dilation=(1, 2),
+            groups=2,
+            transposed=transposed,
+            output_padding=(1, 0) if transposed else 0,
+        )
 
     assert gradcheck(fn, (x, *weights, bias))
     assert gradgradcheck(fn, (x, *weights, bias))
@@ -154,7 +174,8 @@ def test_parameters_layout_and_repr():
     transposed = qlayers.QConvTranspose2d(8, 16, 3, groups=2)
     assert transposed.r_weight.shape == (2, 2, 3, 3)
     assert repr(qlayers.QConv1d(4, 8, 3, padding="same")) == (
-        "QConv1d(4, 8, kernel_size=(3,), stride=(1,), padding='same', memory_efficient=True, init='quaternion', criterion='glorot')"
+        "QConv1d(4, 8, kernel_size=(3,), stride=(1,), padding='same', memory_efficient=True, "
+        "init='quaternion', criterion='glorot')"
     )
 
 

@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
+from conftest import DEVICES, HAS_CUDA, TOLERANCES, components
 from torch.autograd import gradcheck, gradgradcheck
 
 import qlayers
-from conftest import DEVICES, HAS_CUDA, TOLERANCES, components
 from qlayers import reference
 from qlayers.functional import quaternion_linear
 

@@ -4,10 +4,10 @@ autocast and torch.export, each checked against the plain-autograd reference."""
 import pytest
 import torch
 import torch.autograd.forward_ad as forward_ad
+from conftest import DEVICES, HAS_CUDA, TOLERANCES, components
 from torch.utils._pytree import tree_leaves
 
 import qlayers
-from conftest import DEVICES, HAS_CUDA, TOLERANCES, components
 from qlayers import reference
 from qlayers.functional import hamilton_matrix, quaternion_linear
 from qlayers.memory import SavedTensorBytes
@@ -64,16 +64,23 @@ def test_forward_ad_with_some_tangents_missing():
     with forward_ad.dual_level():
         dual_i = forward_ad.make_dual(args[2], torch.ones_like(args[2]))  # only i_weight has a tangent
         tangent = forward_ad.unpack_dual(quaternion_linear(args[0], args[1], dual_i, *args[3:])).tangent
-    expected = torch.func.jvp(lambda i: reference.quaternion_linear(args[0], args[1], i, *args[3:]), (args[2],), (torch.ones_like(args[2]),))[1]
+    expected = torch.func.jvp(
+        lambda i: reference.quaternion_linear(args[0], args[1], i, *args[3:]), (args[2],), (torch.ones_like(args[2]),)
+    )[1]
     torch.testing.assert_close(tangent, expected, **F64)
 
 
 def test_func_jvp_and_hamilton_matrix_jvp():
     args = linear_args()
     tangents = tuple(torch.randn_like(a) for a in args)
-    assert_trees_close(torch.func.jvp(quaternion_linear, args, tangents), torch.func.jvp(reference.quaternion_linear, args, tangents))
+    assert_trees_close(
+        torch.func.jvp(quaternion_linear, args, tangents), torch.func.jvp(reference.quaternion_linear, args, tangents)
+    )
     parts, part_tangents = tuple(args[1:5]), tuple(tangents[1:5])
-    assert_trees_close(torch.func.jvp(hamilton_matrix, parts, part_tangents), torch.func.jvp(reference.hamilton_matrix, parts, part_tangents))
+    assert_trees_close(
+        torch.func.jvp(hamilton_matrix, parts, part_tangents),
+        torch.func.jvp(reference.hamilton_matrix, parts, part_tangents),
+    )
 
 
 @pytest.mark.parametrize("transform", [torch.func.jacfwd, torch.func.jacrev])
@@ -109,10 +116,15 @@ def test_vmap_over_inputs_and_over_the_raw_ops():
     out = torch.vmap(torch.ops.qlayers.hamilton_expand, in_dims=(0, 0, None, 2))(
         stacks[0], stacks[1], stacks[2][0], stacks[3].movedim(0, 2)
     )
-    expected = torch.stack([reference.hamilton_matrix(stacks[0][b], stacks[1][b], stacks[2][0], stacks[3][b]) for b in range(5)])
+    expected = torch.stack(
+        [reference.hamilton_matrix(stacks[0][b], stacks[1][b], stacks[2][0], stacks[3][b]) for b in range(5)]
+    )
     assert torch.equal(out, expected)
     grads = torch.randn(5, 8, 12, 2, dtype=torch.float64)
-    for got, want in zip(torch.vmap(torch.ops.qlayers.hamilton_reduce)(grads), zip(*(torch.ops.qlayers.hamilton_reduce(g) for g in grads))):
+    for got, want in zip(
+        torch.vmap(torch.ops.qlayers.hamilton_reduce)(grads),
+        zip(*(torch.ops.qlayers.hamilton_reduce(g) for g in grads)),
+    ):
         assert torch.equal(got, torch.stack(want))
 
 
@@ -129,7 +141,9 @@ def test_vmap_over_an_ensemble_of_weights():
 
     outputs = torch.vmap(call, in_dims=(0, 0, None))(params, buffers, x)
     torch.testing.assert_close(outputs, torch.stack([layer(x) for layer in layers]), **F64)
-    grads = torch.vmap(torch.func.grad(lambda p, b, inputs: call(p, b, inputs).pow(2).sum()), in_dims=(0, 0, None))(params, buffers, x)
+    grads = torch.vmap(torch.func.grad(lambda p, b, inputs: call(p, b, inputs).pow(2).sum()), in_dims=(0, 0, None))(
+        params, buffers, x
+    )
     for index, layer in enumerate(layers):
         layer(x).pow(2).sum().backward()
         for name, param in layer.named_parameters():
@@ -202,7 +216,9 @@ def test_autocast_computes_in_low_precision_like_nn_linear(device, dtype):
         out = layer(x)
         dense_out = dense(x)
         # What the layer should equal: the same math on operands rounded to the autocast dtype.
-        expected = reference.quaternion_linear(x.to(dtype), *(p.to(dtype) for p in layer.components()), layer.bias.to(dtype))
+        expected = reference.quaternion_linear(
+            x.to(dtype), *(p.to(dtype) for p in layer.components()), layer.bias.to(dtype)
+        )
     assert out.dtype == dense_out.dtype == dtype
     torch.testing.assert_close(out, expected, **TOLERANCES[dtype])
     out.float().pow(2).sum().backward()

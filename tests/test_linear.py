@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from conftest import TOLERANCES, components, hamilton_product
 from torch.autograd import gradcheck, gradgradcheck
 
 import qlayers
-from conftest import TOLERANCES, components, hamilton_product
 from qlayers import reference
 from qlayers.functional import quaternion_linear
 
@@ -44,9 +44,7 @@ def test_matches_reference(input_shape, dtype, bias):
         torch.testing.assert_close(got, want, **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize(
-    "frozen", [c for size in (1, 2, 3, 4) for c in itertools.combinations(NAMES, size)]
-)
+@pytest.mark.parametrize("frozen", [c for size in (1, 2, 3, 4) for c in itertools.combinations(NAMES, size)])
 def test_frozen_components_do_not_starve_the_others(frozen):
     (_, grads), (_, ref_grads) = run_both((6,), 2, 3, torch.float64, True, frozen)
     for name, got, want in zip(NAMES, grads[1:5], ref_grads[1:5]):
@@ -108,9 +106,7 @@ def test_gradcheck_module():
     x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
 
     def call(x, r, i, j, k, b):
-        return torch.func.functional_call(
-            layer, dict(zip((*NAMES, "bias"), (r, i, j, k, b))), (x,)
-        )
+        return torch.func.functional_call(layer, dict(zip((*NAMES, "bias"), (r, i, j, k, b))), (x,))
 
     inputs = (x, *(p.detach().clone().requires_grad_() for p in (*layer.components(), layer.bias)))
     assert gradcheck(call, inputs)
@@ -124,8 +120,8 @@ def test_module_paths_agree():
     x = torch.randn(3, 16, dtype=torch.float64)
     out_e, out_p = efficient(x), plain(x)
     torch.testing.assert_close(out_e, out_p, **TOLERANCES[torch.float64])
-    (out_e ** 2).sum().backward()
-    (out_p ** 2).sum().backward()
+    (out_e**2).sum().backward()
+    (out_p**2).sum().backward()
     for a, b in zip(efficient.parameters(), plain.parameters()):
         torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
 
@@ -167,7 +163,9 @@ def test_init_variance(init, criterion):
     if init == "quaternion":
         # The polar form: r carries half the energy, i, j and k a sixth each.
         shares = entries.pow(2).mean((1, 2)) / s**2
-        torch.testing.assert_close(shares, torch.tensor([2.0, 2 / 3, 2 / 3, 2 / 3], dtype=torch.float64), rtol=0.04, atol=0)
+        torch.testing.assert_close(
+            shares, torch.tensor([2.0, 2 / 3, 2 / 3, 2 / 3], dtype=torch.float64), rtol=0.04, atol=0
+        )
 
 
 def test_init_is_reproducible():
@@ -232,10 +230,14 @@ class TestBadInput:
 
     def test_bias_size(self):
         with pytest.raises(ValueError, match=r"expected bias of shape \(8,\), got \(7,\)"):
-            quaternion_linear(torch.randn(3, 16, dtype=torch.float64), *self.weights, torch.zeros(7, dtype=torch.float64))
+            quaternion_linear(
+                torch.randn(3, 16, dtype=torch.float64), *self.weights, torch.zeros(7, dtype=torch.float64)
+            )
 
     def test_input_dtype(self):
-        with pytest.raises(TypeError, match="expected input of dtype torch.float64 like the weights, got torch.float32"):
+        with pytest.raises(
+            TypeError, match="expected input of dtype torch.float64 like the weights, got torch.float32"
+        ):
             quaternion_linear(torch.randn(3, 16), *self.weights)
 
     def test_not_a_tensor(self):
@@ -254,7 +256,9 @@ class TestBadInput:
             qlayers.QLinear(*sizes)
 
     def test_init_names(self):
-        with pytest.raises(ValueError, match=r"init must be one of \('quaternion', 'unitary', 'random'\), got 'xavier'"):
+        with pytest.raises(
+            ValueError, match=r"init must be one of \('quaternion', 'unitary', 'random'\), got 'xavier'"
+        ):
             qlayers.QLinear(8, 8, init="xavier")
         with pytest.raises(ValueError, match="criterion must be one of"):
             qlayers.QLinear(8, 8, criterion="lecun")

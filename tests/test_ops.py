@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import DEVICES, TOLERANCES, components
 from torch.autograd import gradcheck, gradgradcheck
 
-from conftest import DEVICES, TOLERANCES, components
 from qlayers import reference
 
 expand = torch.ops.qlayers.hamilton_expand

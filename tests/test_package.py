@@ -30,9 +30,7 @@ def test_missing_library_says_how_to_build():
 
 def run_setup(switch):
     env = dict(os.environ, QLAYERS_CUDA=switch)
-    return subprocess.run(
-        [sys.executable, "setup.py", "--name"], capture_output=True, text=True, cwd=ROOT, env=env
-    )
+    return subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True, cwd=ROOT, env=env)
 
 
 def test_unknown_cuda_switch_is_refused():

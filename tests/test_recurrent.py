@@ -3,11 +3,12 @@ follows torch.nn.LSTM's conventions; QBatchNorm and the quaternion helpers."""
 
 import pytest
 import torch
+from conftest import TOLERANCES
+from conftest import hamilton_product as reference_product
 from torch import nn
 from torch.autograd import gradcheck
 
 import qlayers
-from conftest import TOLERANCES, hamilton_product as reference_product
 from qlayers import quaternion
 from qlayers.memory import SavedTensorBytes
 
@@ -36,8 +37,14 @@ def initial_state(cls, layers, directions, batch):
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(num_layers=2), dict(bidirectional=True), dict(num_layers=2, bidirectional=True, batch_first=True),
-     dict(num_layers=3, dropout=0.3), dict(bias=False)],
+    [
+        dict(),
+        dict(num_layers=2),
+        dict(bidirectional=True),
+        dict(num_layers=2, bidirectional=True, batch_first=True),
+        dict(num_layers=3, dropout=0.3),
+        dict(bias=False),
+    ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default",
 )
 @pytest.mark.parametrize("with_state", [False, True])
@@ -130,7 +137,9 @@ def test_bad_sizes_and_states():
 def test_whitening_gives_identity_covariance(shape):
     norm = qlayers.QBatchNorm(8, eps=1e-6, dtype=torch.float64)
     # Correlated components, with a mean: whitening must undo both.
-    mix = torch.tensor([[2.0, 0, 0, 0], [1.0, 1.0, 0, 0], [0.5, -0.3, 0.7, 0], [0.2, 0.1, 0.4, 0.3]], dtype=torch.float64)
+    mix = torch.tensor(
+        [[2.0, 0, 0, 0], [1.0, 1.0, 0, 0], [0.5, -0.3, 0.7, 0], [0.2, 0.1, 0.4, 0.3]], dtype=torch.float64
+    )
     x = torch.randn(shape, dtype=torch.float64)
     channels_last = x.movedim(1, -1).reshape(-1, 4, 2).transpose(1, 2) @ mix.t() + 3.0
     x = channels_last.transpose(1, 2).reshape(*x.movedim(1, -1).shape).movedim(-1, 1)
@@ -167,9 +176,13 @@ def test_variance_mode_and_gradcheck():
 def test_helpers():
     p, q = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
     as_last = lambda t: t.view(3, 4, 2).transpose(1, 2)  # noqa: E731  (3, n, 4) from [r|i|j|k]
-    torch.testing.assert_close(as_last(quaternion.hamilton_product(p, q)), reference_product(as_last(p), as_last(q)), **F64)
+    torch.testing.assert_close(
+        as_last(quaternion.hamilton_product(p, q)), reference_product(as_last(p), as_last(q)), **F64
+    )
     # |p q| = |p| |q|, and p p* = |p|^2 (a real quaternion).
-    torch.testing.assert_close(quaternion.norm(quaternion.hamilton_product(p, q)), quaternion.norm(p) * quaternion.norm(q), **F64)
+    torch.testing.assert_close(
+        quaternion.norm(quaternion.hamilton_product(p, q)), quaternion.norm(p) * quaternion.norm(q), **F64
+    )
     product = quaternion.hamilton_product(p, quaternion.conjugate(p))
     torch.testing.assert_close(product[:, :2], quaternion.norm(p) ** 2, **F64)
     torch.testing.assert_close(product[:, 2:], torch.zeros(3, 6, dtype=torch.float64), **F64)

@@ -18,6 +18,11 @@ class _QConvNd(nn.Module):
 
     dims: int
     transposed: bool
+    r_weight: nn.Parameter
+    i_weight: nn.Parameter
+    j_weight: nn.Parameter
+    k_weight: nn.Parameter
+    bias: Optional[nn.Parameter]
 
     def __init__(
         self,
@@ -77,14 +82,18 @@ class _QConvNd(nn.Module):
         register_quaternion_parameters(self, shape, out_channels, bias, factory)
         self.reset_parameters()
 
-    def components(self) -> tuple:
+    def components(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.r_weight, self.i_weight, self.j_weight, self.k_weight
 
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         """Redraw the components (fans in quaternions, kernel included) and zero the bias."""
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(self.r_weight)
         quaternion_init.quaternion_init_(
-            *self.components(), fan_in=fan_in, fan_out=fan_out, scheme=self.init, criterion=self.criterion,
+            *self.components(),
+            fan_in=fan_in,
+            fan_out=fan_out,
+            scheme=self.init,
+            criterion=self.criterion,
             generator=generator,
         )
         if self.bias is not None:
@@ -125,16 +134,34 @@ class _QConvNd(nn.Module):
     def _convolve(self, input: Tensor, padding) -> Tensor:
         if self.memory_efficient:
             return functional.quaternion_conv(
-                input, *self.components(), self.bias, self.stride, padding, self.dilation, self.groups,
-                self.transposed, self.output_padding,
+                input,
+                *self.components(),
+                self.bias,
+                self.stride,
+                padding,
+                self.dilation,
+                self.groups,
+                self.transposed,
+                self.output_padding,
             )
         # Plain autograd, after the same checks, so both paths fail the same way.
-        functional.check_conv_arguments(type(self).__name__, input, self.components(), self.bias, self.groups, self.transposed)
+        functional.check_conv_arguments(
+            type(self).__name__, input, self.components(), self.bias, self.groups, self.transposed
+        )
         if self.transposed:
             return reference.quaternion_conv_transpose(
-                input, *self.components(), self.bias, self.stride, padding, self.output_padding, self.groups, self.dilation
+                input,
+                *self.components(),
+                self.bias,
+                self.stride,
+                padding,
+                self.output_padding,
+                self.groups,
+                self.dilation,
             )
-        return reference.quaternion_conv(input, *self.components(), self.bias, self.stride, padding, self.dilation, self.groups)
+        return reference.quaternion_conv(
+            input, *self.components(), self.bias, self.stride, padding, self.dilation, self.groups
+        )
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -156,19 +183,54 @@ class _QConvNd(nn.Module):
 class _QConv(_QConvNd):
     transposed = False
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", **kwargs):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, 0, **kwargs)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        **kwargs,
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, 0, **kwargs
+        )
 
 
 class _QConvTranspose(_QConvNd):
     transposed = True
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
-                 bias=True, dilation=1, padding_mode="zeros", **kwargs):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, output_padding, **kwargs)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        padding_mode="zeros",
+        **kwargs,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            output_padding,
+            **kwargs,
+        )
 
 
 _CONV_DOC = """Quaternion {kind} over {dims}-d inputs, with the signature of ``torch.nn.{torch_name}``.
@@ -186,7 +248,11 @@ _CONV_DOC = """Quaternion {kind} over {dims}-d inputs, with the signature of ``t
 
 
 def _make(name, base, dims, torch_name, kind, shape):
-    cls = type(name, (base,), {"dims": dims, "__doc__": _CONV_DOC.format(kind=kind, dims=dims, torch_name=torch_name, shape=shape)})
+    cls = type(
+        name,
+        (base,),
+        {"dims": dims, "__doc__": _CONV_DOC.format(kind=kind, dims=dims, torch_name=torch_name, shape=shape)},
+    )
     cls.__module__ = __name__
     return cls
 
@@ -196,6 +262,12 @@ _TRANSPOSE_SHAPE = "``(in_channels/4, out_channels/4/groups, *kernel_size)``"
 QConv1d = _make("QConv1d", _QConv, 1, "Conv1d", "convolution", _CONV_SHAPE)
 QConv2d = _make("QConv2d", _QConv, 2, "Conv2d", "convolution", _CONV_SHAPE)
 QConv3d = _make("QConv3d", _QConv, 3, "Conv3d", "convolution", _CONV_SHAPE)
-QConvTranspose1d = _make("QConvTranspose1d", _QConvTranspose, 1, "ConvTranspose1d", "transposed convolution", _TRANSPOSE_SHAPE)
-QConvTranspose2d = _make("QConvTranspose2d", _QConvTranspose, 2, "ConvTranspose2d", "transposed convolution", _TRANSPOSE_SHAPE)
-QConvTranspose3d = _make("QConvTranspose3d", _QConvTranspose, 3, "ConvTranspose3d", "transposed convolution", _TRANSPOSE_SHAPE)
+QConvTranspose1d = _make(
+    "QConvTranspose1d", _QConvTranspose, 1, "ConvTranspose1d", "transposed convolution", _TRANSPOSE_SHAPE
+)
+QConvTranspose2d = _make(
+    "QConvTranspose2d", _QConvTranspose, 2, "ConvTranspose2d", "transposed convolution", _TRANSPOSE_SHAPE
+)
+QConvTranspose3d = _make(
+    "QConvTranspose3d", _QConvTranspose, 3, "ConvTranspose3d", "transposed convolution", _TRANSPOSE_SHAPE
+)

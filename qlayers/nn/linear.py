@@ -1,5 +1,7 @@
 """QLinear: the quaternion counterpart of torch.nn.Linear."""
 
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +39,11 @@ class QLinear(nn.Module):
     """
 
     __constants__ = ["in_features", "out_features", "memory_efficient", "algorithm", "init", "criterion"]
+    r_weight: nn.Parameter
+    i_weight: nn.Parameter
+    j_weight: nn.Parameter
+    k_weight: nn.Parameter
+    bias: Optional[nn.Parameter]
 
     def __init__(
         self,
@@ -72,7 +79,7 @@ class QLinear(nn.Module):
         register_quaternion_parameters(self, shape, out_features, bias, factory)
         self.reset_parameters()
 
-    def reset_parameters(self, generator: torch.Generator = None) -> None:
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         """Redraw the components (with ``generator`` if given) and zero the bias."""
         quaternion_init.quaternion_init_(
             *self.components(),
@@ -85,7 +92,7 @@ class QLinear(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def components(self) -> tuple:
+    def components(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(r_weight, i_weight, j_weight, k_weight)``."""
         return self.r_weight, self.i_weight, self.j_weight, self.k_weight
 

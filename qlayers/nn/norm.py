@@ -1,5 +1,7 @@
 """QBatchNorm: quaternion batch normalisation."""
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +21,13 @@ class QBatchNorm(nn.Module):
     ``momentum`` in training, without autograd history, and used in eval mode, as in
     ``torch.nn.BatchNorm``; the covariance kept is the unbiased one.
     """
+
+    weight: Optional[nn.Parameter]
+    bias: Optional[nn.Parameter]
+    running_mean: Tensor
+    running_cov: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
 
     def __init__(
         self,
@@ -69,7 +78,10 @@ class QBatchNorm(nn.Module):
         use_batch = self.training or not self.track_running_stats
         if use_batch:
             if samples < 2:
-                raise ValueError(f"QBatchNorm: expected more than one value per feature in training, got input of shape {tuple(input.shape)}")
+                raise ValueError(
+                    "QBatchNorm: expected more than one value per feature in training, "
+                    f"got input of shape {tuple(input.shape)}"
+                )
             mean = x.mean(0)
             centered = x - mean
             if self.mode == "whiten":
@@ -87,13 +99,13 @@ class QBatchNorm(nn.Module):
             eye = torch.eye(4, device=x.device, dtype=x.dtype)
             lower = torch.linalg.cholesky(spread + self.eps * eye)  # (Q, 4, 4)
             normalised = torch.linalg.solve_triangular(lower, centered.permute(1, 2, 0), upper=False).permute(2, 0, 1)
-            if self.affine:
+            if self.weight is not None:
                 normalised = torch.einsum("qab,nqb->nqa", self.weight, normalised)
         else:
             normalised = centered / torch.sqrt(spread + self.eps).unsqueeze(-1)
-            if self.affine:
+            if self.weight is not None:
                 normalised = normalised * self.weight.unsqueeze(-1)
-        if self.affine:
+        if self.bias is not None:
             normalised = normalised + self.bias.view(4, quaternions).t()
         return normalised.transpose(1, 2).reshape(channels_last.shape).movedim(-1, 1)
 
@@ -105,5 +117,7 @@ class QBatchNorm(nn.Module):
         (self.running_cov if self.mode == "whiten" else self.running_var).lerp_(unbiased.detach(), self.momentum)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}, mode={self.mode!r}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}, mode={self.mode!r}"
+        )

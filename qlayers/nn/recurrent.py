@@ -18,7 +18,7 @@ block, ``[r_fwd r_bwd | i_fwd i_bwd | ...]``, so they stay quaternion vectors. D
 layers drops whole quaternions (:class:`qlayers.quaternion.QuaternionDropout`).
 """
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +66,9 @@ class _QRecurrent(nn.Module):
         name = type(self).__name__
         for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or value <= 0 or value % 4 != 0:
-                raise ValueError(f"{name}: {label} must be a positive multiple of 4 (real features, 4 per quaternion), got {value!r}")
+                raise ValueError(
+                    f"{name}: {label} must be a positive multiple of 4 (real features, 4 per quaternion), got {value!r}"
+                )
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"{name}: num_layers must be a positive integer, got {num_layers!r}")
         if not 0.0 <= dropout <= 1.0:
@@ -77,7 +79,14 @@ class _QRecurrent(nn.Module):
         self.directions = 2 if bidirectional else 1
         factory = {"device": device, "dtype": dtype}
         self.cells = nn.ModuleList(
-            _Cell(input_size if layer == 0 else hidden_size * self.directions, hidden_size, self.gates, bias, memory_efficient, factory)
+            _Cell(
+                input_size if layer == 0 else hidden_size * self.directions,
+                hidden_size,
+                self.gates,
+                bias,
+                memory_efficient,
+                factory,
+            )
             for layer in range(num_layers)
             for _ in range(self.directions)
         )
@@ -105,7 +114,9 @@ class _QRecurrent(nn.Module):
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
-            raise ValueError(f"{name}: expected a 3-d (batched) or 2-d (unbatched) input, got shape {tuple(input.shape)}")
+            raise ValueError(
+                f"{name}: expected a 3-d (batched) or 2-d (unbatched) input, got shape {tuple(input.shape)}"
+            )
         if input.shape[-1] != self.input_size:
             raise ValueError(f"{name}: expected input of shape (..., {self.input_size}), got {tuple(input.shape)}")
         unbatched = input.dim() == 2
@@ -123,7 +134,8 @@ class _QRecurrent(nn.Module):
             for direction in range(self.directions):
                 index = layer * self.directions + direction
                 sequence = layer_input if direction == 0 else layer_input.flip(0)
-                output, final = self._run(self.cells[index], sequence, tuple(s[index] for s in states))
+                cell = cast(_Cell, self.cells[index])
+                output, final = self._run(cell, sequence, tuple(s[index] for s in states))
                 outputs.append(output if direction == 0 else output.flip(0))
                 finals.append(final)
             layer_input = outputs[0] if self.directions == 1 else _join_directions(*outputs)
@@ -147,7 +159,9 @@ class _QRecurrent(nn.Module):
         states = tuple(hx) if self.has_cell_state else (hx,)
         for state in states:
             if tuple(state.shape) != shape:
-                raise ValueError(f"{type(self).__name__}: expected initial states of shape {shape}, got {tuple(state.shape)}")
+                raise ValueError(
+                    f"{type(self).__name__}: expected initial states of shape {shape}, got {tuple(state.shape)}"
+                )
         return states
 
     def extra_repr(self) -> str:
