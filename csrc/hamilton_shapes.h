@@ -10,11 +10,19 @@
 
 namespace qlayers {
 
+// The kernels handle float64, float32, float16 and bfloat16; refuse the rest up front, so that an
+// empty integer tensor is refused like a full one.
+inline void check_floating(const char* op, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.is_floating_point() && !t.is_complex(), op,
+                   ": expected a floating-point tensor (float64, float32, float16 or bfloat16), got ", t.scalar_type());
+}
+
 // r, i, j, k must share shape, dtype and device, with shape (n, m, *rest).
 inline void check_components(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
                              const at::Tensor& k) {
   TORCH_CHECK_VALUE(r.dim() >= 2, "hamilton_expand: expected components of shape (n, m, *rest), got ",
                     r.dim(), "-d r");
+  check_floating("hamilton_expand", r);
   for (const at::Tensor* other : {&i, &j, &k}) {
     TORCH_CHECK_VALUE(other->sizes() == r.sizes(),
                       "hamilton_expand: expected r, i, j, k of one shape, got ", r.sizes(), " and ",
@@ -30,6 +38,7 @@ inline void check_components(const at::Tensor& r, const at::Tensor& i, const at:
 
 // grad must have shape (4n, 4m, *rest).
 inline void check_expanded(const at::Tensor& grad) {
+  check_floating("hamilton_reduce", grad);
   TORCH_CHECK_VALUE(grad.dim() >= 2 && grad.size(0) % 4 == 0 && grad.size(1) % 4 == 0,
                     "hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got ",
                     grad.sizes());
@@ -108,6 +117,7 @@ struct CombineCall {
 };
 
 inline CombineCall prepare_combine(const at::Tensor& products, bool transpose) {
+  check_floating("hamilton_combine", products);
   TORCH_CHECK_VALUE(products.dim() >= 3 && products.size(0) == 4 && products.size(-2) == 4,
                     "hamilton_combine: expected products of shape (4, *rows, 4, k), got ", products.sizes());
   std::vector<int64_t> sizes(products.sizes().begin() + 1, products.sizes().end() - 2);
@@ -127,6 +137,7 @@ struct SpreadCall {
 };
 
 inline SpreadCall prepare_spread(const at::Tensor& grad, bool transpose) {
+  check_floating("hamilton_spread", grad);
   TORCH_CHECK_VALUE(grad.dim() >= 1 && grad.size(-1) % 4 == 0,
                     "hamilton_spread: expected a tensor of shape (*rows, 4k), got ", grad.sizes());
   const int64_t k = grad.size(-1) / 4;

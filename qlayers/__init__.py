@@ -4,6 +4,8 @@ The compiled library is loaded first (it defines the ``torch.ops.qlayers`` opera
 Python-side registrations (autograd and fake kernels), then the public API.
 """
 
+import torch  # noqa: F401  (loads libtorch, which the compiled library links against)
+
 try:
     from qlayers import _C  # type: ignore[attr-defined]  # noqa: F401  (registers torch.ops.qlayers.*)
 except ImportError as exc:
@@ -50,6 +52,7 @@ __all__ = [
     "QConvTranspose2d",
     "QConvTranspose3d",
     "QLinear",
+    "compat",
     "functional",
     "init",
     "memory",

@@ -192,5 +192,7 @@ def test_bad_arguments_raise_clear_errors():
         reduce(torch.zeros(6, 8))
     with pytest.raises(ValueError, match=r"shape \(4n, 4m, \*rest\), got \[8\]"):
         reduce(torch.zeros(8))
-    with pytest.raises(RuntimeError, match="not implemented for 'Long'"):
+    with pytest.raises(TypeError, match="expected a floating-point tensor .* got Long"):
         expand(*(torch.zeros(2, 2, dtype=torch.long) for _ in range(4)))
+    with pytest.raises(TypeError, match="hamilton_reduce: expected a floating-point tensor"):
+        reduce(torch.zeros(0, 0, dtype=torch.long))

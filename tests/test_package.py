@@ -19,6 +19,14 @@ def test_ops_are_compiled_kernels():
     assert qlayers._C.__file__.endswith((".so", ".pyd"))
 
 
+def test_import_qlayers_first_in_a_fresh_interpreter():
+    # The compiled library links against libtorch: qlayers must load torch itself.
+    code = "import qlayers; print(qlayers.QLinear(8, 4)(__import__('torch').randn(2, 8)).shape)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "torch.Size([2, 4])" in result.stdout
+
+
 def test_missing_library_says_how_to_build():
     # sys.modules[name] = None makes that import fail as a missing library would.
     code = "import sys; sys.modules['qlayers._C'] = None; import qlayers"
