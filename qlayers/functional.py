@@ -1,8 +1,9 @@
 """Functional quaternion ops: the memory-efficient autograd Functions and their entry points.
 
-The Hamilton matrix W (4n x 4m) that the four components (n x m) make is never kept for backward:
-forward builds it, uses it once and drops it; backward rebuilds it from the components when the
-input gradient needs it. Autograd therefore keeps exactly what a dense layer keeps, the input.
+The Hamilton matrix W (4n x 4m) that the four components (n x m) make is never kept for backward.
+With the "hamilton" formulation forward builds it, uses it once and drops it, and backward rebuilds
+it when the input gradient needs it; with "components" it is never built at all. Either way
+autograd keeps exactly what a dense layer keeps, the input (the components are parameters).
 """
 
 import math
