@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.modules.utils import _ntuple
 
 __all__ = [
     "ALGORITHMS",
@@ -240,8 +241,11 @@ def hamilton_matrix(r_weight: Tensor, i_weight: Tensor, j_weight: Tensor, k_weig
 def _autocast_dtype(input: Tensor, weight: Tensor) -> Optional[torch.dtype]:
     """The dtype torch.autocast would run a linear layer in here, or None when it would not cast.
 
-    Like torch's own autocast, float64 operands are left alone.
+    Like torch's own autocast, float64 operands are left alone. Non-tensors get None: the argument
+    checks that follow report them.
     """
+    if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
+        return None
     device_type = input.device.type
     if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
@@ -425,12 +429,15 @@ class _QuaternionLinearWithJvp(QuaternionLinearFunction):
             ctx,
             tangents,
             lambda x, components: _linear_forward(ctx.algorithms[0], x, components, None, _ops(True)),
-            lambda bias, out: bias,
+            lambda bias: bias,
         )
 
 
-def _bilinear_jvp(ctx, tangents, product, bias_like):
-    """The jvp of out = product(input, components) + bias, bilinear in (input, components)."""
+def _bilinear_jvp(ctx, tangents, product, bias_view):
+    """The jvp of out = product(input, components) + bias, bilinear in (input, components).
+
+    ``bias_view`` shapes the bias tangent to broadcast against the output.
+    """
     input_tangent, *component_tangents, bias_tangent = tangents[:6]
     input, *components = _cast(ctx.saved_tensors, ctx.compute_dtype)
     terms = []
@@ -440,7 +447,7 @@ def _bilinear_jvp(ctx, tangents, product, bias_like):
         tangents = _cast(_fill_zeros(component_tangents, components[0]), components[0].dtype)
         terms.append(product(input, tangents))
     if bias_tangent is not None:
-        terms.append(bias_like(bias_tangent.to(input.dtype), terms[0] if terms else None))
+        terms.append(bias_view(bias_tangent.to(input.dtype)))
     return sum(terms[1:], terms[0])
 
 
@@ -494,9 +501,7 @@ def quaternion_linear(
         the autocast dtype, as ``torch.nn.functional.linear`` does.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
-    compute_dtype = (
-        _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
-    )
+    compute_dtype = _autocast_dtype(input, r_weight)
     check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
     check_algorithm(algorithm)
     rows, n = _rows(input), r_weight.shape[0]
@@ -601,10 +606,10 @@ class _QuaternionConvWithJvp(QuaternionConvFunction):
                 x, _conv_kernel(components, ctx.options[5], _ops(True)), None, *ctx.options
             )
 
-        def bias_like(bias, out):  # along the channel dim
+        def bias_view(bias):  # along the channel dim
             return bias.view(-1, *([1] * len(ctx.options[0])))
 
-        return _bilinear_jvp(ctx, tangents, product, bias_like)
+        return _bilinear_jvp(ctx, tangents, product, bias_view)
 
 
 def check_conv_arguments(
@@ -662,13 +667,10 @@ def quaternion_conv(
     Autograd keeps the input and the components; the real kernel is rebuilt in backward.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
-    compute_dtype = (
-        _autocast_dtype(input, r_weight) if isinstance(input, Tensor) and isinstance(r_weight, Tensor) else None
-    )
+    compute_dtype = _autocast_dtype(input, r_weight)
     op = "quaternion_conv_transpose" if transposed else "quaternion_conv"
     check_conv_arguments(op, input, components, bias, groups, transposed, autocast=compute_dtype is not None)
-    dims = r_weight.dim() - 2
-    expand = lambda value: tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims  # noqa: E731
-    options = (expand(stride), expand(padding), expand(dilation), transposed, expand(output_padding), groups)
+    per_dim = _ntuple(r_weight.dim() - 2)
+    options = (per_dim(stride), per_dim(padding), per_dim(dilation), transposed, per_dim(output_padding), groups)
     function = QuaternionConvFunction if torch.compiler.is_compiling() else _QuaternionConvWithJvp
     return function.apply(input, *components, bias, compute_dtype, options)
