@@ -1,7 +1,7 @@
 """qlayers: memory-efficient quaternion layers for PyTorch.
 
 The compiled library is loaded first (it defines the ``torch.ops.qlayers`` operators), then their
-Python-side registrations (autograd and fake kernels), then the public API.
+Python-side registrations (autograd and fake kernels) and the layer-product ops, then the public API.
 """
 
 import torch  # noqa: F401  (loads libtorch, which the compiled library links against)
@@ -17,6 +17,7 @@ except ImportError as exc:
     ) from exc
 
 from qlayers import (  # noqa: E402
+    _layer_ops,  # noqa: F401  (layer products as single ops, for torch.compile and torch.export)
     _registrations,  # noqa: F401,E402  (autograd and fake kernels for the ops)
     functional,
     init,

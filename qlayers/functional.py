@@ -238,6 +238,25 @@ def hamilton_matrix(r_weight: Tensor, i_weight: Tensor, j_weight: Tensor, k_weig
     return hamilton_expand(*components)
 
 
+def _autocast_device_types() -> frozenset:
+    """The device types torch.autocast can be enabled for, looked up once at import.
+
+    The lookup must not run inside traced code: Dynamo before torch 2.12 cannot trace it.
+    """
+    names = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "ipu", torch._C._get_privateuse1_backend_name())
+    available = set()
+    for name in names:
+        try:
+            if torch.amp.is_autocast_available(name):
+                available.add(name)
+        except RuntimeError:  # a device type this torch does not know
+            pass
+    return frozenset(available)
+
+
+_AUTOCAST_DEVICE_TYPES = _autocast_device_types()
+
+
 def _autocast_dtype(input: Tensor, weight: Tensor) -> Optional[torch.dtype]:
     """The dtype torch.autocast would run a linear layer in here, or None when it would not cast.
 
@@ -247,7 +266,7 @@ def _autocast_dtype(input: Tensor, weight: Tensor) -> Optional[torch.dtype]:
     if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
         return None
     device_type = input.device.type
-    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+    if device_type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
         return None
     if torch.float64 in (input.dtype, weight.dtype):
         return None
@@ -360,14 +379,56 @@ def _linear_grad_components(algorithm, input_rows, grad_rows, n, ops):
     return [quaternion_rows_t @ spread[c] for c in range(4)]
 
 
+def choose_algorithms(algorithm: str, rows: int, n: int) -> tuple:
+    """The formulation of each phase (:data:`PHASES`) for ``rows`` rows and ``(n, m)`` components."""
+    return tuple(choose_algorithm(algorithm, rows, n, phase) for phase in PHASES)
+
+
+def linear_backward(grad_output, input, components, compute_dtype, algorithms, needs, ops):
+    """The input gradient and the four component gradients of ``y = x @ W + b``.
+
+    ``needs`` = (input, r, i, j, k) flags; what is not needed comes back as None. ``input`` may be
+    None when no component needs a gradient: it is then not kept for backward at all. Gradients
+    come in the compute dtype (autograd casts the input's back); component gradients are cast to
+    the components' dtype.
+    """
+    needs_input, *needs_components = needs
+    grad_input = None
+    grad_components: list = [None] * 4
+    work_components = _cast(components, compute_dtype)
+    if compute_dtype is not None:
+        grad_output = grad_output.to(compute_dtype)
+    if needs_input:
+        grad_input = _linear_grad_input(algorithms[1], grad_output, work_components, ops)
+    if any(needs_components):
+        # Flatten the leading dims explicitly: reshape(-1, ...) is ambiguous for an empty batch.
+        rows, n = _rows(grad_output), components[0].shape[0]
+        input_rows = _cast([input], compute_dtype)[0].reshape(rows, 4 * n)
+        grad_rows = grad_output.reshape(rows, grad_output.shape[-1])
+        grads = _linear_grad_components(algorithms[2], input_rows, grad_rows, n, ops)
+        # Each component's flag is honoured on its own: freezing one never starves the others.
+        grad_components = [g.to(c.dtype) if need else None for g, c, need in zip(grads, components, needs_components)]
+    return grad_input, grad_components
+
+
+def bias_gradient(grad_output: Tensor) -> Tensor:
+    """The bias gradient of a linear layer: grad_output summed over every leading dim."""
+    return grad_output.reshape(_rows(grad_output), grad_output.shape[-1]).sum(0)
+
+
+def _keep_input(ctx) -> bool:
+    """The input is needed in backward only for the component gradients."""
+    return any(ctx.needs_input_grad[1:5])
+
+
 class QuaternionLinearFunction(torch.autograd.Function):
     """``y = x @ W + bias`` that keeps only ``x`` and the components for backward.
 
-    ``compute_dtype`` is the autocast dtype (or None): operands are cast to it in forward and
-    again in backward, so autograd keeps the original tensors, not low-precision copies.
-    ``algorithms`` names the formulation ("hamilton" or "components") for the forward product,
-    the input gradient and the component gradients, decided before the call (a decision on
-    symbolic sizes inside backward would break torch.compile's tracing).
+    ``x`` is kept only when some component needs a gradient (a frozen layer keeps nothing, as a
+    frozen ``nn.Linear`` does). ``compute_dtype`` is the autocast dtype (or None): operands are
+    cast to it in forward and again in backward, so autograd keeps the original tensors, not
+    low-precision copies. ``algorithms`` names the formulation ("hamilton" or "components") for
+    the forward product, the input gradient and the component gradients, decided before the call.
     """
 
     generate_vmap_rule = True
@@ -380,37 +441,20 @@ class QuaternionLinearFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, r_weight, i_weight, j_weight, k_weight, _, compute_dtype, algorithms = inputs
-        ctx.save_for_backward(input, r_weight, i_weight, j_weight, k_weight)
-        ctx.compute_dtype = compute_dtype
-        ctx.algorithms = algorithms
+        ctx.save_for_backward(input if _keep_input(ctx) else None, r_weight, i_weight, j_weight, k_weight)
+        ctx.input_dtype, ctx.compute_dtype, ctx.algorithms = input.dtype, compute_dtype, algorithms
 
     @staticmethod
     def backward(ctx, grad_output):
-        saved = ctx.saved_tensors
-        input, *components = _cast(saved, ctx.compute_dtype)
-        needs_input, *needs_components, needs_bias, _, _ = ctx.needs_input_grad
-        grad_input = grad_bias = None
-        grad_components = [None] * 4
-        if ctx.compute_dtype is not None:
-            grad_output = grad_output.to(ctx.compute_dtype)
+        input, *components = ctx.saved_tensors
+        needs = ctx.needs_input_grad
         # create_graph=True (double backward, hessians) needs differentiable ops; else raw ones.
-        ops = _ops(torch.is_grad_enabled())
-
-        if needs_input:
-            grad_input = _linear_grad_input(ctx.algorithms[1], grad_output, components, ops).to(saved[0].dtype)
-        if any(needs_components) or needs_bias:
-            # Flatten the leading dims explicitly: reshape(-1, ...) is ambiguous for an empty batch.
-            rows = _rows(input)
-            grad_rows = grad_output.reshape(rows, grad_output.shape[-1])
-        if any(needs_components):
-            n = components[0].shape[0]
-            grads = _linear_grad_components(ctx.algorithms[2], input.reshape(rows, 4 * n), grad_rows, n, ops)
-            # Each component's flag is honoured on its own: freezing one never starves the others.
-            grad_components = [
-                g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)
-            ]
-        if needs_bias:
-            grad_bias = grad_rows.sum(0)  # cast back to the bias' dtype by autograd
+        grad_input, grad_components = linear_backward(
+            grad_output, input, components, ctx.compute_dtype, ctx.algorithms, needs[:5], _ops(torch.is_grad_enabled())
+        )
+        if grad_input is not None:
+            grad_input = grad_input.to(ctx.input_dtype)
+        grad_bias = bias_gradient(grad_output) if needs[5] else None  # autograd casts it to the bias' dtype
         return grad_input, *grad_components, grad_bias, None, None
 
 
@@ -436,7 +480,8 @@ class _QuaternionLinearWithJvp(QuaternionLinearFunction):
 def _bilinear_jvp(ctx, tangents, product, bias_view):
     """The jvp of out = product(input, components) + bias, bilinear in (input, components).
 
-    ``bias_view`` shapes the bias tangent to broadcast against the output.
+    ``bias_view`` shapes the bias tangent to broadcast against the output. In a jvp,
+    ``ctx.saved_tensors`` are those given to ``save_for_forward``: the input and the components.
     """
     input_tangent, *component_tangents, bias_tangent = tangents[:6]
     input, *components = _cast(ctx.saved_tensors, ctx.compute_dtype)
@@ -469,14 +514,6 @@ class _QuaternionLinearEager(torch.autograd.Function):
     jvp = _QuaternionLinearWithJvp.jvp
 
 
-def _linear_function():
-    if torch.compiler.is_compiling():
-        return QuaternionLinearFunction  # Dynamo refuses a Function with a jvp
-    if torch._C._are_functorch_transforms_active():
-        return _QuaternionLinearWithJvp
-    return _QuaternionLinearEager
-
-
 def quaternion_linear(
     input: Tensor,
     r_weight: Tensor,
@@ -496,17 +533,25 @@ def quaternion_linear(
             :func:`choose_algorithm`. Both keep only the input and the components for backward.
 
     Returns:
-        ``(..., 4m)``. For backward, autograd keeps only ``input`` and the components; the
-        ``(4n, 4m)`` matrix ``W`` is rebuilt when needed. Under ``torch.autocast`` it computes in
-        the autocast dtype, as ``torch.nn.functional.linear`` does.
+        ``(..., 4m)``. For backward, autograd keeps only ``input`` (and only when some component
+        needs a gradient) and the components; the ``(4n, 4m)`` matrix ``W`` is rebuilt when
+        needed. Under ``torch.autocast`` it computes in the autocast dtype, as
+        ``torch.nn.functional.linear`` does. Under ``torch.compile`` and ``torch.export`` the
+        whole product is one opaque op, ``torch.ops.qlayers.linear``, that picks the algorithm
+        from the concrete sizes at run time.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
     compute_dtype = _autocast_dtype(input, r_weight)
     check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
     check_algorithm(algorithm)
-    rows, n = _rows(input), r_weight.shape[0]
-    algorithms = tuple(choose_algorithm(algorithm, rows, n, phase) for phase in PHASES)
-    return _linear_function().apply(input, *components, bias, compute_dtype, algorithms)
+    if torch.compiler.is_compiling():
+        # One opaque op (qlayers/_layer_ops.py): W never enters the traced graph, so the
+        # partitioner cannot keep it, and no guard on the batch size is installed.
+        return torch.ops.qlayers.linear(input, *components, bias, compute_dtype, algorithm)
+    algorithms = choose_algorithms(algorithm, _rows(input), r_weight.shape[0])
+    if torch._C._are_functorch_transforms_active():
+        return _QuaternionLinearWithJvp.apply(input, *components, bias, compute_dtype, algorithms)
+    return _QuaternionLinearEager.apply(input, *components, bias, compute_dtype, algorithms)
 
 
 def check_algorithm(algorithm: str) -> None:
@@ -547,12 +592,48 @@ def _conv_kernel_adjoint(grad_kernel, groups, ops):
     return grad_r, -grad_i, -grad_j, -grad_k
 
 
+def _kernel_shape(components) -> tuple:
+    """The shape of the real kernel that components ``(a, b, *k)`` make: ``(4a, 4b, *k)``."""
+    a, b, *rest = components[0].shape
+    return (4 * a, 4 * b, *rest)
+
+
+def conv_backward(grad_output, input, input_shape, components, bias_shape, compute_dtype, options, needs, ops):
+    """The input, component and bias gradients of a quaternion (transposed) convolution.
+
+    ``needs`` = (input, r, i, j, k, bias) flags; what is not needed comes back as None. ``input``
+    may be None when no component needs a gradient (it was not kept), and the real kernel is
+    rebuilt only when the input needs a gradient: ``aten::convolution_backward`` reads only the
+    shape of an operand whose gradient it does not compute, so a stand-in of that shape serves.
+    """
+    needs_input, *needs_components, needs_bias = needs
+    work_components = _cast(components, compute_dtype)
+    if compute_dtype is not None:
+        grad_output = grad_output.to(compute_dtype)
+    if needs_input:
+        kernel = _conv_kernel(work_components, options[5], ops)
+    else:
+        kernel = grad_output.new_empty(1).expand(_kernel_shape(components))
+    input = grad_output.new_empty(1).expand(input_shape) if input is None else _cast([input], compute_dtype)[0]
+    grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
+        grad_output, input, kernel, bias_shape, *options, [needs_input, any(needs_components), needs_bias]
+    )
+    grad_components: list = [None] * 4
+    if any(needs_components):
+        grads = _conv_kernel_adjoint(grad_kernel, options[5], ops)
+        grad_components = [g.to(c.dtype) if need else None for g, c, need in zip(grads, components, needs_components)]
+    return grad_input, grad_components, grad_bias
+
+
 class QuaternionConvFunction(torch.autograd.Function):
     """A quaternion (transposed) convolution that keeps only the input and the components.
 
-    ``options`` = (stride, padding, dilation, transposed, output_padding, groups), as
-    ``aten::convolution`` takes them; the kernel is rebuilt in backward.
+    The input is kept only when some component needs a gradient. ``options`` = (stride, padding,
+    dilation, transposed, output_padding, groups), as ``aten::convolution`` takes them; the
+    kernel is rebuilt in backward when the input needs a gradient.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, options):
@@ -563,30 +644,27 @@ class QuaternionConvFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, options = inputs
-        ctx.save_for_backward(input, r_weight, i_weight, j_weight, k_weight)
+        ctx.save_for_backward(input if _keep_input(ctx) else None, r_weight, i_weight, j_weight, k_weight)
+        ctx.input_shape, ctx.input_dtype = tuple(input.shape), input.dtype
         ctx.compute_dtype, ctx.options = compute_dtype, options
         ctx.bias_shape = None if bias is None else tuple(bias.shape)
 
     @staticmethod
     def backward(ctx, grad_output):
-        saved = ctx.saved_tensors
-        input, *components = _cast(saved, ctx.compute_dtype)
-        if ctx.compute_dtype is not None:
-            grad_output = grad_output.to(ctx.compute_dtype)
-        needs_input, *needs_components, needs_bias, _, _ = ctx.needs_input_grad
-        ops = _ops(torch.is_grad_enabled())
-        kernel = _conv_kernel(components, ctx.options[5], ops)
-        grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
-            grad_output, input, kernel, ctx.bias_shape, *ctx.options, [needs_input, any(needs_components), needs_bias]
+        input, *components = ctx.saved_tensors
+        grad_input, grad_components, grad_bias = conv_backward(
+            grad_output,
+            input,
+            ctx.input_shape,
+            components,
+            ctx.bias_shape,
+            ctx.compute_dtype,
+            ctx.options,
+            ctx.needs_input_grad[:6],
+            _ops(torch.is_grad_enabled()),
         )
-        grad_components = [None] * 4
-        if any(needs_components):
-            grads = _conv_kernel_adjoint(grad_kernel, ctx.options[5], ops)
-            grad_components = [
-                g.to(c.dtype) if need else None for g, c, need in zip(grads, saved[1:], needs_components)
-            ]
         if grad_input is not None:
-            grad_input = grad_input.to(saved[0].dtype)
+            grad_input = grad_input.to(ctx.input_dtype)
         return grad_input, *grad_components, grad_bias, None, None
 
 
@@ -672,5 +750,7 @@ def quaternion_conv(
     check_conv_arguments(op, input, components, bias, groups, transposed, autocast=compute_dtype is not None)
     per_dim = _ntuple(r_weight.dim() - 2)
     options = (per_dim(stride), per_dim(padding), per_dim(dilation), transposed, per_dim(output_padding), groups)
-    function = QuaternionConvFunction if torch.compiler.is_compiling() else _QuaternionConvWithJvp
-    return function.apply(input, *components, bias, compute_dtype, options)
+    if torch.compiler.is_compiling():
+        # One opaque op (qlayers/_layer_ops.py): the real kernel never enters the traced graph.
+        return torch.ops.qlayers.conv(input, *components, bias, *options, compute_dtype)
+    return _QuaternionConvWithJvp.apply(input, *components, bias, compute_dtype, options)

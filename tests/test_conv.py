@@ -224,3 +224,69 @@ def test_forward_mode_jvp_matches_reference():
     theirs = torch.func.jvp(lambda *a: reference.quaternion_conv(*a, padding=1), args, tangents)
     for got, want in zip(ours, theirs):
         torch.testing.assert_close(got, want, **F64)
+
+
+# --- torch.func (issue 12, item 9) --------------------------------------------------------------
+
+
+def plain_twin(layer):
+    """The same layer on the plain-autograd path: the oracle for torch.func transforms."""
+    twin = type(layer)(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        groups=layer.groups,
+        memory_efficient=False,
+        dtype=torch.float64,
+    )
+    twin.load_state_dict(layer.state_dict())
+    return twin
+
+
+def func_layers(cls):
+    torch.manual_seed(0)
+    layer = cls(8, 16, 3, stride=2, groups=2, dtype=torch.float64)
+    nn.init.normal_(layer.bias)
+    return layer, plain_twin(layer)
+
+
+@pytest.mark.parametrize("cls", [qlayers.QConv1d, qlayers.QConvTranspose1d])
+def test_vmap_jacobians_and_per_sample_gradients(cls):
+    layer, twin = func_layers(cls)
+    x = torch.randn(3, 8, 7, dtype=torch.float64)
+    torch.testing.assert_close(torch.vmap(layer)(x.unsqueeze(1)), torch.vmap(twin)(x.unsqueeze(1)), **F64)
+    for transform in (torch.func.jacrev, torch.func.jacfwd):
+        torch.testing.assert_close(transform(layer)(x), transform(twin)(x), **F64)
+
+    def per_sample(module):
+        params = dict(module.named_parameters())
+
+        def loss(p, sample):
+            return torch.func.functional_call(module, p, (sample.unsqueeze(0),)).tanh().sum()
+
+        return torch.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+
+    got, expected = per_sample(layer), per_sample(twin)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], **F64)
+
+
+def test_vmap_over_an_ensemble_of_convolutions():
+    layers = [func_layers(qlayers.QConv1d)[0] for _ in range(3)]
+    for layer in layers[1:]:
+        layer.reset_parameters()
+        nn.init.normal_(layer.bias)
+    params, buffers = torch.func.stack_module_state(layers)
+    template = qlayers.QConv1d(8, 16, 3, stride=2, groups=2, dtype=torch.float64, device="meta")
+    x = torch.randn(2, 8, 7, dtype=torch.float64)
+
+    def loss(p, b, inputs):
+        return torch.func.functional_call(template, (p, b), (inputs,)).pow(2).sum()
+
+    grads = torch.vmap(torch.func.grad(loss), in_dims=(0, 0, None))(params, buffers, x)
+    for index, layer in enumerate(layers):
+        layer.zero_grad()
+        layer(x).pow(2).sum().backward()
+        for name, param in layer.named_parameters():
+            torch.testing.assert_close(grads[name][index], param.grad, **F64)

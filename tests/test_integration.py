@@ -177,6 +177,27 @@ def test_compile_fullgraph_dynamic_matches_eager(backend):
         assert_trees_close(grads, eager_grads, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "hamilton", "components"])
+def test_compile_dynamic_one_graph_serves_every_batch_size(algorithm):
+    # "auto" decides inside the op, at run time: no guard on the batch size, no recompile, and
+    # each batch still gets the formulation eager would pick (checked against eager's values).
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(qlayers.QLinear(64, 64, algorithm=algorithm), torch.nn.Tanh())
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    compiled = torch.compile(model, backend=counting_backend, fullgraph=True, dynamic=True)
+    # Both sides of auto's crossover (0.75 * 16 rows); not 0 or 1, which Dynamo always specialises.
+    for batch in (8, 13, 2, 100):
+        x = torch.randn(batch, 64, requires_grad=True)
+        torch.testing.assert_close(compiled(x), model(x))
+    assert len(graphs) == 1
+
+
 def test_compile_has_no_graph_breaks():
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(small_model())(torch.randn(7, 64))
@@ -270,4 +291,7 @@ def test_export_runs_and_matches_eager(device):
     for batch in (7, 3):
         inputs = torch.randn(batch, 64, device=device)
         torch.testing.assert_close(program.module()(inputs), model(inputs))
-    assert any("qlayers.hamilton_expand" in str(node.target) for node in program.graph.nodes)
+    # The whole layer product is one op (qlayers/_layer_ops.py): no Hamilton matrix in the graph.
+    targets = [str(node.target) for node in program.graph.nodes]
+    assert sum("qlayers.linear" in target for target in targets) == 2
+    assert not any("hamilton_expand" in target for target in targets)

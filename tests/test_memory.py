@@ -67,3 +67,95 @@ def test_recurrence_keeps_one_matrix_per_step_only_on_the_plain_path():
 
     efficient, plain = unroll(cell), unroll(plain_cell)
     assert plain - efficient >= steps * hidden * hidden * 4
+
+
+# --- compiled steps save what eager steps save (issue 12, item 1) -------------------------------
+
+
+def compiled_and_eager_bytes(model, x, backend):
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    compiled(x).sum().backward()  # compile first, outside the count
+    return saved_bytes(model, x), saved_bytes(compiled, x)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "auto"])
+@pytest.mark.parametrize("batch", [7, 96])  # both sides of auto's crossover (0.75 * 64 rows)
+@pytest.mark.parametrize("input_grad", [False, True])  # True: backward needs W for the input gradient
+def test_compiled_linear_saves_what_eager_saves(backend, algorithm, batch, input_grad):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        qlayers.QLinear(FEATURES, FEATURES, algorithm=algorithm),
+        nn.Tanh(),
+        qlayers.QLinear(FEATURES, FEATURES, algorithm=algorithm),
+    )
+    x = torch.randn(batch, FEATURES, requires_grad=input_grad)
+    eager, compiled = compiled_and_eager_bytes(model, x, backend)
+    # The input and the hidden activation, as two nn.Linear would keep; no 256 x 256 W.
+    assert eager == 2 * x.numel() * 4
+    assert compiled == eager
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("conv", [qlayers.QConv2d, qlayers.QConvTranspose2d])
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_compiled_conv_saves_what_eager_saves(backend, conv, input_grad):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(32, 32, 3, padding=1), nn.Tanh(), conv(32, 32, 3, padding=1))
+    x = torch.randn(2, 32, 6, 6, requires_grad=input_grad)
+    eager, compiled = compiled_and_eager_bytes(model, x, backend)
+    assert eager == 2 * x.numel() * 4  # the input and the hidden activation, no real kernel
+    assert compiled == eager
+
+
+# --- frozen components keep no input (issue 12, item 2) -----------------------------------------
+
+
+def freeze(model):
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.endswith("bias"))
+    return model
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_frozen_qlinear_stack_keeps_what_frozen_dense_keeps(input_grad):
+    x = torch.randn(BATCH, FEATURES, requires_grad=input_grad)
+    quaternion = saved_bytes(freeze(stack(qlayers.QLinear)), x)
+    dense = saved_bytes(freeze(stack(nn.Linear)), x)
+    # With the weights frozen nn.Linear keeps nothing: the input only serves the weight gradient.
+    assert quaternion == dense == 0
+
+
+def test_partly_frozen_qlinear_still_keeps_its_input():
+    layer = qlayers.QLinear(FEATURES, FEATURES)
+    layer.r_weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    x = torch.randn(BATCH, FEATURES)
+    assert saved_bytes(layer, x) == x.numel() * 4
+
+
+@pytest.mark.parametrize("conv", [qlayers.QConv2d, qlayers.QConvTranspose2d])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_frozen_conv_keeps_no_input_and_gives_the_same_gradients(conv, memory_format):
+    torch.manual_seed(0)
+    layer = conv(16, 16, 3, stride=2, padding=1)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(2, 16, 7, 7).to(memory_format=memory_format).requires_grad_()
+    expected = torch.autograd.grad(layer(x).pow(2).sum(), (x, layer.bias))
+    freeze(layer)
+    assert saved_bytes(layer, x) == 0
+    got = torch.autograd.grad(layer(x).pow(2).sum(), (x, layer.bias))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_builds_no_kernel_when_the_input_needs_no_gradient():
+    layer = qlayers.QConv2d(16, 16, 3)
+    x = torch.randn(2, 16, 6, 6)  # needs no gradient: backward needs no real kernel
+    out = layer(x)
+    with torch.profiler.profile() as profile:
+        out.sum().backward()
+    names = [event.name for event in profile.events()]
+    assert "qlayers::hamilton_reduce" in names  # the component gradients were computed
+    assert "qlayers::hamilton_expand" not in names
