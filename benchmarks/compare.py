@@ -1,6 +1,7 @@
 """qlayers side by side with the other ways to write a quaternion layer, on this machine.
 
     python benchmarks/compare.py [--quick] [--device cpu|cuda] [--json PATH] [--plot PATH] [--markdown PATH]
+    python benchmarks/compare.py --from-json PATH [--plot PATH] [--markdown PATH]   (a saved run, redrawn)
 
 For every workload and implementation, in one process:
 
@@ -25,6 +26,8 @@ of the same real size: the speed floor).
 import argparse
 import itertools
 import json
+import logging
+import math
 import os
 import platform
 import sys
@@ -32,9 +35,19 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Callable, Dict, List
 
-import torch
-import torch.utils.benchmark as benchmark
-from torch import nn
+# The output is the progress bar and the table. On a CPU run the profiler (peak memory) would log
+# every start and stop, and kineto's failed GPU probe, at its default level; 6 is above its highest.
+# Read when the profiler first starts, so it must be set before then; an explicit setting wins.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+import torch  # noqa: E402
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which warns about the CUDA toolkit when a
+# CUDA build of torch sees no GPU; no extension is built here.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+import torch.utils.benchmark as benchmark  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -449,51 +462,112 @@ def lecture_claim(records: List[Record]) -> List[str]:
     return lines
 
 
+def short_name(workload: str) -> str:
+    """A workload's label in the picture: its name up to the colon ("QLSTM", "1x1 convs")."""
+    return workload.split(":")[0]
+
+
+# The headline ratios: qlayers' figure over another implementation's, in the same run.
+HEADLINES = [
+    ("retained_bytes", "autograd", "retained\n÷ autograd"),
+    ("peak_bytes", "autograd", "peak\n÷ autograd"),
+    ("time_ms", "autograd", "time\n÷ autograd"),
+    ("time_ms", "dense", "time\n÷ dense"),
+]
+
+
+def headline(by_key, workload, field, other) -> float:
+    """qlayers' figure over another implementation's for one workload; NaN where one is missing."""
+    ours, theirs = by_key.get((workload, "qlayers")), by_key.get((workload, other))
+    if ours is None or theirs is None or not getattr(theirs, field):
+        return math.nan
+    return getattr(ours, field) / getattr(theirs, field)
+
+
+def ratio_label(value: float) -> str:
+    """Two decimals, or two significant digits under 0.1 (where two decimals would read 0.00)."""
+    if math.isnan(value):
+        return "–"
+    return f"{value:.2f}×" if value >= 0.1 else f"{value:.2g}×"
+
+
 def plot(records: List[Record], path, title):
+    """Memory and time per workload and implementation, and qlayers' headline ratios, as a PNG.
+
+    Horizontal bars with the workloads' short names down the side, so that no label runs into
+    another; the full names, with their sizes, are the footnote.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    workloads_seen = list(dict.fromkeys(r.workload for r in records))
+    names = list(dict.fromkeys(r.workload for r in records))
     impls = list(dict.fromkeys(r.impl for r in records))
     by_key = {(r.workload, r.impl): r for r in records}
+    labels = [short_name(w) for w in names]
     metrics = [
         ("retained_bytes", "retained for backward (MiB)", 2**-20),
-        ("peak_bytes", "peak of a step (MiB)", 2**-20),
+        ("peak_bytes", "peak of a training step (MiB)", 2**-20),
         ("time_ms", "forward + backward (ms)", 1.0),
     ]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(12, 11))
-    width = 0.8 / len(impls)
-    for ax, (field, label, scale) in zip(axes, metrics):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
+    height = 0.8 / len(impls)
+    colours = {impl: f"C{index}" for index, impl in enumerate(impls)}
+    for ax, (field, label, scale) in zip(axes.flat, metrics):
+        drawn = []
         for index, impl in enumerate(impls):
-            values = [getattr(by_key[(w, impl)], field) * scale if (w, impl) in by_key else 0 for w in workloads_seen]
-            positions = [w + (index - (len(impls) - 1) / 2) * width for w in range(len(workloads_seen))]
-            ax.bar(positions, values, width, label=impl)
-        ax.set_yscale("symlog" if field != "time_ms" else "log")
-        ax.set_ylabel(label)
-        ax.set_xticks(range(len(workloads_seen)))
-        ax.set_xticklabels(workloads_seen, fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(ncol=len(impls), fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
+            # Log axes: a zero (nothing retained) has no bar.
+            rows = [
+                (w, getattr(by_key[(name, impl)], field) * scale)
+                for w, name in enumerate(names)
+                if (name, impl) in by_key and getattr(by_key[(name, impl)], field) > 0
+            ]
+            offset = (index - (len(impls) - 1) / 2) * height
+            ax.barh([w + offset for w, _ in rows], [v for _, v in rows], height, color=colours[impl], label=impl)
+            drawn += [v for _, v in rows]
+        ax.set_xscale("log")
+        if drawn:  # whole decades, labelled 0.1, 1, 10: never the crowded in-between labels
+            low, high = (math.floor(math.log10(min(drawn))), math.ceil(math.log10(max(drawn))))
+            ax.set_xlim(10.0**low, 10.0 ** max(high, low + 1))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    ratios = axes.flat[3]
+    table = [[headline(by_key, name, field, other) for field, other, _ in HEADLINES] for name in names]
+    # Colour by log ratio: green where qlayers keeps less or runs faster, red where it does not.
+    logs = [[math.log10(max(value, 1e-3)) for value in row] for row in table]
+    ratios.imshow(logs, cmap="RdYlGn_r", norm=TwoSlopeNorm(0.0, -1.5, 1.5), aspect="auto")
+    for w, row in enumerate(table):
+        for c, value in enumerate(row):
+            dark = abs(logs[w][c]) > 1  # white on the darkest colours
+            ratios.text(c, w, ratio_label(value), ha="center", va="center", fontsize=10, color="w" if dark else "k")
+    ratios.set_xticks(range(len(HEADLINES)), [text for _, _, text in HEADLINES], fontsize=9)
+    ratios.set_title("qlayers ÷ autograd and ÷ dense (under 1: less memory, faster)", fontsize=10)
+    for ax in axes.flat:
+        ax.set_yticks(range(len(names)), labels, fontsize=10)
+        ax.set_ylim(len(names) - 0.5, -0.5)  # first workload on top
+    fig.legend(
+        *axes.flat[0].get_legend_handles_labels(), loc="upper center", ncol=len(impls), bbox_to_anchor=(0.5, 0.955)
+    )
+    fig.suptitle(title, fontsize=11)
+    footnote = names[:1]
+    for name in names[1:]:  # lines break between workloads, not inside one
+        if len(footnote[-1]) + len(name) > 160:
+            footnote.append(name)
+        else:
+            footnote[-1] += f" · {name}"
+    fig.text(0.5, 0.01, "\n".join(footnote), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="smaller workloads: under 3 minutes on a 2-core CPU")
-    parser.add_argument("--size", choices=sorted(SIZES), help="workload sizes (default: full, or quick with --quick)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS))
-    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
-    parser.add_argument("--plot", metavar="PATH", help="write a PNG of memory and time")
-    parser.add_argument("--markdown", metavar="PATH", help="write the table, with machine and versions, as Markdown")
-    options = parser.parse_args(argv)
+def run(options, parser):
+    """Measure on this machine: the header, the records, the kernels and the speed grid."""
     size = options.size or ("quick" if options.quick else "full")
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -506,7 +580,6 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    header = f"qlayers {qlayers.__version__}, torch {torch.__version__}, {device.type}: {machine(device)}, sizes {size}"
     pairs = [(w, impl) for w in workloads(size, device.type) for impl in options.impls if w.factory(impl) is not None]
     records = []
     try:
@@ -516,15 +589,57 @@ def main(argv=None):
         grid = speed_grid(size, device, min_run_time)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whoever called main()
+    return {
+        "device": machine(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "qlayers": qlayers.__version__,
+        "size": size,
+        "records": records,
+        "kernels": kernels,
+        "grid": grid,
+    }
 
+
+def load(path):
+    """A run written by --json, with its records as the dataclasses run() gives."""
+    with open(path) as f:
+        result = json.load(f)
+    for key, kind in (("records", Record), ("kernels", KernelRecord), ("grid", GridRecord)):
+        result[key] = [kind(**entry) for entry in result[key]]
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller workloads: under 3 minutes on a 2-core CPU")
+    parser.add_argument("--size", choices=sorted(SIZES), help="workload sizes (default: full, or quick with --quick)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS))
+    parser.add_argument(
+        "--from-json", metavar="PATH", help="measure nothing: report the run a --json file holds (redraw its plot)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of memory, time and qlayers' ratios")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table, with machine and versions, as Markdown")
+    options = parser.parse_args(argv)
+    result = load(options.from_json) if options.from_json else run(options, parser)
+    records, size = result["records"], result["size"]
+
+    header = (
+        f"qlayers {result['qlayers']}, torch {result['torch']}, {result['device_type']}: {result['device']}, "
+        f"sizes {size}"
+    )
     lines = (
         table(records)
         + [""]
         + lecture_claim(records)
         + ["", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", ""]
-        + kernel_table(kernels)
+        + kernel_table(result["kernels"])
         + ["", "One layer, forward + backward, by batch and features (qlayers = algorithm 'auto'):", ""]
-        + grid_table(grid)
+        + grid_table(result["grid"])
     )
     print(header)
     print("\n".join(lines))
@@ -533,20 +648,10 @@ def main(argv=None):
             os.makedirs(os.path.dirname(path), exist_ok=True)
     if options.json:
         with open(options.json, "w") as f:
-            json.dump(
-                {
-                    "device": machine(device),
-                    "device_type": device.type,
-                    "torch": torch.__version__,
-                    "qlayers": qlayers.__version__,
-                    "size": size,
-                    "records": [asdict(r) for r in records],
-                    "kernels": [asdict(k) for k in kernels],
-                    "grid": [asdict(g) for g in grid],
-                },
-                f,
-                indent=1,
-            )
+            serialised = {key: value for key, value in result.items() if key not in ("records", "kernels", "grid")}
+            for key in ("records", "kernels", "grid"):
+                serialised[key] = [asdict(entry) for entry in result[key]]
+            json.dump(serialised, f, indent=1)
     if options.markdown:
         with open(options.markdown, "w") as f:
             f.write(f"# benchmarks/compare.py, sizes {size}\n\n{header}\n\n" + "\n".join(lines) + "\n")

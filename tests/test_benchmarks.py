@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -62,25 +63,28 @@ def test_anchor_reproduces_the_frozen_r_defect():
     assert layer.i_weight.grad is None
 
 
+# What a CUDA build of torch on a machine without a GPU printed among the progress bar and the table:
+# the profiler's own logging (kineto) and torch.utils.cpp_extension's warning about the toolkit.
+NOISE = ("ERROR", "No CUDA runtime", "USDT", "gpuGetDeviceCount")
+
+
 def test_compare_smoke(tmp_path):
+    # The main job as `make bench` runs it, in its own process: the profiler reads its settings once.
     impls = ["qlayers", "autograd", "anchor-custom", "checkpoint", "dense"]
     paths = {kind: tmp_path / f"out.{kind}" for kind in ("json", "png", "md")}
-    compare.main(
-        [
-            "--size",
-            "tiny",
-            "--device",
-            "cpu",
-            "--impls",
-            *impls,
-            "--json",
-            str(paths["json"]),
-            "--plot",
-            str(paths["png"]),
-            "--markdown",
-            str(paths["md"]),
-        ]
-    )
+    env = {key: value for key, value in os.environ.items() if key != "KINETO_LOG_LEVEL"}
+    command = [sys.executable, compare.__file__, "--size", "tiny", "--device", "cpu", "--impls", *impls]
+    for kind, flag in (("json", "--json"), ("png", "--plot"), ("md", "--markdown")):
+        command += [flag, str(paths[kind])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert not [line for line in output.splitlines() if any(noise in line for noise in NOISE)]
+    # stderr is the progress bar alone (tqdm redraws it with carriage returns), stdout the table.
+    updates = [part for part in done.stderr.replace("\r", "\n").splitlines() if part.strip()]
+    assert updates and all(part.startswith("compare:") for part in updates), updates
+    assert done.stdout.startswith("qlayers ") and "| workload | impl |" in done.stdout
+
     result = json.loads(paths["json"].read_text())
     assert result["torch"] == torch.__version__
     assert isinstance(result["device"], str)
@@ -101,3 +105,62 @@ def test_compare_smoke(tmp_path):
             assert kept[(workload.name, "qlayers")] == kept[(workload.name, "dense")]
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| workload | impl |" in paths["md"].read_text()
+
+    # --from-json reports the same run again without measuring: the same Markdown, the same JSON.
+    again = {kind: tmp_path / f"again.{kind}" for kind in ("json", "png", "md")}
+    compare.main(
+        ["--from-json", str(paths["json"])]
+        + ["--json", str(again["json"]), "--plot", str(again["png"]), "--markdown", str(again["md"])]
+    )
+    assert again["md"].read_text() == paths["md"].read_text()
+    assert json.loads(again["json"].read_text()) == result
+    assert again["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def full_size_records():
+    """A made-up run over the full workloads' names: qlayers keeps a quarter of autograd's bytes,
+    takes half its time and 1.5 times dense's."""
+    records = []
+    for workload in compare.workloads("full"):
+        for impl, retained, peak, time_ms in (
+            ("qlayers", 2**20, 2**21, 3.0),
+            ("autograd", 2**22, 2**23, 6.0),
+            ("dense", 2**20, 2**21, 2.0),
+        ):
+            records.append(compare.Record(workload.name, impl, retained, peak, time_ms))
+    return records
+
+
+def test_plot_is_readable(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="compare.py plots with matplotlib")
+    from matplotlib.text import Text
+
+    drawn = {}  # every text plot() draws, and where it was drawn last (layout draws it first)
+    draw = Text.draw
+
+    def record(text, renderer):
+        draw(text, renderer)
+        if text.get_visible() and text.get_text().strip():
+            drawn[id(text)] = (text.get_text(), text.get_window_extent(renderer))
+
+    monkeypatch.setattr(Text, "draw", record)
+    records = full_size_records()
+    path = tmp_path / "plot.png"
+    compare.plot(records, path, "title")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    boxes = list(drawn.values())
+    strings = [text for text, _ in boxes]
+
+    # Short labels: each workload by its name up to the colon, no full name as a label.
+    names = list(dict.fromkeys(r.workload for r in records))
+    for name in names:
+        assert name.split(":")[0] in strings
+        assert name not in strings
+    # No text runs into another.
+    overlapping = [
+        (a, b) for index, (a, box) in enumerate(boxes) for b, other in boxes[index + 1 :] if box.overlaps(other)
+    ]
+    assert not overlapping
+    # The headline ratios are written out.
+    for ratio in ("0.25×", "0.50×", "1.50×"):
+        assert strings.count(ratio) >= len(names), ratio
