@@ -56,13 +56,24 @@ def conjugate(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def norm(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
-    """The modulus of every quaternion: ``4n`` features along ``dim`` -> ``n``."""
+    """The modulus of every quaternion, ``sqrt(r² + i² + j² + k² + eps)``: ``4n`` features along ``dim`` -> ``n``.
+
+    Differentiable everywhere: at a zero quaternion (with ``eps=0``) the gradient is zero, the
+    subgradient ``torch.linalg.vector_norm`` uses, not the NaN of a bare ``sqrt``.
+    """
     r, i, j, k = components(x, dim)
-    return torch.sqrt(r * r + i * i + j * j + k * k + eps)
+    squared = r * r + i * i + j * j + k * k + eps
+    positive = squared > 0
+    # sqrt'(0) is infinite and 0·inf is NaN: take the root of 1 there, so both branches stay finite.
+    return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))), 0.0)
 
 
 def normalize(x: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
-    """Every quaternion divided by its modulus (unit quaternions); ``eps`` guards zeros."""
+    """Every quaternion divided by ``max(modulus, eps)``, as ``torch.nn.functional.normalize`` does.
+
+    Unit quaternions wherever the modulus exceeds ``eps``; a zero quaternion stays zero, with a
+    finite gradient (``1 / eps`` times the incoming one, as ``F.normalize`` gives).
+    """
     modulus = norm(x, dim).clamp_min(eps)
     return x / torch.cat([modulus] * 4, dim=dim)
 

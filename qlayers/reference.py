@@ -2,12 +2,20 @@
 
 The Hamilton matrix is built with torch.cat and negations, then multiplied. Autograd keeps that
 matrix alive until backward: one extra (4n x 4m) copy per call, which qlayers avoids.
+
+Under ``torch.autocast`` the layers compute as ``torch.nn.functional.linear`` and ``conv*d`` do
+there, and as the memory-efficient path does: input, components and bias are cast to the autocast
+dtype first (float64 operands are left alone), so the output has that dtype. The baseline thus
+runs wherever the memory-efficient path runs. No argument checks here: the modules and
+:mod:`qlayers.functional` make them.
 """
 
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from qlayers.functional import _autocast_dtype, _cast
 
 __all__ = [
     "hamilton_matrix",
@@ -31,6 +39,8 @@ def quaternion_linear(
     input: Tensor, r: Tensor, i: Tensor, j: Tensor, k: Tensor, bias: Optional[Tensor] = None
 ) -> Tensor:
     """``input @ W + bias`` with ``W`` built by :func:`hamilton_matrix` and kept by autograd."""
+    # Cast like F.linear under autocast; else the float32 bias would promote a bfloat16 product back.
+    input, r, i, j, k, bias = _cast((input, r, i, j, k, bias), _autocast_dtype(input, r))
     output = torch.matmul(input, hamilton_matrix(r, i, j, k))
     return output if bias is None else output + bias
 
@@ -65,6 +75,7 @@ _CONV_TRANSPOSE = {
 
 def quaternion_conv(input, r, i, j, k, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Plain-autograd quaternion convolution: the kernel is kept by autograd for backward."""
+    input, r, i, j, k, bias = _cast((input, r, i, j, k, bias), _autocast_dtype(input, r))
     kernel = quaternion_conv_kernel(r, i, j, k, groups)
     return _CONV[r.dim() - 2](input, kernel, bias, stride, padding, dilation, groups)
 
@@ -73,5 +84,6 @@ def quaternion_conv_transpose(
     input, r, i, j, k, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
 ):
     """Plain-autograd quaternion transposed convolution."""
+    input, r, i, j, k, bias = _cast((input, r, i, j, k, bias), _autocast_dtype(input, r))
     kernel = quaternion_conv_kernel(r, i, j, k, groups)
     return _CONV_TRANSPOSE[r.dim() - 2](input, kernel, bias, stride, padding, output_padding, groups, dilation)

@@ -144,9 +144,11 @@ class _QConvNd(nn.Module):
                 self.transposed,
                 self.output_padding,
             )
-        # Plain autograd, after the same checks, so both paths fail the same way.
+        # Plain autograd, after the same checks, so both paths fail the same way (and take autocast's
+        # low-precision activations alike).
+        autocast = functional._autocast_dtype(input, self.r_weight) is not None
         functional.check_conv_arguments(
-            type(self).__name__, input, self.components(), self.bias, self.groups, self.transposed
+            type(self).__name__, input, self.components(), self.bias, self.groups, self.transposed, autocast
         )
         if self.transposed:
             return reference.quaternion_conv_transpose(

@@ -99,7 +99,9 @@ class QLinear(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if self.memory_efficient:
             return functional.quaternion_linear(input, *self.components(), self.bias, self.algorithm)
-        functional.check_linear_arguments("QLinear", input, self.components(), self.bias)
+        # Under autocast the plain path casts like F.linear, so it takes what the efficient path takes.
+        autocast = functional._autocast_dtype(input, self.r_weight) is not None
+        functional.check_linear_arguments("QLinear", input, self.components(), self.bias, autocast=autocast)
         return reference.quaternion_linear(input, *self.components(), self.bias)
 
     def extra_repr(self) -> str:

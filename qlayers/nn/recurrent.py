@@ -16,6 +16,9 @@ QLiGRU (update, candidate); QRNN has one.
 Bidirectional outputs and the input of the next layer join the two directions per component
 block, ``[r_fwd r_bwd | i_fwd i_bwd | ...]``, so they stay quaternion vectors. Dropout between
 layers drops whole quaternions (:class:`qlayers.quaternion.QuaternionDropout`).
+
+As with torch.nn.LSTM, an empty batch (``B = 0``) gives empty outputs and states of the usual
+shapes, and an empty sequence (``T = 0``) raises a ``ValueError``.
 """
 
 from typing import List, Tuple, cast
@@ -119,12 +122,15 @@ class _QRecurrent(nn.Module):
             )
         if input.shape[-1] != self.input_size:
             raise ValueError(f"{name}: expected input of shape (..., {self.input_size}), got {tuple(input.shape)}")
+        shape = tuple(input.shape)
         unbatched = input.dim() == 2
         if unbatched:
             input = input.unsqueeze(1)
             hx = None if hx is None else tuple(h.unsqueeze(1) for h in hx) if self.has_cell_state else hx.unsqueeze(1)
         elif self.batch_first:
             input = input.transpose(0, 1)
+        if input.shape[0] == 0:  # as torch.nn.LSTM: an empty batch is fine, an empty sequence is not
+            raise ValueError(f"{name}: expected a sequence length larger than 0, got input of shape {shape}")
         batch = input.shape[1]
         states = self._initial_states(hx, batch, input)
 
@@ -190,7 +196,8 @@ class QLSTM(_QRecurrent):
     def _step(self, gates, state):
         input_gate, forget_gate, cell_gate, output_gate = gates
         batch = input_gate.shape[0]
-        previous_cell = state[1].view(batch, 4, -1)
+        # Explicit sizes: a -1 would be ambiguous for an empty batch.
+        previous_cell = state[1].view(batch, 4, input_gate.shape[-1])
         cell = torch.sigmoid(forget_gate) * previous_cell + torch.sigmoid(input_gate) * torch.tanh(cell_gate)
         return torch.sigmoid(output_gate) * torch.tanh(cell), cell
 
