@@ -10,11 +10,13 @@
 
 namespace qlayers {
 
-// The kernels handle float64, float32, float16 and bfloat16; refuse the rest up front, so that an
-// empty integer tensor is refused like a full one.
+// The kernels handle float64, float32, float16 and bfloat16; refuse the rest (float8 included) up
+// front, so that an empty integer tensor is refused like a full one. qlayers/_registrations.py runs
+// these checks again in the fake kernels: keep the two in step.
 inline void check_floating(const char* op, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(t.is_floating_point() && !t.is_complex(), op,
-                   ": expected a floating-point tensor (float64, float32, float16 or bfloat16), got ", t.scalar_type());
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kDouble || type == at::kFloat || type == at::kHalf || type == at::kBFloat16, op,
+                   ": expected a floating-point tensor (float64, float32, float16 or bfloat16), got ", type);
 }
 
 // r, i, j, k must share shape, dtype and device, with shape (n, m, *rest).

@@ -16,34 +16,78 @@ _expand = torch.ops.qlayers.hamilton_expand
 _reduce = torch.ops.qlayers.hamilton_reduce
 
 
+# The argument checks of csrc/hamilton_shapes.h, in the same order, with the same error types and
+# messages. A call with one meta tensor among real ones dispatches to the fake kernel, so without
+# these it would hand back an uninitialised tensor where the real kernel refuses the call.
+_KERNEL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_floating(op, t):
+    torch._check_type(
+        t.dtype in _KERNEL_DTYPES,
+        lambda: f"{op}: expected a floating-point tensor (float64, float32, float16 or bfloat16), got {t.dtype}",
+    )
+
+
+def _check_components(r, i, j, k):
+    torch._check_value(
+        r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {r.dim()}-d r"
+    )
+    _check_floating("hamilton_expand", r)
+    for other in (i, j, k):
+        _check_like(r, other)
+
+
+def _check_like(r, other):
+    torch._check_value(
+        other.shape == r.shape,
+        lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {list(r.shape)} and {list(other.shape)}",
+    )
+    torch._check_type(
+        other.dtype == r.dtype,
+        lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {r.dtype} and {other.dtype}",
+    )
+    torch._check_value(
+        other.device == r.device,
+        lambda: f"hamilton_expand: expected r, i, j, k on one device, got {r.device} and {other.device}",
+    )
+
+
+def _check_expanded(grad):
+    _check_floating("hamilton_reduce", grad)
+    torch._check_value(
+        grad.dim() >= 2 and grad.shape[0] % 4 == 0 and grad.shape[1] % 4 == 0,
+        lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {list(grad.shape)}",
+    )
+
+
+def _check_products(products):
+    _check_floating("hamilton_combine", products)
+    torch._check_value(
+        products.dim() >= 3 and products.shape[0] == 4 and products.shape[-2] == 4,
+        lambda: f"hamilton_combine: expected products of shape (4, *rows, 4, k), got {list(products.shape)}",
+    )
+
+
+def _check_rows(grad):
+    _check_floating("hamilton_spread", grad)
+    torch._check_value(
+        grad.dim() >= 1 and grad.shape[-1] % 4 == 0,
+        lambda: f"hamilton_spread: expected a tensor of shape (*rows, 4k), got {list(grad.shape)}",
+    )
+
+
 @torch.library.register_fake("qlayers::hamilton_expand")
 def _expand_fake(r, i, j, k):
-    torch._check(
-        r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {tuple(r.shape)}"
-    )
-    parts = (r, i, j, k)
-    torch._check(
-        all(p.shape == r.shape for p in parts),
-        lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {[tuple(p.shape) for p in parts]}",
-    )
-    torch._check(
-        all(p.dtype == r.dtype for p in parts),
-        lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {[p.dtype for p in parts]}",
-    )
+    _check_components(r, i, j, k)
     n, m, *rest = r.shape
     return r.new_empty((4 * n, 4 * m, *rest))
 
 
 @torch.library.register_fake("qlayers::hamilton_reduce")
 def _reduce_fake(grad):
-    torch._check(
-        grad.dim() >= 2, lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}"
-    )
+    _check_expanded(grad)
     rows, cols, *rest = grad.shape
-    torch._check(
-        rows % 4 == 0 and cols % 4 == 0,
-        lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {tuple(grad.shape)}",
-    )
     shape = (rows // 4, cols // 4, *rest)
     return tuple(grad.new_empty(shape) for _ in range(4))
 
@@ -89,19 +133,13 @@ _spread = torch.ops.qlayers.hamilton_spread
 
 @torch.library.register_fake("qlayers::hamilton_combine")
 def _combine_fake(products, transpose):
-    torch._check(
-        products.dim() >= 3 and products.shape[0] == 4 and products.shape[-2] == 4,
-        lambda: f"hamilton_combine: expected products of shape (4, *rows, 4, k), got {tuple(products.shape)}",
-    )
+    _check_products(products)
     return products.new_empty((*products.shape[1:-2], 4 * products.shape[-1]))
 
 
 @torch.library.register_fake("qlayers::hamilton_spread")
 def _spread_fake(grad, transpose):
-    torch._check(
-        grad.dim() >= 1 and grad.shape[-1] % 4 == 0,
-        lambda: f"hamilton_spread: expected a tensor of shape (*rows, 4k), got {tuple(grad.shape)}",
-    )
+    _check_rows(grad)
     return grad.new_empty((4, *grad.shape[:-1], 4, grad.shape[-1] // 4))
 
 

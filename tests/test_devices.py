@@ -18,8 +18,8 @@ needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible to t
 @pytest.mark.skipif(os.environ.get("QLAYERS_CUDA") == "0", reason="built with QLAYERS_CUDA=0")
 def test_cuda_kernels_are_registered():
     # Runs on any CUDA build of torch, GPU or not: the build compiled and registered the kernels.
-    for op in ("qlayers::hamilton_expand", "qlayers::hamilton_reduce"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+    for op in ("expand", "reduce", "combine", "spread"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qlayers::hamilton_{op}", "CUDA")
 
 
 @needs_gpu
@@ -41,6 +41,18 @@ def test_qlinear_same_on_cpu_and_gpu(dtype):
     torch.testing.assert_close(x_gpu.grad.cpu(), x.grad, **TOLERANCES[dtype])
     for a, b in zip(gpu_layer.parameters(), cpu_layer.parameters()):
         torch.testing.assert_close(a.grad.cpu(), b.grad, **TOLERANCES[dtype])
+
+
+@needs_gpu
+@pytest.mark.parametrize("other", ["cpu", "meta"])
+@pytest.mark.parametrize("at", range(4))
+def test_expand_refuses_cuda_mixed_with_another_device(at, other):
+    # The argument check must run before the CUDA device guard, which would otherwise fail first on
+    # a CPU r with its own message; a meta argument reaches the fake kernel, which checks the same.
+    parts = components(3, 2, device="cuda")
+    parts[at] = parts[at].to(other)
+    with pytest.raises(ValueError, match=r"hamilton_expand: expected r, i, j, k on one device, got \S+ and \S+"):
+        torch.ops.qlayers.hamilton_expand(*parts)
 
 
 @needs_gpu

@@ -45,17 +45,11 @@ Strided3d<T> view_of(const at::Tensor& t) {
   return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
 }
 
-// to[t] = -from[t]. Negation only flips the sign bit, so 16-bit floats flip it directly: the
-// compiler vectorises that, while a round trip through float would run element by element.
+// to[t] = -from[t], a sign-bit flip (negated): the compiler vectorises it for every dtype, while a
+// 16-bit round trip through float would run element by element.
 template <typename scalar_t>
 void negate_run(const scalar_t* from, scalar_t* to, int64_t len) {
-  if constexpr (sizeof(scalar_t) == 2) {
-    const auto* in = reinterpret_cast<const uint16_t*>(from);
-    auto* out = reinterpret_cast<uint16_t*>(to);
-    for (int64_t t = 0; t < len; ++t) out[t] = in[t] ^ uint16_t{0x8000};
-  } else {
-    for (int64_t t = 0; t < len; ++t) to[t] = -from[t];
-  }
+  for (int64_t t = 0; t < len; ++t) to[t] = negated(from[t]);
 }
 
 // to[t] = from[t] or -from[t].
@@ -94,7 +88,7 @@ void expand_kernel(const ExpandCall& call) {
         for (int64_t q = 0; q < m; ++q) {
           for (int64_t e = 0; e < inner; ++e) {
             const scalar_t v = from[s.offset(q, e)];
-            to[q * inner + e] = negate ? static_cast<scalar_t>(-v) : v;
+            to[q * inner + e] = negate ? negated(v) : v;
           }
         }
       }

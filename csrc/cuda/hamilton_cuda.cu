@@ -40,6 +40,8 @@ Strided3d<T> view_of(const at::Tensor& t) {
 }
 
 // A fixed-size array passed to kernels by value (std::array's accessors are host functions).
+// Kernels take it as `const __grid_constant__`, so a run-time index reads the parameter in place;
+// a plain by-value parameter would be copied to a per-thread stack to be indexed.
 template <typename T, int N>
 struct KernelArray {
   T items[N];
@@ -53,6 +55,44 @@ struct alignas(sizeof(T) * Width) Pack {
   T v[Width];
 };
 
+template <int Width, typename T>
+__device__ __forceinline__ Pack<T, Width> load_pack(const T* from) {
+  return *reinterpret_cast<const Pack<T, Width>*>(from);
+}
+
+template <int Width, typename T>
+__device__ __forceinline__ void store_pack(T* to, const Pack<T, Width>& values) {
+  *reinterpret_cast<Pack<T, Width>*>(to) = values;
+}
+
+// Each element negated where `negate`, by a sign-bit flip as on the CPU: exact for NaN too.
+template <typename T, int Width>
+__device__ __forceinline__ Pack<T, Width> signed_pack(Pack<T, Width> values, bool negate) {
+#pragma unroll
+  for (int e = 0; e < Width; ++e) values.v[e] = negate ? negated(values.v[e]) : values.v[e];
+  return values;
+}
+
+// One of the four signed terms of a sum, added in the CPU kernels' order. The sum starts from its
+// first term, not from 0: 0 + -0 is +0, so four -0 terms would sum to +0 where the CPU gives -0.
+template <typename opmath_t, typename T, int Width>
+__device__ __forceinline__ void add_term(opmath_t (&acc)[Width], const Pack<T, Width>& values, int sign, bool first) {
+  const opmath_t s = static_cast<opmath_t>(sign);
+#pragma unroll
+  for (int e = 0; e < Width; ++e) {
+    const opmath_t term = s * static_cast<opmath_t>(values.v[e]);
+    acc[e] = first ? term : acc[e] + term;
+  }
+}
+
+template <typename T, int Width, typename opmath_t>
+__device__ __forceinline__ Pack<T, Width> rounded_pack(const opmath_t (&acc)[Width]) {
+  Pack<T, Width> values;
+#pragma unroll
+  for (int e = 0; e < Width; ++e) values.v[e] = static_cast<T>(acc[e]);
+  return values;
+}
+
 // Offset of element `offset` (flat over (cols, inner)) within one row of a strided view.
 template <int Width, typename T>
 __device__ __forceinline__ int64_t in_row(const Strided3d<T>& s, int64_t offset, int64_t inner) {
@@ -65,8 +105,9 @@ __device__ __forceinline__ int64_t in_row(const Strided3d<T>& s, int64_t offset,
 
 // W (4n, 4m, inner), contiguous: element index -> (segment = (row, column block), offset).
 template <typename scalar_t, int Width>
-__global__ void expand_kernel(KernelArray<Strided3d<scalar_t>, 4> src, scalar_t* __restrict__ out,
-                              int64_t n, int64_t segment_len, int64_t inner, int64_t packs) {
+__global__ void expand_kernel(const __grid_constant__ KernelArray<Strided3d<scalar_t>, 4> src,
+                              scalar_t* __restrict__ out, int64_t n, int64_t segment_len, int64_t inner,
+                              int64_t packs) {
   for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
        pack += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t index = pack * Width;
@@ -77,23 +118,14 @@ __global__ void expand_kernel(KernelArray<Strided3d<scalar_t>, 4> src, scalar_t*
     const int a = static_cast<int>(row / n);
     const Strided3d<scalar_t>& s = src[hamilton_component(a, b)];
     const scalar_t* from = s.data + (row % n) * s.row_stride + in_row<Width>(s, offset, inner);
-    const bool negate = hamilton_sign(a, b) < 0;
-    if constexpr (Width > 1) {
-      Pack<scalar_t, Width> values = *reinterpret_cast<const Pack<scalar_t, Width>*>(from);
-#pragma unroll
-      for (int e = 0; e < Width; ++e) values.v[e] = negate ? static_cast<scalar_t>(-values.v[e]) : values.v[e];
-      *reinterpret_cast<Pack<scalar_t, Width>*>(out + index) = values;
-    } else {
-      const scalar_t value = *from;
-      out[index] = negate ? static_cast<scalar_t>(-value) : value;
-    }
+    store_pack(out + index, signed_pack(load_pack<Width>(from), hamilton_sign(a, b) < 0));
   }
 }
 
 // Four contiguous (n, m, inner) outputs, one per component: flat index -> (component, row, offset).
 template <typename scalar_t, int Width>
-__global__ void reduce_kernel(Strided3d<scalar_t> g, KernelArray<scalar_t*, 4> outs, int64_t n,
-                              int64_t m, int64_t inner, int64_t packs) {
+__global__ void reduce_kernel(Strided3d<scalar_t> g, const __grid_constant__ KernelArray<scalar_t*, 4> outs,
+                              int64_t n, int64_t m, int64_t inner, int64_t packs) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t run = m * inner;  // outputs per component row
   for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
@@ -107,30 +139,13 @@ __global__ void reduce_kernel(Strided3d<scalar_t> g, KernelArray<scalar_t*, 4> o
 
     opmath_t acc[Width];
 #pragma unroll
-    for (int e = 0; e < Width; ++e) acc[e] = opmath_t(0);
-#pragma unroll
     for (int a = 0; a < 4; ++a) {
       const int b = hamilton_column(a, c);
-      const opmath_t sign = static_cast<opmath_t>(hamilton_sign(a, b));
       const scalar_t* from = g.data + (a * n + p) * g.row_stride + b * m * g.col_stride +
                              in_row<Width>(g, offset, inner);
-      if constexpr (Width > 1) {
-        const Pack<scalar_t, Width> values = *reinterpret_cast<const Pack<scalar_t, Width>*>(from);
-#pragma unroll
-        for (int e = 0; e < Width; ++e) acc[e] += sign * static_cast<opmath_t>(values.v[e]);
-      } else {
-        acc[0] += sign * static_cast<opmath_t>(*from);
-      }
+      add_term(acc, load_pack<Width>(from), hamilton_sign(a, b), a == 0);
     }
-    scalar_t* to = outs[c] + within;
-    if constexpr (Width > 1) {
-      Pack<scalar_t, Width> values;
-#pragma unroll
-      for (int e = 0; e < Width; ++e) values.v[e] = static_cast<scalar_t>(acc[e]);
-      *reinterpret_cast<Pack<scalar_t, Width>*>(to) = values;
-    } else {
-      *to = static_cast<scalar_t>(acc[0]);
-    }
+    store_pack(outs[c] + within, rounded_pack<scalar_t>(acc));
   }
 }
 
@@ -148,19 +163,11 @@ __global__ void combine_kernel(const scalar_t* __restrict__ products, scalar_t* 
     const int u = static_cast<int>(task % 4);
     opmath_t acc[Width];
 #pragma unroll
-    for (int e = 0; e < Width; ++e) acc[e] = opmath_t(0);
-#pragma unroll
     for (int v = 0; v < 4; ++v) {
-      const opmath_t sign = static_cast<opmath_t>(combine_sign(u, v, transpose));
-      const Pack<scalar_t, Width> values =
-          *reinterpret_cast<const Pack<scalar_t, Width>*>(products + (((u ^ v) * rows + row) * 4 + v) * k + q);
-#pragma unroll
-      for (int e = 0; e < Width; ++e) acc[e] += sign * static_cast<opmath_t>(values.v[e]);
+      const scalar_t* from = products + (((u ^ v) * rows + row) * 4 + v) * k + q;
+      add_term(acc, load_pack<Width>(from), combine_sign(u, v, transpose), v == 0);
     }
-    Pack<scalar_t, Width> result;
-#pragma unroll
-    for (int e = 0; e < Width; ++e) result.v[e] = static_cast<scalar_t>(acc[e]);
-    *reinterpret_cast<Pack<scalar_t, Width>*>(out + index) = result;
+    store_pack(out + index, rounded_pack<scalar_t>(acc));
   }
 }
 
@@ -178,10 +185,7 @@ __global__ void spread_kernel(const scalar_t* __restrict__ grad, scalar_t* __res
     const int c = static_cast<int>(task / (4 * rows));
     const int u = c ^ v;
     const bool negate = combine_sign(u, v, transpose) < 0;
-    Pack<scalar_t, Width> values = *reinterpret_cast<const Pack<scalar_t, Width>*>(grad + (row * 4 + u) * k + q);
-#pragma unroll
-    for (int e = 0; e < Width; ++e) values.v[e] = negate ? static_cast<scalar_t>(-values.v[e]) : values.v[e];
-    *reinterpret_cast<Pack<scalar_t, Width>*>(out + index) = values;
+    store_pack(out + index, signed_pack(load_pack<Width>(grad + (row * 4 + u) * k + q), negate));
   }
 }
 
@@ -266,10 +270,13 @@ void launch_rows_kernel(RowsKernel<scalar_t> packed, RowsKernel<scalar_t> single
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Each op checks its arguments (prepare_*) before it builds the device guard: OptionalCUDAGuard
+// refuses a CPU device with its own message, which would hide the check's "on one device". The
+// outputs prepare_* allocates name their device, so they need no guard.
 at::Tensor hamilton_expand_cuda(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
                                 const at::Tensor& k) {
-  const c10::cuda::OptionalCUDAGuard guard(r.device());
   const ExpandCall call = prepare_expand(r, i, j, k);
+  const c10::cuda::OptionalCUDAGuard guard(r.device());
   if (call.out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "hamilton_expand_cuda",
                                     [&] { launch_expand<scalar_t>(call); });
@@ -278,8 +285,8 @@ at::Tensor hamilton_expand_cuda(const at::Tensor& r, const at::Tensor& i, const 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cuda(const at::Tensor& grad) {
-  const c10::cuda::OptionalCUDAGuard guard(grad.device());
   const ReduceCall call = prepare_reduce(grad);
+  const c10::cuda::OptionalCUDAGuard guard(grad.device());
   if (call.outs[0].numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "hamilton_reduce_cuda",
                                     [&] { launch_reduce<scalar_t>(call); });
@@ -288,8 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cuda(
 }
 
 at::Tensor hamilton_combine_cuda(const at::Tensor& products, bool transpose) {
-  const c10::cuda::OptionalCUDAGuard guard(products.device());
   const CombineCall call = prepare_combine(products, transpose);
+  const c10::cuda::OptionalCUDAGuard guard(products.device());
   if (call.out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, products.scalar_type(), "hamilton_combine_cuda", [&] {
       constexpr int kWidth = kPackBytes / sizeof(scalar_t);
@@ -301,8 +308,8 @@ at::Tensor hamilton_combine_cuda(const at::Tensor& products, bool transpose) {
 }
 
 at::Tensor hamilton_spread_cuda(const at::Tensor& grad, bool transpose) {
-  const c10::cuda::OptionalCUDAGuard guard(grad.device());
   const SpreadCall call = prepare_spread(grad, transpose);
+  const c10::cuda::OptionalCUDAGuard guard(grad.device());
   if (call.out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "hamilton_spread_cuda", [&] {
       constexpr int kWidth = kPackBytes / sizeof(scalar_t);
