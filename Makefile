@@ -5,6 +5,12 @@
 #                Linux; TORCH_SPEC=torch==2.13.0 gives a quick CPU-only venv where that wheel exists)
 #   QLAYERS_CUDA auto | 0 | 1: build the CUDA kernels (see setup.py)
 #   PYTHON       the interpreter that creates the venv
+#   VENV         the virtual environment (default .venv)
+#
+# `make test-oldest` runs the same tests against the oldest torch pyproject.toml declares (the lower
+# bound of its torch dependency), with the CPU kernels only, in .venv-oldest. All venvs share the one
+# compiled library in qlayers/ (pip's editable install builds it in place), so each venv rebuilds it
+# when another has replaced it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,10 +26,15 @@ DEV_PACKAGES := setuptools wheel numpy pytest pytest-benchmark hypothesis tqdm m
 DEPS_STAMP := $(VENV)/.deps-$(shell printf '%s' '$(TORCH_SPEC) $(DEV_PACKAGES)' | cksum | cut -d' ' -f1)
 BUILD_STAMP := $(VENV)/.built
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+# The library this venv built, if it is still there: newer than the stamp when another venv rebuilt
+# it (against another torch), missing after a clean; either way, build it again.
+LIBRARY := $(or $(wildcard qlayers/_C*.so),library-missing)
+# The oldest supported torch: the lower bound of the dependency in pyproject.toml.
+TORCH_OLDEST := $(shell sed -n 's/^dependencies = \["torch>=\([0-9.]*\)"\]$$/\1/p' pyproject.toml)
 
 LINTED := qlayers benchmarks tests examples setup.py
 
-.PHONY: install lint test bench clean
+.PHONY: install lint test test-oldest check-ptxas bench clean library-missing
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,12 +42,14 @@ $(DEPS_STAMP):
 	rm -f $(VENV)/.deps-*
 	touch $@
 
-$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES) $(LIBRARY)
 	# -v: the log shows which kernels were built, and each compiler (g++, nvcc) command.
 	$(BIN)/pip install -v --no-build-isolation --no-deps -e .
 	touch $@
 
 install: $(BUILD_STAMP)
+
+library-missing:
 
 # Style and types: ruff (lint and format) and mypy on the package; part of `make test`.
 lint: install
@@ -47,6 +60,15 @@ lint: install
 test: lint
 	$(PY) -m pytest tests
 
+test-oldest:
+	test -n "$(TORCH_OLDEST)" || { echo "no torch>= dependency found in pyproject.toml"; exit 1; }
+	$(MAKE) test VENV=.venv-oldest TORCH_SPEC=torch==$(TORCH_OLDEST) QLAYERS_CUDA=0
+
+# What ptxas makes of the CUDA kernels, without a GPU: no stack frame or spill in any kernel, 16-byte
+# global loads and stores in the packed ones (scripts/check-ptxas.sh; needs nvcc and a CUDA torch).
+check-ptxas: $(DEPS_STAMP)
+	PYTHON=$(PY) bash scripts/check-ptxas.sh
+
 # The main job: the comparison table on stdout, and JSON, PNG and Markdown copies in bench-out/.
 BENCH_OUT ?= bench-out
 BENCH_ARGS ?=
@@ -55,4 +77,4 @@ bench: install
 		--plot $(BENCH_OUT)/compare.png --markdown $(BENCH_OUT)/compare.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info qlayers/_C*.so
+	rm -rf $(VENV) .venv-oldest build *.egg-info qlayers/_C*.so

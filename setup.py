@@ -2,8 +2,9 @@
 
 The C++ CPU kernels are always built. CUDA kernels are built when QLAYERS_CUDA selects them:
 
-    QLAYERS_CUDA=auto  (default) when torch is a CUDA build and nvcc is found
-    QLAYERS_CUDA=1     always; fail loudly when that is impossible
+    QLAYERS_CUDA=auto  (default) when torch is a CUDA build, nvcc is found and nvcc can build
+                       against torch's CUDA headers; otherwise CPU kernels only, saying why
+    QLAYERS_CUDA=1     always; fail with the reason when that is impossible
     QLAYERS_CUDA=0     never
 
 Build against the torch already installed: ``pip install --no-build-isolation -e .``
@@ -69,7 +70,12 @@ def _nvcc_toolkit():
 
 
 def _wheel_cuda_includes():
-    """Headers of the CUDA libraries (cuBLAS, cuSPARSE, ...) that torch's pip wheels ship."""
+    """Headers of the CUDA libraries (cuBLAS, cuSPARSE, ...) that torch's pip wheels ship.
+
+    torch's CUDA headers include cublas_v2.h and cusparse.h, which a bare toolkit may lack. The
+    same folders also hold a CUDA runtime of torch's CUDA version, which may be newer than nvcc's:
+    they must be searched after the toolkit's own headers (see _wheel_include_flags).
+    """
     try:
         import nvidia
     except ImportError:
@@ -79,6 +85,64 @@ def _wheel_cuda_includes():
         found += sorted(glob.glob(os.path.join(base, "cu*", "include")))
         found += sorted(glob.glob(os.path.join(base, "*", "include")))
     return list(dict.fromkeys(path for path in found if os.path.isdir(path)))
+
+
+def _wheel_include_flags(compiler):
+    """Flags that put the wheels' header folders after the toolkit's (which torch passes with -I).
+
+    Ahead of it, nvcc would read the wheels' CUDA runtime headers, and a torch built for a newer CUDA
+    than this nvcc stops the build: "CUDA compiler and CUDA toolkit headers are incompatible".
+    nvcc has no -idirafter; its -isystem folders come after every -I folder.
+    """
+    option = "-isystem" if compiler == "nvcc" else "-idirafter"
+    return [flag for path in _wheel_cuda_includes() for flag in (option, path)]
+
+
+def _run(command):
+    """A command's exit status and its output (stdout and stderr), or an OSError's message."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return -1, str(exc)
+    return done.returncode, (done.stderr + done.stdout).strip()
+
+
+def _nvcc_problem(toolkit):
+    """Why nvcc cannot build against torch's CUDA headers, or None when it can.
+
+    Two cheap checks that fail the way the build would, without pages of compiler output:
+    - torch's build helpers refuse an nvcc of another CUDA major version than torch's (the default
+      torch 2.9 and 2.10 wheels are CUDA 12 builds, torch 2.11 and later CUDA 13);
+    - preprocessing the CUDA sources with the build's include folders (about a second) stops at the
+      same #error as the build (a torch built for a newer CUDA than nvcc, a host compiler nvcc does
+      not support, a missing header). No -std: torch picks it inside its build helpers (C++17 for
+      torch 2.11, C++20 for 2.14), and the headers the kernels include preprocess under nvcc's default.
+    """
+    fix = "a CUDA toolkit that matches torch's CUDA version, found through CUDA_HOME or PATH, fixes it"
+    nvcc = os.path.join(toolkit, "bin", "nvcc")
+    _, output = _run([nvcc, "--version"])
+    release = re.search(r"release (\d+)\.(\d+)", output)
+    if release is None:
+        return f"`{nvcc} --version` did not give a CUDA release: {output[-200:]}"
+    if release.group(1) != torch.version.cuda.split(".")[0]:
+        return (
+            f"nvcc {release.group(1)}.{release.group(2)} in {toolkit} and the CUDA {torch.version.cuda} "
+            f"of torch {torch.__version__} differ in major version, which torch's build refuses ({fix})"
+        )
+
+    cpp_extension.CUDA_HOME = toolkit  # include_paths() reads it
+    includes = [os.path.join(ROOT, CSRC)] + cpp_extension.include_paths(device_type="cuda")
+    flags = [f"-I{path}" for path in includes] + _wheel_include_flags("nvcc") + cpp_extension.COMMON_NVCC_FLAGS
+    for source in sorted(glob.glob(os.path.join(ROOT, CSRC, "cuda", "*.cu"))):
+        status, output = _run([nvcc, "-E", "-x", "cu", source, "-o", os.devnull] + flags)
+        if status != 0:
+            lines = output.splitlines() or ["no output"]
+            error = next((line for line in lines if "error" in line), lines[0]).strip()
+            return (
+                f"nvcc {release.group(1)}.{release.group(2)} in {toolkit} cannot build against the CUDA "
+                f"{torch.version.cuda} headers of torch {torch.__version__}: {error} ({fix})"
+            )
+    return None
 
 
 def _use_cuda():
@@ -91,9 +155,17 @@ def _use_cuda():
         problems.append(f"torch {torch.__version__} is a CPU-only build")
     if toolkit is None:
         problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+    if not problems:
+        problem = _nvcc_problem(toolkit)
+        if problem:
+            problems.append(problem)
     if problems:
         if mode == "1":
-            raise SystemExit("QLAYERS_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(problems))
+            raise SystemExit(
+                "QLAYERS_CUDA=1 but CUDA kernels cannot be built: "
+                + "; ".join(problems)
+                + ". QLAYERS_CUDA=0 builds the CPU kernels only."
+            )
         print("qlayers: building CPU kernels only (" + "; ".join(problems) + ")")
         return False, None
     return True, toolkit
@@ -137,9 +209,12 @@ def _extension():
     return cpp_extension.CUDAExtension(
         "qlayers._C",
         sources + cuda_sources,
-        include_dirs=[os.path.join(ROOT, CSRC)] + _wheel_cuda_includes(),
+        include_dirs=[os.path.join(ROOT, CSRC)],
         define_macros=[("QLAYERS_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_compile_args={
+            "cxx": cxx_flags + _wheel_include_flags("g++"),
+            "nvcc": ["-O3", "-lineinfo"] + _wheel_include_flags("nvcc"),
+        },
         extra_link_args=link_flags,
     )
 

@@ -261,7 +261,10 @@ def peak_bytes(model, x, device):
         training_step(model, x)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - baseline
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    # acc_events: torch 2.9-2.11 warn on stderr ("Profiler clears events...") without it.
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True, acc_events=True
+    ) as prof:
         training_step(model, x)
     # The raw event list: FunctionEvents fold allocations into the ops that made them.
     events = sorted(

@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py in each of 2 processes (gloo over a file rendezvous)."""
 
+import gc
 import sys
 
 import torch
@@ -58,6 +59,10 @@ def main(rank, world, rendezvous, out, wrapper):
             name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()
             for name, p in named
         }
+        # Free the wrapper (DDP's reducer and its threads) while the process group still exists:
+        # torn down after it, at exit, a gloo worker was seen to abort once in a loaded CI run.
+        del model
+        gc.collect()
     if rank == 0:
         torch.save(grads, out)
     dist.barrier()
