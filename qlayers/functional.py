@@ -298,8 +298,9 @@ def choose_algorithm(algorithm: str, rows: int, n: int, phase: str = "forward") 
     if algorithm != "auto":
         return algorithm
     if isinstance(rows, torch.SymInt) or isinstance(n, torch.SymInt):
-        # Sizes left symbolic (dynamic shapes under torch.compile or torch.export): deciding on
-        # them would specialise the graph, so take the formulation that suits any batch.
+        # Symbolic sizes: the layer ops' fake kernels (qlayers/_layer_ops.py) trace with them.
+        # Comparing them would install a guard; the shapes come out the same either way, and the
+        # real kernel decides on concrete sizes at run time.
         return "hamilton"
     return "components" if rows <= COMPONENTS_MAX_ROWS_PER_FEATURE[phase] * n else "hamilton"
 
