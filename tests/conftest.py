@@ -43,3 +43,16 @@ def hamilton_product(p, q):
 
 def components(n, m, *rest, dtype=torch.float64, requires_grad=False, device="cpu"):
     return [torch.randn(n, m, *rest, dtype=dtype, device=device, requires_grad=requires_grad) for _ in range(4)]
+
+
+# (kernel, dtype, pack width) -> the most grid-stride iterations one emulated thread ran, filled by
+# tests/test_kernels_emulated.py and printed at the end of the run.
+KERNEL_COVERAGE: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not KERNEL_COVERAGE:
+        return
+    terminalreporter.section("emulated CUDA kernels: instantiations run, most grid-stride iterations")
+    for (kernel, dtype, width), iterations in sorted(KERNEL_COVERAGE.items()):
+        terminalreporter.write_line(f"{kernel}_kernel<{dtype}, {width}>: up to {iterations} iterations per thread")

@@ -1,0 +1,191 @@
+// The CUDA kernels' per-thread functions (csrc/kernels/hamilton_kernels.h) run serially on the CPU
+// over a CUDA grid, for tests/test_kernels_emulated.py: a test-only extension, never shipped.
+//
+// Each op plans its launch as the CUDA launcher does (same prepare_* and plan_*), may override the
+// pack width and the grid, checks the launch as CUDA would refuse it, then runs every (block,
+// thread) of the grid through the grid-stride loop. The outputs sit inside NaN guard zones that must
+// come back untouched. Each op returns its outputs, the pack width and the most grid-stride
+// iterations any thread ran.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+#include "kernels/hamilton_kernels.h"
+
+namespace qlayers {
+namespace kernels {
+namespace {
+
+// Elements of NaN before and after each output (a multiple of 16 bytes for every dtype).
+constexpr int64_t kGuard = 64;
+
+// An output of `sizes` inside a NaN-filled buffer with guard zones; every element starts as NaN, so
+// an element the kernel never writes shows.
+at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options, std::vector<at::Tensor>& buffers) {
+  int64_t numel = 1;
+  for (int64_t size : sizes) numel *= size;
+  at::Tensor buffer = at::full({numel + 2 * kGuard}, std::numeric_limits<double>::quiet_NaN(), options);
+  buffers.push_back(buffer);
+  return buffer.narrow(0, kGuard, numel).view(sizes);
+}
+
+void check_guards(const std::vector<at::Tensor>& buffers) {
+  for (const at::Tensor& buffer : buffers) {
+    const int64_t numel = buffer.numel() - 2 * kGuard;
+    for (const at::Tensor& guard : {buffer.narrow(0, 0, kGuard), buffer.narrow(0, kGuard + numel, kGuard)}) {
+      TORCH_CHECK(guard.isnan().all().item<bool>(), "emulated kernel wrote outside its output");
+    }
+  }
+}
+
+// The limits a CUDA launch is refused at (cudaErrorInvalidConfiguration and kin).
+template <typename Params>
+void check_launch(int64_t blocks, int64_t threads) {
+  TORCH_CHECK(blocks >= 1 && threads >= 1, "launch: empty grid (", blocks, " blocks of ", threads, " threads)");
+  TORCH_CHECK(threads <= 1024, "launch: blockDim.x ", threads, " over 1024");
+  TORCH_CHECK(blocks <= (int64_t{1} << 31) - 1, "launch: gridDim.x ", blocks, " over 2^31 - 1");
+  static_assert(sizeof(Params) <= 4096, "kernel parameters over CUDA's 4 KB");
+  TORCH_CHECK(sizeof(Params) <= 4096, "launch: kernel parameters over 4 KB");
+}
+
+// Serially, what the grid-stride loop in csrc/cuda/hamilton_cuda.cu runs on each thread. Returns
+// the most iterations any thread ran.
+template <typename Params, typename Body>
+int64_t run_grid(const Params& p, int64_t blocks, int64_t threads, Body body) {
+  check_launch<Params>(blocks, threads);
+  int64_t most = 0;
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t thread = 0; thread < threads; ++thread) {
+      int64_t iterations = 0;
+      for (int64_t pack = block * threads + thread; pack < p.packs; pack += blocks * threads) {
+        body(p, pack);
+        ++iterations;
+      }
+      most = std::max(most, iterations);
+    }
+  }
+  return most;
+}
+
+// Applies the test's overrides: width 0 keeps the plan's, blocks or threads -1 keep the plan's grid.
+template <typename Params>
+void override_plan(Launch<Params>& plan, int64_t width, int64_t blocks, int64_t threads) {
+  if (width > 0) {
+    plan.width = static_cast<int>(width);
+    plan.params.packs = plan.total / width;
+  }
+  if (blocks >= 0) plan.blocks = blocks;
+  if (threads >= 0) plan.threads = threads;
+}
+
+// Runs the packed or the one-element instantiation of a per-thread function.
+template <typename scalar_t, typename Params, typename Packed, typename Single>
+int64_t run_plan(const Launch<Params>& plan, Packed packed, Single single) {
+  try {
+    if (plan.width == pack_width<scalar_t>()) return run_grid(plan.params, plan.blocks, plan.threads, packed);
+    TORCH_CHECK(plan.width == 1, "width ", plan.width, ": the kernels have 1 and ", pack_width<scalar_t>());
+    return run_grid(plan.params, plan.blocks, plan.threads, single);
+  } catch (const std::logic_error& error) {
+    TORCH_CHECK(false, "emulated kernel: ", error.what());
+  }
+}
+
+// The plans' device-fill cap: a small one, so that default grids also loop.
+constexpr int64_t kResident = 4;
+
+#define QLAYERS_PACK_FN(fn, scalar_t, Width) \
+  [](const auto& p, int64_t pack) { fn<scalar_t, Width>(p, pack); }
+
+std::tuple<at::Tensor, int64_t, int64_t> expand(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
+                                                const at::Tensor& k, int64_t width, int64_t blocks,
+                                                int64_t threads) {
+  ExpandCall call = prepare_expand(r, i, j, k);
+  std::vector<at::Tensor> buffers;
+  call.out = guarded_empty(call.out.sizes(), call.out.options(), buffers);
+  int64_t used = 0, iterations = 0;
+  if (call.out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "emulated_expand", [&] {
+      auto plan = plan_expand<scalar_t>(call, kResident);
+      override_plan(plan, width, blocks, threads);
+      used = plan.width;
+      iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(expand_pack, scalar_t, pack_width<scalar_t>()),
+                                      QLAYERS_PACK_FN(expand_pack, scalar_t, 1));
+    });
+  }
+  check_guards(buffers);
+  return {call.out, used, iterations};
+}
+
+std::tuple<std::vector<at::Tensor>, int64_t, int64_t> reduce(const at::Tensor& grad, int64_t width, int64_t blocks,
+                                                             int64_t threads) {
+  ReduceCall call = prepare_reduce(grad);
+  std::vector<at::Tensor> buffers;
+  for (auto& out : call.outs) out = guarded_empty(out.sizes(), out.options(), buffers);
+  int64_t used = 0, iterations = 0;
+  if (call.outs[0].numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "emulated_reduce", [&] {
+      auto plan = plan_reduce<scalar_t>(call, kResident);
+      override_plan(plan, width, blocks, threads);
+      used = plan.width;
+      iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(reduce_pack, scalar_t, pack_width<scalar_t>()),
+                                      QLAYERS_PACK_FN(reduce_pack, scalar_t, 1));
+    });
+  }
+  check_guards(buffers);
+  return {std::vector<at::Tensor>(call.outs.begin(), call.outs.end()), used, iterations};
+}
+
+template <typename Call>
+std::tuple<at::Tensor, int64_t, int64_t> rows_op(Call call, const at::Tensor& in, bool spread, int64_t width,
+                                                 int64_t blocks, int64_t threads) {
+  std::vector<at::Tensor> buffers;
+  call.out = guarded_empty(call.out.sizes(), call.out.options(), buffers);
+  int64_t used = 0, iterations = 0;
+  if (call.out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "emulated_rows", [&] {
+      auto plan = plan_rows<scalar_t>(in, call.out, call.rows, call.k, call.transpose, kResident);
+      override_plan(plan, width, blocks, threads);
+      used = plan.width;
+      if (spread) {
+        iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(spread_pack, scalar_t, pack_width<scalar_t>()),
+                                        QLAYERS_PACK_FN(spread_pack, scalar_t, 1));
+      } else {
+        iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(combine_pack, scalar_t, pack_width<scalar_t>()),
+                                        QLAYERS_PACK_FN(combine_pack, scalar_t, 1));
+      }
+    });
+  }
+  check_guards(buffers);
+  return {call.out, used, iterations};
+}
+
+std::tuple<at::Tensor, int64_t, int64_t> combine(const at::Tensor& products, bool transpose, int64_t width,
+                                                 int64_t blocks, int64_t threads) {
+  CombineCall call = prepare_combine(products, transpose);
+  return rows_op(call, call.products, false, width, blocks, threads);
+}
+
+std::tuple<at::Tensor, int64_t, int64_t> spread(const at::Tensor& grad, bool transpose, int64_t width,
+                                                int64_t blocks, int64_t threads) {
+  SpreadCall call = prepare_spread(grad, transpose);
+  return rows_op(call, call.grad, true, width, blocks, threads);
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace qlayers
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace pybind11::literals;
+  namespace k = qlayers::kernels;
+  m.def("expand", &k::expand, "r"_a, "i"_a, "j"_a, "k"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
+  m.def("reduce", &k::reduce, "grad"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
+  m.def("combine", &k::combine, "products"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
+  m.def("spread", &k::spread, "grad"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
+  m.attr("THREADS") = k::kThreads;
+  m.attr("PACK_BYTES") = k::kPackBytes;
+}

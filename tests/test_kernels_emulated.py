@@ -1,0 +1,302 @@
+"""The CUDA kernels' per-thread code, run on the CPU by tests/kernels/emulate.cpp, bit for bit.
+
+The emulation builds csrc/kernels/hamilton_kernels.h (the bodies the CUDA kernels run) for the host
+and runs them serially over a CUDA grid, with the launcher's own plan (pack width, packs, grid) or a
+forced one. Each output is compared bit for bit with the CPU op and with a plain-torch reference
+written from the Hamilton table; outputs start as NaN inside NaN guard zones, so an element left
+unwritten or written out of bounds fails. QLAYERS_EMULATE_SANITIZE=1 (``make test-kernels-asan``)
+builds the emulation with AddressSanitizer and UBSan.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import KERNEL_COVERAGE
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).resolve().parent.parent
+SANITIZE = os.environ.get("QLAYERS_EMULATE_SANITIZE") == "1"
+
+# The Hamilton table of ../shared/design/HAMILTON.md: block (a, b) of W holds component |t| - 1 with
+# the sign of t. Written out here, not taken from the C++ table, so that the two check each other.
+TABLE = [
+    [+1, +2, +3, +4],
+    [-2, +1, +4, -3],
+    [-3, -4, +1, +2],
+    [-4, +3, -2, +1],
+]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+OPMATH = {torch.float64: torch.float64, torch.float32: torch.float32, torch.float16: torch.float32}
+OPMATH[torch.bfloat16] = torch.float32
+# (blocks, threads): the plan's own grid (-1), one thread, and small odd grids that loop many times.
+GRIDS = [(-1, -1), (1, 1), (3, 7), (2, 33)]
+
+
+@pytest.fixture(scope="session")
+def emu():
+    """The emulation, compiled once per flag set into build/ (ninja rebuilds it when a header changes)."""
+    flags = ["-O1", "-g0"]
+    name = "qlayers_emulate"
+    if SANITIZE:
+        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+        name += "_asan"
+    build = ROOT / "build" / name
+    build.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=name,
+        sources=[str(ROOT / "tests" / "kernels" / "emulate.cpp")],
+        extra_include_paths=[str(ROOT / "csrc")],
+        extra_cflags=flags,
+        extra_ldflags=flags[2:] if SANITIZE else [],
+        build_directory=str(build),
+    )
+
+
+def width_of(dtype):
+    return 16 // torch.empty(0, dtype=dtype).element_size()
+
+
+def bits_equal(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(BITS[a.dtype]), b.view(BITS[b.dtype]))
+
+
+def record(kernel, dtype, width, iterations):
+    if width == 0:  # an empty output: nothing launched
+        return
+    key = (kernel, str(dtype).removeprefix("torch."), width)
+    KERNEL_COVERAGE[key] = max(KERNEL_COVERAGE.get(key, 0), iterations)
+
+
+def random(shape, dtype):
+    """Random values with exact zeros of both signs among them (a sum must keep -0 as the CPU does)."""
+    t = torch.randn(shape, dtype=torch.float64)
+    flat = t.view(-1)
+    flat[::7] = 0.0
+    flat[3::7] = -0.0
+    return t.to(dtype)
+
+
+def laid_out(t, layout):
+    """t's values in the given layout (same sizes): the layouts the kernels must read in place or copy."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "misaligned":  # one element past a 16-byte boundary
+        buffer = torch.empty(t.numel() + 1, dtype=t.dtype)
+        out = buffer[1:].view(t.shape)
+        out.copy_(t)
+        return out
+    if layout == "transposed":  # dims 0 and 1 swapped in memory
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "strided":  # every other element of a larger tensor along the last dim
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    if layout == "channels_last":  # conv-shaped tensors; the others get their last two dims swapped
+        if t.dim() in (4, 5):
+            return t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
+        return t.transpose(-2, -1).contiguous().transpose(-2, -1)
+    raise ValueError(layout)
+
+
+def broadcast(t):
+    """A stride-0 tensor of t's shape: its first row repeated."""
+    return t[:1].expand(t.shape)
+
+
+LAYOUTS = ["contiguous", "misaligned", "transposed", "strided", "channels_last", "broadcast"]
+
+
+def place(t, layout):
+    return broadcast(t) if layout == "broadcast" else laid_out(t, layout)
+
+
+def values(t, layout):
+    """What the kernel sees: t itself, or its broadcast first row."""
+    return broadcast(t).contiguous() if layout == "broadcast" else t
+
+
+def component_shapes(dtype):
+    """(n, m, *rest) around the pack width: m * inner = W - 1, W, W + 1, 2W, conv-shaped, and empty."""
+    w = width_of(dtype)
+    return [(2, w - 1), (3, w), (2, w + 1), (2, 1, 2 * w), (3, 2, 3, 3), (2, 3, 2, 2, w // 2 or 1), (0, 3), (2, 0, 3)]
+
+
+# ---- Independent references: plain torch, read from TABLE. ----
+
+
+def expand_reference(parts):
+    rows = []
+    for a in range(4):
+        row = []
+        for b in range(4):
+            t = TABLE[a][b]
+            part = parts[abs(t) - 1]
+            row.append(part if t > 0 else -part)
+        rows.append(torch.cat(row, dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def reduce_reference(grad):
+    """out[c] = sum over row blocks a of sign * block (a, b) holding c, summed in a's order in opmath."""
+    n, m = grad.shape[0] // 4, grad.shape[1] // 4
+    g = grad.to(OPMATH[grad.dtype])
+    outs = []
+    for c in range(4):
+        total = None
+        for a in range(4):
+            b = next(b for b in range(4) if abs(TABLE[a][b]) - 1 == c)
+            term = g[a * n : (a + 1) * n, b * m : (b + 1) * m] * float(1 if TABLE[a][b] > 0 else -1)
+            total = term if total is None else total + term
+        outs.append(total.to(grad.dtype))
+    return outs
+
+
+def sign(u, v, transpose):
+    """The sign of the term of output block u from input block v (block (v, u) of W; (u, v) transposed)."""
+    t = TABLE[u][v] if transpose else TABLE[v][u]
+    return 1 if t > 0 else -1
+
+
+def component(u, v):
+    """The component in block (v, u) of W."""
+    return abs(TABLE[v][u]) - 1
+
+
+def combine_reference(products, transpose):
+    """products (4, *rows, 4, k) -> (*rows, 4k): block u sums sign * products[component, ..., v, :]."""
+    p = products.to(OPMATH[products.dtype])
+    blocks = []
+    for u in range(4):
+        total = None
+        for v in range(4):
+            term = p[component(u, v), ..., v, :] * float(sign(u, v, transpose))
+            total = term if total is None else total + term
+        blocks.append(total.to(products.dtype))
+    return torch.cat(blocks, dim=-1)
+
+
+def spread_reference(grad, transpose):
+    """grad (*rows, 4k) -> (4, *rows, 4, k): out[c, ..., v, :] = sign * grad block u, c = component(u, v)."""
+    k = grad.shape[-1] // 4
+    out = torch.empty(4, *grad.shape[:-1], 4, k, dtype=grad.dtype)
+    for u in range(4):
+        for v in range(4):
+            block = grad[..., u * k : (u + 1) * k]
+            out[component(u, v), ..., v, :] = block if sign(u, v, transpose) > 0 else -block
+    return out
+
+
+def widths_to_try(dtype, planned):
+    """The plan's width, and the one-element kernel on inputs the plan would pack."""
+    return [0, 1] if planned > 1 else [0]
+
+
+# ---- The kernels. ----
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_expand(emu, dtype, layout):
+    for shape in component_shapes(dtype):
+        parts = [place(random(shape, dtype), layout) for _ in range(4)]
+        expected = torch.ops.qlayers.hamilton_expand(*parts)
+        assert bits_equal(expected, expand_reference([values(p, layout) for p in parts]))
+        _, planned, _ = emu.expand(*parts)
+        for width in widths_to_try(dtype, planned):
+            for blocks, threads in GRIDS:
+                out, used, iterations = emu.expand(*parts, width=width, blocks=blocks, threads=threads)
+                record("expand", dtype, used, iterations)
+                assert bits_equal(out, expected), (shape, width, blocks, threads)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reduce(emu, dtype, layout):
+    for n, m, *rest in component_shapes(dtype):
+        grad = place(random((4 * n, 4 * m, *rest), dtype), layout)
+        expected = torch.ops.qlayers.hamilton_reduce(grad)
+        reference = reduce_reference(values(grad, layout))
+        assert all(bits_equal(e, r) for e, r in zip(expected, reference))
+        _, planned, _ = emu.reduce(grad)
+        for width in widths_to_try(dtype, planned):
+            for blocks, threads in GRIDS:
+                outs, used, iterations = emu.reduce(grad, width=width, blocks=blocks, threads=threads)
+                record("reduce", dtype, used, iterations)
+                assert all(bits_equal(o, e) for o, e in zip(outs, expected)), ((n, m, *rest), width, blocks, threads)
+
+
+def rows_shapes(dtype):
+    """(*rows) and k around the pack width, including no rows and k = 0."""
+    w = width_of(dtype)
+    return [((3,), w - 1 or 1), ((2,), w), ((2, 3), w + 1), ((5,), 2 * w), ((0,), w), ((2,), 0)]
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "misaligned", "transposed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_combine(emu, dtype, layout, transpose):
+    for rows, k in rows_shapes(dtype):
+        products = place(random((4, *rows, 4, k), dtype), layout)
+        expected = torch.ops.qlayers.hamilton_combine(products, transpose)
+        assert bits_equal(expected, combine_reference(products, transpose))
+        _, planned, _ = emu.combine(products, transpose)
+        for width in widths_to_try(dtype, planned):
+            for blocks, threads in GRIDS:
+                out, used, iterations = emu.combine(products, transpose, width=width, blocks=blocks, threads=threads)
+                record("combine", dtype, used, iterations)
+                assert bits_equal(out, expected), (rows, k, width, blocks, threads)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "misaligned", "transposed", "broadcast"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spread(emu, dtype, layout, transpose):
+    for rows, k in rows_shapes(dtype):
+        grad = place(random((*rows, 4 * k), dtype), layout)
+        expected = torch.ops.qlayers.hamilton_spread(grad, transpose)
+        assert bits_equal(expected, spread_reference(values(grad, layout), transpose))
+        _, planned, _ = emu.spread(grad, transpose)
+        for width in widths_to_try(dtype, planned):
+            for blocks, threads in GRIDS:
+                out, used, iterations = emu.spread(grad, transpose, width=width, blocks=blocks, threads=threads)
+                record("spread", dtype, used, iterations)
+                assert bits_equal(out, expected), (rows, k, width, blocks, threads)
+
+
+def test_packed_path_taken(emu):
+    # Aligned contiguous operands whose rows are whole packs get the 16-byte kernels; a misaligned
+    # one falls back to one element per thread.
+    for dtype in DTYPES:
+        w = width_of(dtype)
+        parts = [torch.randn(2, w, dtype=dtype) for _ in range(4)]
+        assert emu.expand(*parts)[1] == w
+        assert emu.expand(*[laid_out(p, "misaligned") for p in parts])[1] == 1
+        assert emu.reduce(torch.randn(8, 4 * w, dtype=dtype))[1] == w
+        assert emu.combine(torch.randn(4, 3, 4, w, dtype=dtype), False)[1] == w
+        assert emu.spread(torch.randn(3, 4 * w, dtype=dtype), True)[1] == w
+
+
+def test_forced_packs_on_misaligned_data_fault(emu):
+    # A 16-byte access at an address the GPU would fault on is refused, not silently done.
+    parts = [laid_out(torch.randn(2, 4), "misaligned") for _ in range(4)]
+    with pytest.raises(RuntimeError, match="misaligned pack access"):
+        emu.expand(*parts, width=4)
+
+
+@pytest.mark.parametrize(
+    "blocks, threads, message",
+    [(0, 256, "empty grid"), (1, 0, "empty grid"), (1, 1025, "blockDim.x 1025 over 1024"), (2**31, 1, "gridDim.x")],
+)
+def test_launch_limits(emu, blocks, threads, message):
+    parts = [torch.randn(2, 3) for _ in range(4)]
+    with pytest.raises(RuntimeError, match=message):
+        emu.expand(*parts, blocks=blocks, threads=threads)
+
+
+def test_largest_legal_block(emu):
+    parts = [torch.randn(3, 5) for _ in range(4)]
+    out, _, iterations = emu.expand(*parts, blocks=1, threads=1024)
+    assert bits_equal(out, expand_reference(parts)) and iterations == 1
