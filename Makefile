@@ -34,7 +34,7 @@ TORCH_OLDEST := $(shell sed -n 's/^dependencies = \["torch>=\([0-9.]*\)"\]$$/\1/
 
 LINTED := qlayers benchmarks tests examples setup.py
 
-.PHONY: install lint test test-oldest check-ptxas bench clean library-missing
+.PHONY: install lint test test-oldest test-kernels-asan check-ptxas bench clean library-missing
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,15 @@ test: lint
 test-oldest:
 	test -n "$(TORCH_OLDEST)" || { echo "no torch>= dependency found in pyproject.toml"; exit 1; }
 	$(MAKE) test VENV=.venv-oldest TORCH_SPEC=torch==$(TORCH_OLDEST) QLAYERS_CUDA=0
+
+# The emulated CUDA kernels (tests/test_kernels_emulated.py) built with AddressSanitizer and UBSan.
+# python itself is not instrumented, so the ASan runtime is preloaded, with libstdc++ beside it: ASan
+# finds the C++ runtime's __cxa_throw at start-up, and the emulation throws. Leak checks are off (the
+# interpreter keeps memory to exit on purpose). About 5 s, plus half a minute to compile once.
+test-kernels-asan: install
+	QLAYERS_EMULATE_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+		LD_PRELOAD="$$(c++ -print-file-name=libasan.so) $$(c++ -print-file-name=libstdc++.so)" \
+		$(PY) -m pytest tests/test_kernels_emulated.py -q -p no:cacheprovider
 
 # What ptxas makes of the CUDA kernels, without a GPU: no stack frame or spill in any kernel, 16-byte
 # global loads and stores in the packed ones (scripts/check-ptxas.sh; needs nvcc and a CUDA torch).

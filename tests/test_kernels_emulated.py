@@ -300,3 +300,13 @@ def test_largest_legal_block(emu):
     parts = [torch.randn(3, 5) for _ in range(4)]
     out, _, iterations = emu.expand(*parts, blocks=1, threads=1024)
     assert bits_equal(out, expand_reference(parts)) and iterations == 1
+
+
+def test_threads_past_the_work_do_nothing(emu):
+    # The last blocks of a grid of 2^22 + 2 blocks of 1024 threads: their global thread indices pass
+    # 2^32, so an index computed in 32 bits would wrap onto the first packs and run them again.
+    parts = [torch.randn(2, 3) for _ in range(4)]
+    _, _, iterations = emu.expand(*parts, blocks=2**22 + 2, threads=1024, first_block=2**22)
+    assert iterations == 0
+    _, _, iterations = emu.reduce(torch.randn(8, 12), blocks=2**22 + 2, threads=1024, first_block=2**22)
+    assert iterations == 0

@@ -21,29 +21,29 @@ namespace {
 
 using namespace kernels;
 
-// The grid-stride loop every kernel runs: pack indices are 64-bit, the grid's product too.
-#define QLAYERS_GRID_STRIDE(pack, packs)                                                    \
-  for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < (packs); \
-       pack += static_cast<int64_t>(gridDim.x) * blockDim.x)
+// Each kernel: the grid-stride loop (run_thread) around its per-thread function.
+#define QLAYERS_GRID_STRIDE(body)                                                                           \
+  run_thread(first_pack(blockIdx.x, blockDim.x, threadIdx.x), grid_stride(gridDim.x, blockDim.x), p.packs, \
+             [&](int64_t pack) { body<scalar_t, Width>(p, pack); })
 
 template <typename scalar_t, int Width>
 __global__ void expand_kernel(const __grid_constant__ ExpandParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(pack, p.packs) expand_pack<scalar_t, Width>(p, pack);
+  QLAYERS_GRID_STRIDE(expand_pack);
 }
 
 template <typename scalar_t, int Width>
 __global__ void reduce_kernel(const __grid_constant__ ReduceParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(pack, p.packs) reduce_pack<scalar_t, Width>(p, pack);
+  QLAYERS_GRID_STRIDE(reduce_pack);
 }
 
 template <typename scalar_t, int Width>
 __global__ void combine_kernel(const __grid_constant__ RowsParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(pack, p.packs) combine_pack<scalar_t, Width>(p, pack);
+  QLAYERS_GRID_STRIDE(combine_pack);
 }
 
 template <typename scalar_t, int Width>
 __global__ void spread_kernel(const __grid_constant__ RowsParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(pack, p.packs) spread_pack<scalar_t, Width>(p, pack);
+  QLAYERS_GRID_STRIDE(spread_pack);
 }
 
 // Blocks the current device holds at once, give or take: the cap on a grid.

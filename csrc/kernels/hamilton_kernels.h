@@ -161,6 +161,25 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t in_row(const Strided3d<T>& s, int64_t
   }
 }
 
+// The grid-stride loop every kernel runs. Thread `thread` of block `block` starts at its global index
+// and steps by the grid's size; both in 64 bits, as a grid of 2^31 - 1 blocks passes 2^32 threads.
+QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t first_pack(unsigned block, unsigned threads, unsigned thread) {
+  return static_cast<int64_t>(block) * threads + thread;
+}
+
+QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t grid_stride(unsigned blocks, unsigned threads) {
+  return static_cast<int64_t>(blocks) * threads;
+}
+
+// One thread's share of a launch: body(first), body(first + stride), ... below packs. Returns the
+// iteration count (the emulation reports it; the kernels drop it).
+template <typename Body>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t run_thread(int64_t first, int64_t stride, int64_t packs, const Body& body) {
+  int64_t iterations = 0;
+  for (int64_t pack = first; pack < packs; pack += stride, ++iterations) body(pack);
+  return iterations;
+}
+
 // W (4n, 4m, inner), contiguous: element index -> (segment = (row, column block), offset).
 template <typename scalar_t, int Width>
 QLAYERS_HOST_DEVICE QLAYERS_INLINE void expand_pack(const ExpandParams<scalar_t>& p, int64_t pack) {

@@ -52,20 +52,18 @@ void check_launch(int64_t blocks, int64_t threads) {
   TORCH_CHECK(sizeof(Params) <= 4096, "launch: kernel parameters over 4 KB");
 }
 
-// Serially, what the grid-stride loop in csrc/cuda/hamilton_cuda.cu runs on each thread. Returns
-// the most iterations any thread ran.
+// Serially, each thread of the grid from block `first_block` on, through the kernels' own
+// grid-stride loop. Returns the most iterations any thread ran.
 template <typename Params, typename Body>
-int64_t run_grid(const Params& p, int64_t blocks, int64_t threads, Body body) {
+int64_t run_grid(const Params& p, int64_t blocks, int64_t threads, int64_t first_block, Body body) {
   check_launch<Params>(blocks, threads);
+  const auto grid_blocks = static_cast<unsigned>(blocks), block_threads = static_cast<unsigned>(threads);
+  const int64_t stride = grid_stride(grid_blocks, block_threads);
   int64_t most = 0;
-  for (int64_t block = 0; block < blocks; ++block) {
+  for (int64_t block = first_block; block < blocks; ++block) {
     for (int64_t thread = 0; thread < threads; ++thread) {
-      int64_t iterations = 0;
-      for (int64_t pack = block * threads + thread; pack < p.packs; pack += blocks * threads) {
-        body(p, pack);
-        ++iterations;
-      }
-      most = std::max(most, iterations);
+      const int64_t first = first_pack(static_cast<unsigned>(block), block_threads, static_cast<unsigned>(thread));
+      most = std::max(most, run_thread(first, stride, p.packs, [&](int64_t pack) { body(p, pack); }));
     }
   }
   return most;
@@ -84,11 +82,13 @@ void override_plan(Launch<Params>& plan, int64_t width, int64_t blocks, int64_t 
 
 // Runs the packed or the one-element instantiation of a per-thread function.
 template <typename scalar_t, typename Params, typename Packed, typename Single>
-int64_t run_plan(const Launch<Params>& plan, Packed packed, Single single) {
+int64_t run_plan(const Launch<Params>& plan, int64_t first_block, Packed packed, Single single) {
   try {
-    if (plan.width == pack_width<scalar_t>()) return run_grid(plan.params, plan.blocks, plan.threads, packed);
+    if (plan.width == pack_width<scalar_t>()) {
+      return run_grid(plan.params, plan.blocks, plan.threads, first_block, packed);
+    }
     TORCH_CHECK(plan.width == 1, "width ", plan.width, ": the kernels have 1 and ", pack_width<scalar_t>());
-    return run_grid(plan.params, plan.blocks, plan.threads, single);
+    return run_grid(plan.params, plan.blocks, plan.threads, first_block, single);
   } catch (const std::logic_error& error) {
     TORCH_CHECK(false, "emulated kernel: ", error.what());
   }
@@ -102,7 +102,7 @@ constexpr int64_t kResident = 4;
 
 std::tuple<at::Tensor, int64_t, int64_t> expand(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
                                                 const at::Tensor& k, int64_t width, int64_t blocks,
-                                                int64_t threads) {
+                                                int64_t threads, int64_t first_block) {
   ExpandCall call = prepare_expand(r, i, j, k);
   std::vector<at::Tensor> buffers;
   call.out = guarded_empty(call.out.sizes(), call.out.options(), buffers);
@@ -112,7 +112,7 @@ std::tuple<at::Tensor, int64_t, int64_t> expand(const at::Tensor& r, const at::T
       auto plan = plan_expand<scalar_t>(call, kResident);
       override_plan(plan, width, blocks, threads);
       used = plan.width;
-      iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(expand_pack, scalar_t, pack_width<scalar_t>()),
+      iterations = run_plan<scalar_t>(plan, first_block, QLAYERS_PACK_FN(expand_pack, scalar_t, pack_width<scalar_t>()),
                                       QLAYERS_PACK_FN(expand_pack, scalar_t, 1));
     });
   }
@@ -121,7 +121,7 @@ std::tuple<at::Tensor, int64_t, int64_t> expand(const at::Tensor& r, const at::T
 }
 
 std::tuple<std::vector<at::Tensor>, int64_t, int64_t> reduce(const at::Tensor& grad, int64_t width, int64_t blocks,
-                                                             int64_t threads) {
+                                                             int64_t threads, int64_t first_block) {
   ReduceCall call = prepare_reduce(grad);
   std::vector<at::Tensor> buffers;
   for (auto& out : call.outs) out = guarded_empty(out.sizes(), out.options(), buffers);
@@ -131,7 +131,7 @@ std::tuple<std::vector<at::Tensor>, int64_t, int64_t> reduce(const at::Tensor& g
       auto plan = plan_reduce<scalar_t>(call, kResident);
       override_plan(plan, width, blocks, threads);
       used = plan.width;
-      iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(reduce_pack, scalar_t, pack_width<scalar_t>()),
+      iterations = run_plan<scalar_t>(plan, first_block, QLAYERS_PACK_FN(reduce_pack, scalar_t, pack_width<scalar_t>()),
                                       QLAYERS_PACK_FN(reduce_pack, scalar_t, 1));
     });
   }
@@ -141,7 +141,7 @@ std::tuple<std::vector<at::Tensor>, int64_t, int64_t> reduce(const at::Tensor& g
 
 template <typename Call>
 std::tuple<at::Tensor, int64_t, int64_t> rows_op(Call call, const at::Tensor& in, bool spread, int64_t width,
-                                                 int64_t blocks, int64_t threads) {
+                                                 int64_t blocks, int64_t threads, int64_t first_block) {
   std::vector<at::Tensor> buffers;
   call.out = guarded_empty(call.out.sizes(), call.out.options(), buffers);
   int64_t used = 0, iterations = 0;
@@ -151,10 +151,10 @@ std::tuple<at::Tensor, int64_t, int64_t> rows_op(Call call, const at::Tensor& in
       override_plan(plan, width, blocks, threads);
       used = plan.width;
       if (spread) {
-        iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(spread_pack, scalar_t, pack_width<scalar_t>()),
+        iterations = run_plan<scalar_t>(plan, first_block, QLAYERS_PACK_FN(spread_pack, scalar_t, pack_width<scalar_t>()),
                                         QLAYERS_PACK_FN(spread_pack, scalar_t, 1));
       } else {
-        iterations = run_plan<scalar_t>(plan, QLAYERS_PACK_FN(combine_pack, scalar_t, pack_width<scalar_t>()),
+        iterations = run_plan<scalar_t>(plan, first_block, QLAYERS_PACK_FN(combine_pack, scalar_t, pack_width<scalar_t>()),
                                         QLAYERS_PACK_FN(combine_pack, scalar_t, 1));
       }
     });
@@ -164,15 +164,15 @@ std::tuple<at::Tensor, int64_t, int64_t> rows_op(Call call, const at::Tensor& in
 }
 
 std::tuple<at::Tensor, int64_t, int64_t> combine(const at::Tensor& products, bool transpose, int64_t width,
-                                                 int64_t blocks, int64_t threads) {
+                                                 int64_t blocks, int64_t threads, int64_t first_block) {
   CombineCall call = prepare_combine(products, transpose);
-  return rows_op(call, call.products, false, width, blocks, threads);
+  return rows_op(call, call.products, false, width, blocks, threads, first_block);
 }
 
 std::tuple<at::Tensor, int64_t, int64_t> spread(const at::Tensor& grad, bool transpose, int64_t width,
-                                                int64_t blocks, int64_t threads) {
+                                                int64_t blocks, int64_t threads, int64_t first_block) {
   SpreadCall call = prepare_spread(grad, transpose);
-  return rows_op(call, call.grad, true, width, blocks, threads);
+  return rows_op(call, call.grad, true, width, blocks, threads, first_block);
 }
 
 }  // namespace
@@ -182,10 +182,10 @@ std::tuple<at::Tensor, int64_t, int64_t> spread(const at::Tensor& grad, bool tra
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace pybind11::literals;
   namespace k = qlayers::kernels;
-  m.def("expand", &k::expand, "r"_a, "i"_a, "j"_a, "k"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
-  m.def("reduce", &k::reduce, "grad"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
-  m.def("combine", &k::combine, "products"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
-  m.def("spread", &k::spread, "grad"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1);
+  m.def("expand", &k::expand, "r"_a, "i"_a, "j"_a, "k"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
+  m.def("reduce", &k::reduce, "grad"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
+  m.def("combine", &k::combine, "products"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
+  m.def("spread", &k::spread, "grad"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.attr("THREADS") = k::kThreads;
   m.attr("PACK_BYTES") = k::kPackBytes;
 }
