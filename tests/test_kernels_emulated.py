@@ -28,6 +28,7 @@ TABLE = [
     [-4, +3, -2, +1],
 ]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["float64", "float32", "float16", "bfloat16"]
 BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 OPMATH = {torch.float64: torch.float64, torch.float32: torch.float32, torch.float16: torch.float32}
 OPMATH[torch.bfloat16] = torch.float32
@@ -198,7 +199,7 @@ def widths_to_try(dtype, planned):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_expand(emu, dtype, layout):
     for shape in component_shapes(dtype):
         parts = [place(random(shape, dtype), layout) for _ in range(4)]
@@ -213,7 +214,7 @@ def test_expand(emu, dtype, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_reduce(emu, dtype, layout):
     for n, m, *rest in component_shapes(dtype):
         grad = place(random((4 * n, 4 * m, *rest), dtype), layout)
@@ -236,7 +237,7 @@ def rows_shapes(dtype):
 
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "misaligned", "transposed"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_combine(emu, dtype, layout, transpose):
     for rows, k in rows_shapes(dtype):
         products = place(random((4, *rows, 4, k), dtype), layout)
@@ -252,7 +253,7 @@ def test_combine(emu, dtype, layout, transpose):
 
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "misaligned", "transposed", "broadcast"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_spread(emu, dtype, layout, transpose):
     for rows, k in rows_shapes(dtype):
         grad = place(random((*rows, 4 * k), dtype), layout)
