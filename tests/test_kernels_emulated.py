@@ -311,3 +311,24 @@ def test_threads_past_the_work_do_nothing(emu):
     assert iterations == 0
     _, _, iterations = emu.reduce(torch.randn(8, 12), blocks=2**22 + 2, threads=1024, first_block=2**22)
     assert iterations == 0
+
+
+def test_indices_past_2_pow_31(emu):
+    # As test_devices.py::test_indices_past_2_pow_31: W has 46400 x 46400 > 2^31 elements (4.3 GB in
+    # float16). Only the grid's last blocks run, so only W's tail is written: its element indices pass
+    # 2^31, where 32-bit index math in a kernel body would wrap.
+    n = m = 11600
+    rows = torch.arange(n).view(n, 1)
+    cols = torch.arange(m).view(1, m)
+    parts = [((rows * 7 + cols * 3 + 50 * c) % 251 - 125).half() for c in range(4)]
+    threads, tail_blocks = 256, 8
+    packs = (4 * n) * (4 * m) // 8
+    blocks = (packs + threads - 1) // threads  # one pack per thread
+    out, width, iterations = emu.expand(*parts, blocks=blocks, threads=threads, first_block=blocks - tail_blocks)
+    assert width == 8 and iterations == 1
+    tail = tail_blocks * threads * width
+    flat = out.view(-1)
+    assert flat.numel() - tail > 2**31
+    expected = expand_reference([part[n - 1 :] for part in parts])[3]  # W's last row: a = 3, p = n - 1
+    assert bits_equal(flat[-tail:], expected[-tail:])
+    assert flat[-tail - 1].isnan()  # the blocks before the tail did not run
