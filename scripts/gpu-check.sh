@@ -4,7 +4,9 @@
 #   bash scripts/gpu-check.sh [OUT_DIR]      (default: $OUT, else ./gpu-out)
 #
 # Builds qlayers with its CUDA kernels (QLAYERS_CUDA=1), runs the whole test suite (CUDA cases
-# included), then benchmarks/compare.py and the kernel benchmarks on the GPU. Results in OUT_DIR:
+# included; tests/test_kernels_emulated.py also compares the real kernels with their CPU emulation
+# bit for bit, and builds that emulation with the host compiler, about 15 s), then
+# benchmarks/compare.py and the kernel benchmarks on the GPU. Results in OUT_DIR:
 #   gpu-check.log   all output              env.txt           device, driver, torch
 #   tests.xml       pytest's JUnit report   compare.{json,png,md}  the main benchmark
 #   kernels.json    pytest-benchmark results

@@ -332,3 +332,25 @@ def test_indices_past_2_pow_31(emu):
     expected = expand_reference([part[n - 1 :] for part in parts])[3]  # W's last row: a = 3, p = n - 1
     assert bits_equal(flat[-tail:], expected[-tail:])
     assert flat[-tail - 1].isnan()  # the blocks before the tail did not run
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cuda_kernels_match_the_emulation(emu, dtype):
+    # On a GPU machine (scripts/gpu-check.sh): the real kernels and their emulation, bit for bit.
+    # Moving a tensor to the GPU may change its alignment, so the two may take different pack widths.
+    ops = torch.ops.qlayers
+    for layout in ["contiguous", "misaligned", "strided", "broadcast"]:
+        for n, m, *rest in component_shapes(dtype):
+            parts = [place(random((n, m, *rest), dtype), layout) for _ in range(4)]
+            assert bits_equal(ops.hamilton_expand(*[p.cuda() for p in parts]).cpu(), emu.expand(*parts)[0])
+            grad = place(random((4 * n, 4 * m, *rest), dtype), layout)
+            real = ops.hamilton_reduce(grad.cuda())
+            assert all(bits_equal(r.cpu(), e) for r, e in zip(real, emu.reduce(grad)[0]))
+    for rows, k in rows_shapes(dtype):
+        for transpose in (False, True):
+            products = random((4, *rows, 4, k), dtype)
+            real = ops.hamilton_combine(products.cuda(), transpose).cpu()
+            assert bits_equal(real, emu.combine(products, transpose)[0])
+            grad = random((*rows, 4 * k), dtype)
+            assert bits_equal(ops.hamilton_spread(grad.cuda(), transpose).cpu(), emu.spread(grad, transpose)[0])
