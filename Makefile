@@ -67,7 +67,7 @@ test-oldest:
 # The emulated CUDA kernels (tests/test_kernels_emulated.py) built with AddressSanitizer and UBSan.
 # python itself is not instrumented, so the ASan runtime is preloaded, with libstdc++ beside it: ASan
 # finds the C++ runtime's __cxa_throw at start-up, and the emulation throws. Leak checks are off (the
-# interpreter keeps memory to exit on purpose); --capture=sys lets a sanitizer report reach the log. About 5 s, plus half a minute to compile once.
+# interpreter keeps memory to exit on purpose); --capture=sys lets a sanitizer report reach the log. About 15 s, plus half a minute to compile once.
 test-kernels-asan: install
 	QLAYERS_EMULATE_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		LD_PRELOAD="$$(c++ -print-file-name=libasan.so) $$(c++ -print-file-name=libstdc++.so)" \
