@@ -38,13 +38,15 @@ GRIDS = [(-1, -1), (1, 1), (3, 7), (2, 33)]
 
 @pytest.fixture(scope="session")
 def emu():
-    """The emulation, compiled once per flag set into build/ (ninja rebuilds it when a header changes)."""
+    """The emulation, compiled once per flag set and torch into build/ (ninja rebuilds it when a header changes)."""
     flags = ["-O1", "-g0"]
     name = "qlayers_emulate"
     if SANITIZE:
         flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
         name += "_asan"
-    build = ROOT / "build" / name
+    # One folder per torch: a build for another torch would not load, and torch's build lock differs
+    # between versions (an older torch waits forever on the lock file a newer one leaves behind).
+    build = ROOT / "build" / f"{name}-torch{torch.__version__.replace('+', '-')}"
     build.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=name,
