@@ -396,7 +396,7 @@ def linear_backward(grad_output, input, components, compute_dtype, algorithms, n
     needs_input, *needs_components = needs
     grad_input = None
     grad_components: list = [None] * 4
-    work_components = _cast(components, compute_dtype)
+    work_input, *work_components = _cast((input, *components), compute_dtype)
     if compute_dtype is not None:
         grad_output = grad_output.to(compute_dtype)
     if needs_input:
@@ -404,7 +404,7 @@ def linear_backward(grad_output, input, components, compute_dtype, algorithms, n
     if any(needs_components):
         # Flatten the leading dims explicitly: reshape(-1, ...) is ambiguous for an empty batch.
         rows, n = _rows(grad_output), components[0].shape[0]
-        input_rows = _cast([input], compute_dtype)[0].reshape(rows, 4 * n)
+        input_rows = work_input.reshape(rows, 4 * n)
         grad_rows = grad_output.reshape(rows, grad_output.shape[-1])
         grads = _linear_grad_components(algorithms[2], input_rows, grad_rows, n, ops)
         # Each component's flag is honoured on its own: freezing one never starves the others.
@@ -608,16 +608,17 @@ def conv_backward(grad_output, input, input_shape, components, bias_shape, compu
     shape of an operand whose gradient it does not compute, so a stand-in of that shape serves.
     """
     needs_input, *needs_components, needs_bias = needs
-    work_components = _cast(components, compute_dtype)
+    work_input, *work_components = _cast((input, *components), compute_dtype)
     if compute_dtype is not None:
         grad_output = grad_output.to(compute_dtype)
     if needs_input:
         kernel = _conv_kernel(work_components, options[5], ops)
     else:
         kernel = grad_output.new_empty(1).expand(_kernel_shape(components))
-    input = grad_output.new_empty(1).expand(input_shape) if input is None else _cast([input], compute_dtype)[0]
+    if work_input is None:
+        work_input = grad_output.new_empty(1).expand(input_shape)
     grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
-        grad_output, input, kernel, bias_shape, *options, [needs_input, any(needs_components), needs_bias]
+        grad_output, work_input, kernel, bias_shape, *options, [needs_input, any(needs_components), needs_bias]
     )
     grad_components: list = [None] * 4
     if any(needs_components):
