@@ -182,7 +182,9 @@ def _openmp_flags():
 
 
 def _extension():
-    sources = [os.path.join(CSRC, "qlayers.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    sources = [os.path.join(CSRC, "qlayers.cpp")] + sorted(
+        glob.glob(os.path.join(CSRC, "cpu", "*.cpp")) + glob.glob(os.path.join(CSRC, "layers", "*.cpp"))
+    )
     # torch's build helpers pick the C++ standard its headers need.
     cxx_flags = ["-O3"] + _openmp_flags()
     link_flags = _openmp_flags()

@@ -24,4 +24,18 @@ TORCH_LIBRARY(qlayers, m) {
   m.def("hamilton_combine(Tensor products, bool transpose) -> Tensor", {at::Tag::pt2_compliant_tag});
   // The adjoint of hamilton_combine: (*rows, 4k) -> (4, *rows, 4, k).
   m.def("hamilton_spread(Tensor grad, bool transpose) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // A small coefficient table applied along the block axis of (B_in, rows, cols) blocks
+  // (block_mix.h): the eight-product algorithm's operand sums and its final combination.
+  m.def("block_mix(Tensor blocks, float[] coefficients, bool interleave) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // The same, written into a given (B_out, rows, cols) view.
+  m.def("block_mix_into(Tensor blocks, float[] coefficients, Tensor(a!) out) -> ()", {at::Tag::pt2_compliant_tag});
+  // The whole linear layer, y = x @ W + bias, with its autograd in C++ (layers/linear.cpp).
+  m.def(
+      "quaternion_linear(Tensor input, Tensor r, Tensor i, Tensor j, Tensor k, Tensor? bias, "
+      "ScalarType? compute_dtype, str algorithm) -> Tensor");
+  // Its gradients (input, r, i, j, k, bias), empty where output_mask is false.
+  m.def(
+      "quaternion_linear_backward(Tensor grad_output, Tensor? input, Tensor r, Tensor i, Tensor j, Tensor k, "
+      "ScalarType? compute_dtype, str algorithm, bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
 }

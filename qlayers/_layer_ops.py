@@ -4,11 +4,12 @@ AOTAutograd's partitioner saves a custom op's output rather than recompute it, s
 matrix W (or a convolution's real kernel) built by ``hamilton_expand`` inside a traced graph would
 be kept for backward. Here each layer product is one op, and its backward another: a traced graph
 holds the input, the components and the output, never W, so a compiled step saves what an eager
-step saves. The linear layer's formulation ("hamilton" or "components") is chosen inside the op
-from the concrete sizes, so a graph compiled with dynamic shapes has no guard on the batch size.
+step saves. The linear layer's formulations are chosen inside the op from the concrete sizes, so a
+graph compiled with dynamic shapes has no guard on the batch size.
 
-Eager calls do not come here: the autograd Functions in :mod:`qlayers.functional` are cheaper per
-call and support forward-mode AD and torch.func. Both share the same product and gradient code.
+Eager calls do not come here. The linear ops run the eager layer's C++ code
+(``qlayers::quaternion_linear`` and ``qlayers::quaternion_linear_backward``); the conv ops share
+their code with the eager Function in :mod:`qlayers.functional.conv`.
 """
 
 from typing import List, Optional, Sequence
@@ -36,9 +37,9 @@ def linear(
     algorithm: str,
 ) -> Tensor:
     """``input @ W + bias`` computed in ``compute_dtype`` (None: the operands' own)."""
-    algorithms = functional.choose_algorithms(algorithm, functional._rows(input), r_weight.shape[0])
-    return functional.QuaternionLinearFunction.forward(
-        input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, algorithms
+    # Below autograd here, so the C++ operator runs its forward alone (csrc/layers/linear.cpp).
+    return torch.ops.qlayers.quaternion_linear(
+        input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, algorithm
     )
 
 
@@ -51,32 +52,6 @@ def _linear_fake(input, r_weight, i_weight, j_weight, k_weight, bias, compute_dt
     return input.new_empty((*input.shape[:-1], 4 * r_weight.shape[1]), dtype=dtype)
 
 
-def _linear_backward_impl(
-    grad_output: Tensor,
-    input: Optional[Tensor],
-    r_weight: Tensor,
-    i_weight: Tensor,
-    j_weight: Tensor,
-    k_weight: Tensor,
-    compute_dtype: Optional[torch.dtype],
-    algorithm: str,
-    output_mask: Sequence[bool],
-) -> List[Tensor]:
-    """[grad_input, grad_r, grad_i, grad_j, grad_k]; an empty tensor where ``output_mask`` is False."""
-    components = (r_weight, i_weight, j_weight, k_weight)
-    algorithms = functional.choose_algorithms(algorithm, functional._rows(grad_output), r_weight.shape[0])
-    grad_input, grad_components = functional.linear_backward(
-        grad_output, input, components, compute_dtype, algorithms, output_mask, _ops
-    )
-    return [grad_output.new_empty(0) if g is None else g for g in (grad_input, *grad_components)]
-
-
-# The backward ops run only aten ops and the raw ops, all of which have fake kernels: the
-# implementation itself gives the right shapes, dtypes and strides on fake tensors.
-linear_backward = torch.library.custom_op("qlayers::linear_backward", _linear_backward_impl, mutates_args=())
-linear_backward.register_fake(_linear_backward_impl)
-
-
 def _linear_setup_context(ctx, inputs, output):
     input, r_weight, i_weight, j_weight, k_weight, _, compute_dtype, algorithm = inputs
     ctx.save_for_backward(input if functional._keep_input(ctx) else None, r_weight, i_weight, j_weight, k_weight)
@@ -84,11 +59,13 @@ def _linear_setup_context(ctx, inputs, output):
 
 
 def _linear_backward(ctx, grad_output):
+    # The backward is one opaque operator too: the C++ gradients of the eager layer.
     input, *components = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    grads = linear_backward(grad_output, input, *components, ctx.compute_dtype, ctx.algorithm, list(needs[:5]))
-    grad_bias = functional.bias_gradient(grad_output) if needs[5] else None
-    return (*(g if need else None for g, need in zip(grads, needs[:5])), grad_bias, None, None)
+    needs = list(ctx.needs_input_grad[:6])
+    grads = torch.ops.qlayers.quaternion_linear_backward(
+        grad_output, input, *components, ctx.compute_dtype, ctx.algorithm, needs
+    )
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None)
 
 
 linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)

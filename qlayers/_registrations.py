@@ -168,3 +168,49 @@ def _combine_vmap(info, in_dims, products, transpose):
 @torch.library.register_vmap("qlayers::hamilton_spread")
 def _spread_vmap(info, in_dims, grad, transpose):
     return _spread(grad.movedim(in_dims[0], 0), transpose), 1
+
+
+# --- block_mix (the eight-product sums) and the linear layer's operators ------------------------
+
+
+def _check_block_mix(blocks, coefficients):
+    _check_floating("block_mix", blocks)
+    torch._check_value(
+        blocks.dim() == 3, lambda: f"block_mix: expected blocks of shape (B, rows, cols), got {list(blocks.shape)}"
+    )
+    blocks_in = blocks.shape[0]
+    torch._check_value(1 <= blocks_in <= 8, lambda: f"block_mix: expected 1 to 8 blocks, got {blocks_in}")
+    count = len(coefficients)
+    torch._check_value(
+        count >= blocks_in and count % blocks_in == 0 and count // blocks_in <= 8,
+        lambda: f"block_mix: expected B_out x {blocks_in} coefficients with B_out from 1 to 8, got {count}",
+    )
+    return count // blocks_in
+
+
+@torch.library.register_fake("qlayers::block_mix")
+def _block_mix_fake(blocks, coefficients, interleave):
+    blocks_out = _check_block_mix(blocks, coefficients)
+    _, rows, cols = blocks.shape
+    return blocks.new_empty((rows, blocks_out, cols) if interleave else (blocks_out, rows, cols))
+
+
+@torch.library.register_fake("qlayers::block_mix_into")
+def _block_mix_into_fake(blocks, coefficients, out):
+    blocks_out = _check_block_mix(blocks, coefficients)
+    torch._check_value(
+        tuple(out.shape) == (blocks_out, *blocks.shape[1:]),
+        lambda: f"block_mix_into: expected out of shape {(blocks_out, *blocks.shape[1:])}, got {tuple(out.shape)}",
+    )
+
+
+@torch.library.register_fake("qlayers::quaternion_linear_backward")
+def _quaternion_linear_backward_fake(grad_output, input, r, i, j, k, compute_dtype, algorithm, output_mask):
+    n, m = r.shape
+    dtype = compute_dtype or grad_output.dtype
+    shapes = [(*grad_output.shape[:-1], 4 * n), (n, m), (n, m), (n, m), (n, m), (4 * m,)]
+    dtypes = [dtype, r.dtype, i.dtype, j.dtype, k.dtype, dtype]
+    return tuple(
+        grad_output.new_empty(shape if need else (0,), dtype=d if need else grad_output.dtype)
+        for shape, d, need in zip(shapes, dtypes, output_mask)
+    )

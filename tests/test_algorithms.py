@@ -107,7 +107,7 @@ def test_combine_spread_bad_shapes():
 # --- the layer, by algorithm ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", ["hamilton", "components", "auto"])
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("input_shape", [(), (0,), (1,), (5,), (3, 4), (2, 0, 3)])
 @pytest.mark.parametrize("n,m", [(3, 5), (1, 1), (8, 2)])
@@ -151,7 +151,7 @@ def test_components_honours_each_flag(frozen):
             torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
 
 
-@pytest.mark.parametrize("algorithm", ["hamilton", "components"])
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight"])
 def test_gradcheck_by_algorithm(algorithm):
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     weights = components(2, 3, requires_grad=True)
@@ -164,7 +164,7 @@ def test_gradcheck_by_algorithm(algorithm):
     assert gradgradcheck(fn, (x, *weights, b))
 
 
-@pytest.mark.parametrize("algorithm", ["hamilton", "components"])
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight"])
 def test_both_algorithms_keep_only_the_input(algorithm):
     layer = qlayers.QLinear(256, 256, algorithm=algorithm)
     x = torch.randn(8, 256, requires_grad=True)
@@ -178,28 +178,43 @@ def test_both_algorithms_keep_only_the_input(algorithm):
 
 
 def test_choose_algorithm_rule():
+    # The measured rule (csrc/layers/linear_choice.cpp): components while memory-bound, eight for
+    # large float32/float64 products, never eight in 16-bit, hamilton otherwise.
     assert choose_algorithm("auto", rows=8, n=512) == "components"
-    assert choose_algorithm("auto", rows=4096, n=128) == "hamilton"
+    assert choose_algorithm("auto", rows=4096, n=256) == "eight"
+    assert choose_algorithm("auto", rows=4096, n=256, dtype=torch.float64) == "eight"
+    for dtype in (torch.float16, torch.bfloat16):
+        assert choose_algorithm("auto", rows=4096, n=256, dtype=dtype) == "hamilton"
+    assert choose_algorithm("auto", rows=4096, n=16) == "hamilton"
+    for phase in ("forward", "grad_input", "grad_components"):
+        assert choose_algorithm("auto", rows=8, n=512, phase=phase) == "components"
     assert choose_algorithm("hamilton", rows=1, n=512) == "hamilton"
     assert choose_algorithm("components", rows=10**6, n=1) == "components"
+    assert choose_algorithm("eight", rows=1, n=1, dtype=torch.bfloat16) == "eight"
+    with pytest.raises(ValueError, match="phase must be one of"):
+        choose_algorithm("auto", rows=1, n=1, phase="backward")
 
 
 def ops_called(layer, x):
     with torch.profiler.profile() as prof:
         layer(x).sum().backward()
-    return {e.name for e in prof.events() if e.name.startswith("qlayers::")}
+    return {e.name for e in prof.events() if e.name.startswith("qlayers::") and e.name != "qlayers::quaternion_linear"}
 
 
-def test_auto_uses_components_for_small_batches_and_hamilton_for_large():
-    layer = qlayers.QLinear(256, 256)  # n = 64
-    small = ops_called(layer, torch.randn(4, 256, requires_grad=True))
-    large = ops_called(layer, torch.randn(1024, 256, requires_grad=True))
+def test_auto_picks_by_batch_size():
+    layer = qlayers.QLinear(512, 512)  # n = 128
+    small = ops_called(layer, torch.randn(4, 512, requires_grad=True))
+    medium = ops_called(qlayers.QLinear(256, 256), torch.randn(1024, 256, requires_grad=True))
+    large = ops_called(layer, torch.randn(1024, 512, requires_grad=True))
     assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
-    assert large == {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
+    assert medium == {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
+    assert large == {"qlayers::block_mix", "qlayers::block_mix_into"}
 
 
 def test_bad_algorithm_name():
-    with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'hamilton', 'components'\), got 'fast'"):
+    with pytest.raises(
+        ValueError, match=r"algorithm must be one of \('auto', 'hamilton', 'components', 'eight'\), got 'fast'"
+    ):
         qlayers.QLinear(8, 8, algorithm="fast")
     with pytest.raises(ValueError, match="algorithm must be one of"):
         quaternion_linear(torch.randn(2, 8), *components(2, 2, dtype=torch.float32), algorithm="dense")

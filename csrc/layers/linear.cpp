@@ -1,0 +1,279 @@
+// The quaternion linear layer as one operator, its autograd in C++.
+//
+//   qlayers::quaternion_linear  y = x @ W + bias; its Autograd kernel (LinearFunction) keeps only the
+//                               input (when a component needs a gradient) and the components
+//   qlayers::quaternion_linear_backward  the gradients, for callers that run their own autograd
+//                               (the torch.compile op in qlayers/_layer_ops.py)
+//   qlayers::linear_formulation the choice "auto" makes for one product (linear_choice.cpp)
+//
+// An eager call costs one dispatch and no Python: small layers pay what torch.nn.Linear pays.
+// Forward-mode AD and torch.func transforms take the Python Function in qlayers/functional/linear.py.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../hamilton_shapes.h"
+#include "linear_choice.h"
+#include "linear_formulations.h"
+
+namespace qlayers {
+namespace linear {
+
+const char* name(Formulation formulation) {
+  switch (formulation) {
+    case Formulation::kHamilton:
+      return "hamilton";
+    case Formulation::kComponents:
+      return "components";
+    case Formulation::kEight:
+      return "eight";
+  }
+  return "?";
+}
+
+at::Tensor product(Formulation formulation, const at::Tensor& x, const Components& w, const at::Tensor& bias) {
+  switch (formulation) {
+    case Formulation::kComponents:
+      return components::product(x, w, bias);
+    case Formulation::kEight:
+      return eight::product(x, w, bias);
+    case Formulation::kHamilton:
+      break;
+  }
+  return hamilton::product(x, w, bias);
+}
+
+at::Tensor adjoint(Formulation formulation, const at::Tensor& g, const Components& w) {
+  switch (formulation) {
+    case Formulation::kComponents:
+      return components::adjoint(g, w);
+    case Formulation::kEight:
+      return eight::adjoint(g, w);
+    case Formulation::kHamilton:
+      break;
+  }
+  return hamilton::adjoint(g, w);
+}
+
+Components gradients(Formulation formulation, const at::Tensor& x, const at::Tensor& g) {
+  switch (formulation) {
+    case Formulation::kComponents:
+      return components::gradients(x, g);
+    case Formulation::kEight:
+      return eight::gradients(x, g);
+    case Formulation::kHamilton:
+      break;
+  }
+  return hamilton::gradients(x, g);
+}
+
+namespace {
+
+constexpr const char* kOp = "quaternion_linear";
+
+// Rows of a (..., features) tensor; counted from the leading sizes, so that zero features still
+// give the right count.
+int64_t rows_of(const at::Tensor& t) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return rows;
+}
+
+// The checks qlayers.functional.check_linear_arguments makes, for callers that skip Python. The
+// Python wrapper re-runs its own on failure, for the messages users see.
+void check_operand(const char* what, const at::Tensor& t, const at::Tensor& weight, bool autocast) {
+  TORCH_CHECK_VALUE(t.device() == weight.device(), kOp, ": expected ", what, " on ", weight.device(),
+                    " like the weights, got ", t.device());
+  if (autocast) {
+    TORCH_CHECK_TYPE(t.is_floating_point(), kOp, ": expected a floating-point ", what, ", got ", t.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), kOp, ": expected ", what, " of dtype ",
+                     weight.scalar_type(), " like the weights, got ", t.scalar_type());
+  }
+}
+
+void check_linear(const at::Tensor& input, const Components& w, const at::Tensor& bias, bool autocast) {
+  const at::Tensor& r = w[0];
+  TORCH_CHECK_VALUE(r.dim() == 2, kOp, ": expected 2-d components of shape (in_features/4, out_features/4), got ",
+                    r.dim(), "-d r_weight");
+  check_floating(kOp, r);
+  for (int c = 1; c < 4; ++c) {
+    TORCH_CHECK_VALUE(w[c].sizes() == r.sizes(), kOp, ": expected components of one shape, got ", r.sizes(),
+                      " and ", w[c].sizes());
+    TORCH_CHECK_TYPE(w[c].scalar_type() == r.scalar_type(), kOp, ": expected components of one dtype, got ",
+                     r.scalar_type(), " and ", w[c].scalar_type());
+    TORCH_CHECK_VALUE(w[c].device() == r.device(), kOp, ": expected components on one device, got ", r.device(),
+                      " and ", w[c].device());
+  }
+  TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == 4 * r.size(0), kOp, ": expected input of shape (..., ",
+                    4 * r.size(0), "), got ", input.sizes());
+  check_operand("input", input, r, autocast);
+  if (bias.defined()) {
+    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == 4 * r.size(1), kOp, ": expected bias of shape (",
+                      4 * r.size(1), ",), got ", bias.sizes());
+    check_operand("bias", bias, r, autocast);
+  }
+}
+
+at::Tensor cast(const at::Tensor& t, std::optional<at::ScalarType> dtype) {
+  return (t.defined() && dtype) ? t.to(*dtype) : t;
+}
+
+Components cast(const Components& w, std::optional<at::ScalarType> dtype) {
+  return {cast(w[0], dtype), cast(w[1], dtype), cast(w[2], dtype), cast(w[3], dtype)};
+}
+
+// y = x @ W + bias, computed in `compute_dtype` when autocast gives one.
+at::Tensor linear_forward(const at::Tensor& input, const Components& w, const at::Tensor& bias,
+                          std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
+  check_linear(input, w, bias, compute_dtype.has_value());
+  const Algorithm requested = parse_algorithm(algorithm);
+  const Components work = cast(w, compute_dtype);
+  const at::Tensor x = cast(input, compute_dtype);
+  const int64_t rows = rows_of(x), n = w[0].size(0), m = w[0].size(1);
+  const Formulation formulation = choose(requested, Phase::kForward, rows, n, m, work[0].scalar_type());
+  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
+  out_sizes.back() = 4 * m;
+  return product(formulation, x.reshape({rows, 4 * n}), work, cast(bias, compute_dtype)).view(out_sizes);
+}
+
+// Gradients of the input, r, i, j, k and bias; undefined where `mask` says none is needed. `input`
+// may be undefined when no component needs a gradient. `differentiable` (create_graph=True) takes
+// the hamilton formulation through autograd, so that the result can be differentiated again.
+std::array<at::Tensor, 6> linear_gradients(const at::Tensor& grad_output, const at::Tensor& input,
+                                           const Components& w, std::optional<at::ScalarType> compute_dtype,
+                                           c10::string_view algorithm, std::array<bool, 6> mask,
+                                           bool differentiable) {
+  const Algorithm requested = differentiable ? Algorithm::kHamilton : parse_algorithm(algorithm);
+  const Components work = cast(w, compute_dtype);
+  const at::Tensor g = cast(grad_output, compute_dtype);
+  const int64_t rows = rows_of(g), n = w[0].size(0), m = w[0].size(1);
+  const at::Tensor g2d = g.reshape({rows, 4 * m});
+  const at::ScalarType dtype = work[0].scalar_type();
+  std::array<at::Tensor, 6> grads;
+  if (mask[0]) {
+    std::vector<int64_t> sizes(g.sizes().begin(), g.sizes().end());
+    sizes.back() = 4 * n;
+    grads[0] = adjoint(choose(requested, Phase::kGradInput, rows, n, m, dtype), g2d, work).view(sizes);
+  }
+  if (mask[1] || mask[2] || mask[3] || mask[4]) {
+    TORCH_CHECK_VALUE(input.defined(), "quaternion_linear_backward: the component gradients need the input");
+    const Components parts = gradients(choose(requested, Phase::kGradComponents, rows, n, m, dtype),
+                                       cast(input, compute_dtype).reshape({rows, 4 * n}), g2d);
+    // Each component's flag is honoured on its own: freezing one never starves the others.
+    for (int c = 0; c < 4; ++c) {
+      if (mask[1 + c]) grads[1 + c] = parts[c].to(w[c].scalar_type());
+    }
+  }
+  if (mask[5]) grads[5] = g2d.sum(0);
+  return grads;
+}
+
+// The eager layer's autograd: saves the input (only when a component needs a gradient) and the
+// components, never W or any other product-sized temporary.
+struct LinearFunction : public torch::autograd::Function<LinearFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& r,
+                            const at::Tensor& i, const at::Tensor& j, const at::Tensor& k,
+                            const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> compute_dtype,
+                            c10::string_view algorithm, bool keep_input) {
+    ctx->save_for_backward({keep_input ? input : at::Tensor(), r, i, j, k});
+    ctx->saved_data["compute_dtype"] =
+        compute_dtype ? c10::IValue(static_cast<int64_t>(*compute_dtype)) : c10::IValue();
+    ctx->saved_data["algorithm"] = std::string(algorithm);
+    // A bias is an autograd input (edge 5) only when given.
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return linear_forward(input, {r, i, j, k}, bias.value_or(at::Tensor()), compute_dtype, algorithm);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const c10::IValue& dtype = ctx->saved_data["compute_dtype"];
+    const std::optional<at::ScalarType> compute_dtype =
+        dtype.isNone() ? std::nullopt : std::optional<at::ScalarType>(static_cast<at::ScalarType>(dtype.toInt()));
+    std::array<bool, 6> mask;
+    for (size_t a = 0; a < 5; ++a) mask[a] = ctx->needs_input_grad(a);
+    mask[5] = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(5);
+    const std::string algorithm = ctx->saved_data["algorithm"].toStringRef();
+    const bool differentiable = at::GradMode::is_enabled();
+    std::array<at::Tensor, 6> result;
+    if (differentiable) {
+      result = linear_gradients(grads[0], saved[0], {saved[1], saved[2], saved[3], saved[4]}, compute_dtype,
+                                algorithm, mask, true);
+    } else {
+      // No graph is recorded: the kernels are reached directly, past the Python autograd
+      // registrations of the qlayers ops (qlayers/_registrations.py), which cost ~20 us a call.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      result = linear_gradients(grads[0], saved[0], {saved[1], saved[2], saved[3], saved[4]}, compute_dtype,
+                                algorithm, mask, false);
+    }
+    return {result[0], result[1], result[2], result[3], result[4], result[5], at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor quaternion_linear_autograd(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i,
+                                      const at::Tensor& j, const at::Tensor& k, const std::optional<at::Tensor>& bias,
+                                      std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
+  // Forward runs with grad mode off, and needs_input_grad has no edges to read when nothing
+  // requires a gradient: decide here whether backward will need the input.
+  const bool keep_input = at::GradMode::is_enabled() &&
+                          (r.requires_grad() || i.requires_grad() || j.requires_grad() || k.requires_grad());
+  return LinearFunction::apply(input, r, i, j, k, bias, compute_dtype, algorithm, keep_input);
+}
+
+at::Tensor quaternion_linear_plain(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i,
+                                   const at::Tensor& j, const at::Tensor& k, const std::optional<at::Tensor>& bias,
+                                   std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
+  return linear_forward(input, {r, i, j, k}, bias.value_or(at::Tensor()), compute_dtype, algorithm);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_op(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input, const at::Tensor& r, const at::Tensor& i,
+    const at::Tensor& j, const at::Tensor& k, std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm,
+    std::array<bool, 6> output_mask) {
+  auto g = linear_gradients(grad_output, input.value_or(at::Tensor()), {r, i, j, k}, compute_dtype, algorithm,
+                            output_mask, false);
+  // A gradient not asked for comes back empty: every output of an operator that torch.compile
+  // traces must be a tensor.
+  for (auto& grad : g) {
+    if (!grad.defined()) grad = at::empty({0}, grad_output.options());
+  }
+  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+}
+
+std::string linear_formulation(int64_t rows, int64_t n, int64_t m, at::ScalarType dtype, c10::string_view algorithm,
+                               c10::string_view phase) {
+  Phase which;
+  if (phase == "forward") {
+    which = Phase::kForward;
+  } else if (phase == "grad_input") {
+    which = Phase::kGradInput;
+  } else {
+    TORCH_CHECK_VALUE(phase == "grad_components",
+                      "phase must be one of ('forward', 'grad_input', 'grad_components'), got '", std::string(phase),
+                      "'");
+    which = Phase::kGradComponents;
+  }
+  return name(choose(parse_algorithm(algorithm), which, rows, n, m, dtype));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qlayers, m) {
+  m.def("linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase) -> str",
+        &linear_formulation);
+}
+
+TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
+  m.impl("quaternion_linear", &quaternion_linear_plain);
+  m.impl("quaternion_linear_backward", &linear_backward_op);
+}
+
+TORCH_LIBRARY_IMPL(qlayers, Autograd, m) { m.impl("quaternion_linear", &quaternion_linear_autograd); }
+
+}  // namespace linear
+}  // namespace qlayers

@@ -1,0 +1,68 @@
+// algorithm="auto": the measured rule, in one place (README, "Choosing the algorithm").
+#include "linear_choice.h"
+
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace qlayers {
+namespace linear {
+
+Algorithm parse_algorithm(c10::string_view name) {
+  if (name == "auto") return Algorithm::kAuto;
+  if (name == "hamilton") return Algorithm::kHamilton;
+  if (name == "components") return Algorithm::kComponents;
+  if (name == "eight") return Algorithm::kEight;
+  TORCH_CHECK_VALUE(false, "algorithm must be one of ('auto', 'hamilton', 'components', 'eight'), got '",
+                    std::string(name), "'");
+}
+
+namespace {
+
+// Measured with benchmarks/choose_linear.py on this 2-core x86 CPU, torch 2.14.1, float32, each
+// product alone, every formulation on the same operands (benchmarks/results/choose-linear-cpu-
+// 2026-11-28.md; rows 1-4096 at 64, 512, 1024 and 2048 features).
+//
+// components wins while the layer is memory-bound: rows up to this many per input quaternion
+// feature (rows / n), and only once the weights are large enough to be worth a quarter of their
+// bytes (at 64 features hamilton won every cell; 512 features and up, components won at 1 and 8
+// rows; the boundary between, at n = 64, was not measured).
+constexpr double kComponentsMaxRowsPerFeature = 0.75;
+constexpr int64_t kComponentsMinFeatures = 64;
+// eight won every forward and input-gradient cell from 64 rows and 512 features (n = 128) up,
+// and most component-gradient cells, by up to 0.6x hamilton's time.
+constexpr int64_t kEightMinRows = 64;
+constexpr int64_t kEightMinFeatures = 128;
+
+// eight rounds its operand sums and its eight products in the operands' dtype. Against a float64
+// oracle (tests/test_eight_product.py, all three products) its error was 1.05-1.43x the hamilton
+// product's in float32 (float64 rounds alike) and 1.55-1.81x in float16 and bfloat16: within the
+// 2x bound, but thinly, and float16 sums can overflow. "auto" keeps it to float32 and float64.
+bool eight_is_accurate(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
+
+}  // namespace
+
+Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, int64_t m, at::ScalarType dtype) {
+  switch (algorithm) {
+    case Algorithm::kHamilton:
+      return Formulation::kHamilton;
+    case Algorithm::kComponents:
+      return Formulation::kComponents;
+    case Algorithm::kEight:
+      return Formulation::kEight;
+    case Algorithm::kAuto:
+      break;
+  }
+  (void)phase;  // one rule serves every phase today; each phase was measured on its own
+  if (eight_is_accurate(dtype) && rows >= kEightMinRows && n >= kEightMinFeatures && m >= kEightMinFeatures) {
+    return Formulation::kEight;
+  }
+  if (n >= kComponentsMinFeatures &&
+      static_cast<double>(rows) <= kComponentsMaxRowsPerFeature * static_cast<double>(n)) {
+    return Formulation::kComponents;
+  }
+  return Formulation::kHamilton;
+}
+
+}  // namespace linear
+}  // namespace qlayers

@@ -1,0 +1,55 @@
+// The formulations of a quaternion linear layer, each in its own file, on 2-d operands.
+//
+// Every formulation computes the three products of y = x @ W (W the (4n, 4m) Hamilton matrix of
+// the (n, m) components r, i, j, k), all in the operands' dtype:
+//   product:   x (R, 4n) -> x @ W + bias (R, 4m)   (bias may be undefined)
+//   adjoint:   g (R, 4m) -> g @ W^T (R, 4n)        (the input gradient)
+//   gradients: x (R, 4n), g (R, 4m) -> the four (n, m) component gradients, x^T g folded by the
+//              Hamilton table
+// None of them keeps anything: W, operand sums and products are temporaries of one call.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <string>
+
+namespace qlayers {
+namespace linear {
+
+using Components = std::array<at::Tensor, 4>;
+
+// hamilton: build W, one dense GEMM. Best when many rows share W (compute-bound).
+// components: the 16 block products from 4 GEMMs against the components, combined with the
+// Hamilton signs; W is never built, a quarter of the weight bytes is read (small batches).
+// eight: the eight-product algorithm (../eight_product.h), 8 GEMMs of the component size: half the
+// multiplications of the dense product, for large float32/float64 layers.
+enum class Formulation { kHamilton, kComponents, kEight };
+
+const char* name(Formulation formulation);
+
+namespace hamilton {
+at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
+at::Tensor adjoint(const at::Tensor& g, const Components& w);
+Components gradients(const at::Tensor& x, const at::Tensor& g);
+}  // namespace hamilton
+
+namespace components {
+at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
+at::Tensor adjoint(const at::Tensor& g, const Components& w);
+Components gradients(const at::Tensor& x, const at::Tensor& g);
+}  // namespace components
+
+namespace eight {
+at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
+at::Tensor adjoint(const at::Tensor& g, const Components& w);
+Components gradients(const at::Tensor& x, const at::Tensor& g);
+}  // namespace eight
+
+// The three products by a chosen formulation.
+at::Tensor product(Formulation formulation, const at::Tensor& x, const Components& w, const at::Tensor& bias);
+at::Tensor adjoint(Formulation formulation, const at::Tensor& g, const Components& w);
+Components gradients(Formulation formulation, const at::Tensor& x, const at::Tensor& g);
+
+}  // namespace linear
+}  // namespace qlayers

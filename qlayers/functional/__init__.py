@@ -1,0 +1,38 @@
+"""Functional quaternion layers: the memory-efficient products and the raw Hamilton ops.
+
+The Hamilton matrix W (4n x 4m) that the four components (n x m) make is never kept for backward:
+autograd keeps exactly what a dense layer keeps, the input (the components are parameters).
+
+- :mod:`~qlayers.functional.linear`: ``quaternion_linear``; its formulations are C++
+  (csrc/layers/), one file each, and :mod:`~qlayers.functional.choice` names them.
+- :mod:`~qlayers.functional.conv`: ``quaternion_conv``.
+- the raw ops made differentiable in reverse and forward mode (``hamilton_expand`` and the rest).
+"""
+
+# Beyond __all__, the names the package's other modules (nn, reference, _layer_ops) import from here.
+from qlayers.functional._autocast import _AUTOCAST_DEVICE_TYPES, _autocast_dtype, _cast  # noqa: F401
+from qlayers.functional._checks import check_conv_arguments, check_linear_arguments  # noqa: F401
+from qlayers.functional._hamilton_ops import (  # noqa: F401
+    _RAW_OPS,
+    hamilton_combine,
+    hamilton_expand,
+    hamilton_matrix,
+    hamilton_reduce,
+    hamilton_spread,
+)
+from qlayers.functional._shared import _keep_input, _rows, bias_gradient  # noqa: F401
+from qlayers.functional.choice import ALGORITHMS, PHASES, check_algorithm, choose_algorithm  # noqa: F401
+from qlayers.functional.conv import QuaternionConvFunction, _kernel_shape, conv_backward, quaternion_conv  # noqa: F401
+from qlayers.functional.linear import QuaternionLinearFunction, linear_backward, quaternion_linear  # noqa: F401
+
+__all__ = [
+    "ALGORITHMS",
+    "choose_algorithm",
+    "hamilton_combine",
+    "hamilton_expand",
+    "hamilton_matrix",
+    "hamilton_reduce",
+    "hamilton_spread",
+    "quaternion_conv",
+    "quaternion_linear",
+]

@@ -1,0 +1,115 @@
+"""Argument checks of the layer functions: clear errors that name what was expected and what came."""
+
+from typing import Optional, Sequence
+
+from torch import Tensor
+
+_COMPONENT_NAMES = ("r_weight", "i_weight", "j_weight", "k_weight")
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def _check_components(op: str, components: Sequence[Tensor], linear: bool) -> None:
+    """r, i, j, k: floating tensors of one shape, dtype and device; 2-d for linear layers."""
+    for name, c in zip(_COMPONENT_NAMES, components):
+        if not isinstance(c, Tensor):
+            raise TypeError(f"{op}: expected {name} to be a Tensor, got {type(c).__name__}")
+    r = components[0]
+    if linear and r.dim() != 2:
+        raise ValueError(
+            f"{op}: expected 2-d components of shape (in_features/4, out_features/4), got r_weight of shape {_shape(r)}"
+        )
+    if r.dim() < 2:
+        raise ValueError(f"{op}: expected components of shape (n, m, *rest), got r_weight of shape {_shape(r)}")
+    if not r.is_floating_point():
+        raise TypeError(f"{op}: expected floating-point components, got r_weight of dtype {r.dtype}")
+    for name, c in zip(_COMPONENT_NAMES[1:], components[1:]):
+        if c.shape != r.shape:
+            raise ValueError(
+                f"{op}: expected r_weight, i_weight, j_weight, k_weight of one shape, "
+                f"got r_weight {_shape(r)} and {name} {_shape(c)}"
+            )
+        if c.dtype != r.dtype:
+            raise TypeError(
+                f"{op}: expected r_weight, i_weight, j_weight, k_weight of one dtype, "
+                f"got r_weight {r.dtype} and {name} {c.dtype}"
+            )
+        if c.device != r.device:
+            raise ValueError(
+                f"{op}: expected r_weight, i_weight, j_weight, k_weight on one device, "
+                f"got r_weight on {r.device} and {name} on {c.device}"
+            )
+
+
+def _check_operand(op: str, name: str, t: Tensor, weight: Tensor, autocast: bool = False) -> None:
+    """An input or bias must share the weights' device, and their dtype unless autocast casts both."""
+    if autocast and not t.is_floating_point():
+        raise TypeError(f"{op}: expected a floating-point {name}, got {t.dtype}")
+    if not autocast and t.dtype != weight.dtype:
+        raise TypeError(f"{op}: expected {name} of dtype {weight.dtype} like the weights, got {t.dtype}")
+    if t.device != weight.device:
+        raise ValueError(f"{op}: expected {name} on {weight.device} like the weights, got {t.device}")
+
+
+def check_linear_arguments(
+    op: str, input: Tensor, components: Sequence[Tensor], bias: Optional[Tensor], autocast: bool = False
+) -> None:
+    """Raise a clear error unless ``input @ W + bias`` is well formed for these components.
+
+    Under autocast (``autocast=True``) the input and bias may differ in dtype from the weights:
+    everything is cast to the autocast dtype.
+    """
+    _check_components(op, components, linear=True)
+    r_weight = components[0]
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected input to be a Tensor, got {type(input).__name__}")
+    n, m = r_weight.shape
+    if input.dim() == 0:
+        raise ValueError(f"{op}: expected input of shape (..., {4 * n}), got a 0-d tensor")
+    if input.shape[-1] != 4 * n:
+        raise ValueError(
+            f"{op}: expected input of shape (..., {4 * n}) for components of shape {(n, m)}, "
+            f"got input of shape {_shape(input)}"
+        )
+    _check_operand(op, "input", input, r_weight, autocast)
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"{op}: expected bias to be a Tensor or None, got {type(bias).__name__}")
+        if bias.shape != (4 * m,):
+            raise ValueError(f"{op}: expected bias of shape ({4 * m},), got {_shape(bias)}")
+        _check_operand(op, "bias", bias, r_weight, autocast)
+
+
+def check_conv_arguments(
+    op: str,
+    input: Tensor,
+    components: Sequence[Tensor],
+    bias: Optional[Tensor],
+    groups: int,
+    transposed: bool,
+    autocast: bool = False,
+) -> None:
+    """Raise a clear error unless the (transposed) convolution is well formed for these components."""
+    _check_components(op, components, linear=False)
+    r_weight = components[0]
+    dims = r_weight.dim() - 2
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected input to be a Tensor, got {type(input).__name__}")
+    if input.dim() != dims + 2:
+        raise ValueError(
+            f"{op}: expected a {dims + 2}-d input (batch, channels, {dims} spatial dims) for "
+            f"{dims}-d components, got a {input.dim()}-d input of shape {_shape(input)}"
+        )
+    in_channels = 4 * r_weight.shape[0] if transposed else 4 * r_weight.shape[1] * groups
+    if input.shape[1] != in_channels:
+        raise ValueError(
+            f"{op}: expected input with {in_channels} channels, got {input.shape[1]} (shape {_shape(input)})"
+        )
+    _check_operand(op, "input", input, r_weight, autocast)
+    if bias is not None:
+        out_channels = 4 * r_weight.shape[1] * groups if transposed else 4 * r_weight.shape[0]
+        if bias.shape != (out_channels,):
+            raise ValueError(f"{op}: expected bias of shape ({out_channels},), got {_shape(bias)}")
+        _check_operand(op, "bias", bias, r_weight, autocast)

@@ -1,0 +1,41 @@
+"""What the layer families' autograd Functions share."""
+
+import math
+
+from torch import Tensor
+
+from qlayers.functional._autocast import _cast
+from qlayers.functional._hamilton_ops import _fill_zeros
+
+
+def _rows(t: Tensor) -> int:
+    return math.prod(t.shape[:-1])
+
+
+def _keep_input(ctx) -> bool:
+    """The input is needed in backward only for the component gradients."""
+    return any(ctx.needs_input_grad[1:5])
+
+
+def bias_gradient(grad_output: Tensor) -> Tensor:
+    """The bias gradient of a linear layer: grad_output summed over every leading dim."""
+    return grad_output.reshape(_rows(grad_output), grad_output.shape[-1]).sum(0)
+
+
+def _bilinear_jvp(ctx, tangents, product, bias_view):
+    """The jvp of out = product(input, components) + bias, bilinear in (input, components).
+
+    ``bias_view`` shapes the bias tangent to broadcast against the output. In a jvp,
+    ``ctx.saved_tensors`` are those given to ``save_for_forward``: the input and the components.
+    """
+    input_tangent, *component_tangents, bias_tangent = tangents[:6]
+    input, *components = _cast(ctx.saved_tensors, ctx.compute_dtype)
+    terms = []
+    if input_tangent is not None:
+        terms.append(product(input_tangent.to(input.dtype), components))
+    if any(t is not None for t in component_tangents):
+        tangents = _cast(_fill_zeros(component_tangents, components[0]), components[0].dtype)
+        terms.append(product(input, tangents))
+    if bias_tangent is not None:
+        terms.append(bias_view(bias_tangent.to(input.dtype)))
+    return sum(terms[1:], terms[0])
