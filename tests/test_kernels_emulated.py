@@ -269,6 +269,59 @@ def test_spread(emu, dtype, layout, transpose):
                 assert bits_equal(out, expected), (rows, k, width, blocks, threads)
 
 
+def block_mix_reference(blocks, table):
+    """out[t] = sum of table[t][a] * blocks[a] over nonzero entries, a ascending, in opmath, rounded once."""
+    b = blocks.to(OPMATH[blocks.dtype])
+    outs = []
+    for row in table:
+        terms = [c * b[a] for a, c in enumerate(row) if c != 0]
+        total = torch.zeros_like(b[0]) if not terms else terms[0]
+        for term in terms[1:]:
+            total = total + term
+        outs.append(total.to(blocks.dtype))
+    return torch.stack(outs)
+
+
+def mix_table(blocks_out, blocks_in):
+    """Entries 0, +-1/2, +-1, as in the eight-product tables (csrc/eight_product.h); one row all zeros."""
+    table = (torch.randint(-2, 3, (blocks_out, blocks_in)) / 2).tolist()
+    table[-1] = [0.0] * blocks_in
+    return table
+
+
+def mix_blocks(shape, dtype, layout):
+    """(B, rows, cols) blocks: contiguous, a layer's feature blocks in place, misaligned, or strided columns."""
+    blocks, rows, cols = shape
+    t = random(shape, dtype)
+    if layout == "features":  # (rows, B * cols) read as its blocks, as the eight-product layer does
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+    return laid_out(t, layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "features", "misaligned", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_block_mix(emu, dtype, layout):
+    torch.manual_seed(0)
+    w = width_of(dtype)
+    for blocks_in, blocks_out in [(4, 8), (8, 4), (1, 1), (3, 5)]:
+        table = mix_table(blocks_out, blocks_in)
+        flat = [c for row in table for c in row]
+        for rows, cols in [(3, w - 1 or 1), (2, w), (2, w + 1), (5, 2 * w), (0, w), (2, 0)]:
+            blocks = mix_blocks((blocks_in, rows, cols), dtype, layout)
+            for interleave in (False, True):
+                expected = torch.ops.qlayers.block_mix(blocks, flat, interleave)
+                as_blocks = expected.transpose(0, 1) if interleave else expected
+                assert bits_equal(as_blocks.contiguous(), block_mix_reference(blocks, table))
+                _, planned, _ = emu.block_mix(blocks, flat, interleave)
+                for width in widths_to_try(dtype, planned):
+                    for grid_blocks, threads in GRIDS:
+                        out, used, iterations = emu.block_mix(
+                            blocks, flat, interleave, width=width, blocks_override=grid_blocks, threads=threads
+                        )
+                        record("block_mix", dtype, used, iterations)
+                        assert bits_equal(out, expected), (blocks_in, rows, cols, interleave, width)
+
+
 def test_packed_path_taken(emu):
     # Aligned contiguous operands whose rows are whole packs get the 16-byte kernels; a misaligned
     # one falls back to one element per thread.
@@ -280,6 +333,8 @@ def test_packed_path_taken(emu):
         assert emu.reduce(torch.randn(8, 4 * w, dtype=dtype))[1] == w
         assert emu.combine(torch.randn(4, 3, 4, w, dtype=dtype), False)[1] == w
         assert emu.spread(torch.randn(3, 4 * w, dtype=dtype), True)[1] == w
+        assert emu.block_mix(torch.randn(4, 3, 2 * w, dtype=dtype), [1.0] * 32, True)[1] == w
+        assert emu.block_mix(laid_out(torch.randn(4, 3, 2 * w, dtype=dtype), "misaligned"), [1.0] * 32, True)[1] == 1
 
 
 def test_forced_packs_on_misaligned_data_fault(emu):
@@ -356,3 +411,10 @@ def test_cuda_kernels_match_the_emulation(emu, dtype):
             assert bits_equal(real, emu.combine(products, transpose)[0])
             grad = random((*rows, 4 * k), dtype)
             assert bits_equal(ops.hamilton_spread(grad.cuda(), transpose).cpu(), emu.spread(grad, transpose)[0])
+    for layout in ["contiguous", "features", "misaligned"]:
+        table = mix_table(8, 4)
+        flat = [c for row in table for c in row]
+        blocks = mix_blocks((4, 5, 3 * width_of(dtype)), dtype, layout)
+        for interleave in (False, True):
+            real = ops.block_mix(blocks.cuda(), flat, interleave).cpu()
+            assert bits_equal(real, emu.block_mix(blocks, flat, interleave)[0])

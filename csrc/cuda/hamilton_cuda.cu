@@ -1,4 +1,4 @@
-// CUDA kernels for hamilton_expand, hamilton_reduce, hamilton_combine and hamilton_spread.
+// CUDA kernels for hamilton_expand, hamilton_reduce, hamilton_combine, hamilton_spread and block_mix.
 //
 // Pure data movement, written for bandwidth. Each kernel is a grid-stride loop around its per-thread
 // function in ../kernels/hamilton_kernels.h (shared with the host emulation in tests/kernels), and
@@ -44,6 +44,11 @@ __global__ void combine_kernel(const __grid_constant__ RowsParams<scalar_t> p) {
 template <typename scalar_t, int Width>
 __global__ void spread_kernel(const __grid_constant__ RowsParams<scalar_t> p) {
   QLAYERS_GRID_STRIDE(spread_pack);
+}
+
+template <typename scalar_t, int Width>
+__global__ void block_mix_kernel(const __grid_constant__ MixParams<scalar_t> p) {
+  QLAYERS_GRID_STRIDE(block_mix_pack);
 }
 
 // Blocks the current device holds at once, give or take: the cap on a grid.
@@ -111,9 +116,30 @@ at::Tensor hamilton_spread_cuda(const at::Tensor& grad, bool transpose) {
   return call.out;
 }
 
+void block_mix_into_cuda(const at::Tensor& blocks, at::ArrayRef<double> coefficients, const at::Tensor& out) {
+  check_block_mix_into(blocks, coefficients, out);
+  const c10::cuda::OptionalCUDAGuard guard(blocks.device());
+  if (out.numel() > 0) {
+    // The kernel reads rows in place; only a row that is not one contiguous run is copied.
+    const at::Tensor input = blocks.stride(2) == 1 ? blocks : blocks.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks.scalar_type(), "block_mix_cuda", [&] {
+      launch(plan_block_mix<scalar_t>(input, coefficients, out, resident_blocks()),
+             block_mix_kernel<scalar_t, pack_width<scalar_t>()>, block_mix_kernel<scalar_t, 1>);
+    });
+  }
+}
+
+at::Tensor block_mix_cuda(const at::Tensor& blocks, at::ArrayRef<double> coefficients, bool interleave) {
+  auto [result, out] = block_mix_result(blocks, coefficients, interleave);
+  block_mix_into_cuda(blocks, coefficients, out);
+  return result;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qlayers, CUDA, m) {
+  m.impl("block_mix", &block_mix_cuda);
+  m.impl("block_mix_into", &block_mix_into_cuda);
   m.impl("hamilton_expand", &hamilton_expand_cuda);
   m.impl("hamilton_reduce", &hamilton_reduce_cuda);
   m.impl("hamilton_combine", &hamilton_combine_cuda);

@@ -20,6 +20,7 @@
 #include <stdexcept>
 #endif
 
+#include "../block_mix.h"
 #include "../hamilton.h"
 #include "../hamilton_shapes.h"
 
@@ -80,6 +81,18 @@ struct RowsParams {
   T* out;
   int64_t rows, k;
   bool transpose;
+  int64_t packs;
+};
+
+// block_mix: (B_in, rows, cols) -> (B_out, rows, cols), both with unit column stride; the
+// coefficient table (B_out, B_in) row-major, in opmath as the CPU kernel applies it.
+template <typename T>
+struct MixParams {
+  const T* in;
+  T* out;
+  int64_t in_block, in_row, out_block, out_row, cols;
+  KernelArray<at::opmath_type<T>, kMaxMixedBlocks * kMaxMixedBlocks> coefficients;
+  int blocks_in, blocks_out;
   int64_t packs;
 };
 
@@ -250,6 +263,38 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void spread_pack(const RowsParams<scalar_t>& 
   store_pack(p.out + index, signed_pack(load_pack<Width>(p.in + (row * 4 + u) * p.k + q), negate));
 }
 
+// One pack of one row, in every output block: out[t] = sum_a coefficients[t][a] * in[a], in the CPU
+// kernel's order (a ascending, zero coefficients skipped, the sum starting from its first term),
+// so the results match it bit for bit. The eight-product tables hold 0, +-1/2 and +-1 only, whose
+// products are exact: a fused multiply-add rounds them the same.
+template <typename scalar_t, int Width>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE void block_mix_pack(const MixParams<scalar_t>& p, int64_t pack) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t index = pack * Width;  // over (row, col)
+  const int64_t row = index / p.cols;
+  const int64_t col = index - row * p.cols;
+  const scalar_t* from = p.in + row * p.in_row + col;
+  scalar_t* to = p.out + row * p.out_row + col;
+  for (int t = 0; t < p.blocks_out; ++t) {
+    opmath_t acc[Width];
+#pragma unroll
+    for (int e = 0; e < Width; ++e) acc[e] = opmath_t(0);
+    bool first = true;
+    for (int a = 0; a < p.blocks_in; ++a) {
+      const opmath_t c = p.coefficients[t * p.blocks_in + a];
+      if (c == opmath_t(0)) continue;
+      const Pack<scalar_t, Width> values = load_pack<Width>(from + a * p.in_block);
+#pragma unroll
+      for (int e = 0; e < Width; ++e) {
+        const opmath_t term = c * static_cast<opmath_t>(values.v[e]);
+        acc[e] = first ? term : acc[e] + term;
+      }
+      first = false;
+    }
+    store_pack(to + t * p.out_block, rounded_pack<scalar_t>(acc));
+  }
+}
+
 // ---- Host side: the launch plan, shared by the CUDA launcher and the emulation. ----
 
 // One launch: the kernel's parameters (packs included), its pack width (1 or pack_width<T>()),
@@ -327,6 +372,30 @@ Launch<RowsParams<scalar_t>> plan_rows(const at::Tensor& in, const at::Tensor& o
   RowsParams<scalar_t> p{in.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, k, transpose, 0};
   const bool vectorised = k % kWidth == 0 && aligned(p.in) && aligned(p.out);
   return finish_plan(p, vectorised, kWidth, out.numel(), resident);
+}
+
+// block_mix over blocks (B_in, rows, cols) into out (B_out, rows, cols) views, both with unit column
+// stride: packed when every row and block start of both is pack-aligned.
+template <typename scalar_t>
+Launch<MixParams<scalar_t>> plan_block_mix(const at::Tensor& blocks, at::ArrayRef<double> coefficients,
+                                           const at::Tensor& out, int64_t resident) {
+  constexpr int kWidth = pack_width<scalar_t>();
+  MixParams<scalar_t> p{};
+  p.in = blocks.const_data_ptr<scalar_t>();
+  p.out = out.data_ptr<scalar_t>();
+  p.in_block = blocks.stride(0);
+  p.in_row = blocks.stride(1);
+  p.out_block = out.stride(0);
+  p.out_row = out.stride(1);
+  p.cols = blocks.size(2);
+  p.blocks_in = static_cast<int>(blocks.size(0));
+  p.blocks_out = static_cast<int>(out.size(0));
+  for (size_t e = 0; e < coefficients.size(); ++e) {
+    p.coefficients[static_cast<int>(e)] = static_cast<at::opmath_type<scalar_t>>(coefficients[e]);
+  }
+  const bool vectorised = p.cols % kWidth == 0 && aligned(p.in) && aligned(p.out) && p.in_block % kWidth == 0 &&
+                          p.in_row % kWidth == 0 && p.out_block % kWidth == 0 && p.out_row % kWidth == 0;
+  return finish_plan(p, vectorised, kWidth, blocks.size(1) * p.cols, resident);
 }
 
 }  // namespace kernels

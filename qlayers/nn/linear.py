@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from qlayers import functional, reference
 from qlayers import init as quaternion_init
-from qlayers.nn._parameters import register_quaternion_parameters
+from qlayers.nn._parameters import quaternion_parameters, register_quaternion_parameters
 
 
 class QLinear(nn.Module):
@@ -20,8 +20,9 @@ class QLinear(nn.Module):
         memory_efficient: ``True`` (default) keeps only the input for backward and rebuilds ``W``
             there; ``False`` is plain autograd, which keeps ``W`` (the baseline).
         algorithm: how the memory-efficient path computes: ``"auto"`` (default) picks per call
-            between ``"hamilton"`` (build W, one GEMM) and ``"components"`` (never build W); see
-            :func:`qlayers.functional.choose_algorithm`.
+            and per product among ``"hamilton"`` (build W, one GEMM), ``"components"`` (never
+            build W) and ``"eight"`` (8 GEMMs of the component size, half the multiplications);
+            see :func:`qlayers.functional.choose_algorithm`.
         init: ``"quaternion"`` (default), ``"unitary"`` or ``"random"``; see :mod:`qlayers.init`.
         criterion: ``"glorot"`` (default) or ``"he"``.
         device, dtype: as in ``torch.nn.Linear``.
@@ -97,12 +98,14 @@ class QLinear(nn.Module):
         return self.r_weight, self.i_weight, self.j_weight, self.k_weight
 
     def forward(self, input: Tensor) -> Tensor:
+        r_weight, i_weight, j_weight, k_weight, bias = quaternion_parameters(self)
         if self.memory_efficient:
-            return functional.quaternion_linear(input, *self.components(), self.bias, self.algorithm)
+            return functional.quaternion_linear(input, r_weight, i_weight, j_weight, k_weight, bias, self.algorithm)
         # Under autocast the plain path casts like F.linear, so it takes what the efficient path takes.
-        autocast = functional._autocast_dtype(input, self.r_weight) is not None
-        functional.check_linear_arguments("QLinear", input, self.components(), self.bias, autocast=autocast)
-        return reference.quaternion_linear(input, *self.components(), self.bias)
+        components = (r_weight, i_weight, j_weight, k_weight)
+        autocast = functional._autocast_dtype(input, r_weight) is not None
+        functional.check_linear_arguments("QLinear", input, components, bias, autocast=autocast)
+        return reference.quaternion_linear(input, *components, bias)
 
     def extra_repr(self) -> str:
         return (

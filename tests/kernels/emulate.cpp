@@ -175,6 +175,32 @@ std::tuple<at::Tensor, int64_t, int64_t> spread(const at::Tensor& grad, bool tra
   return rows_op(call, call.grad, true, width, blocks, threads, first_block);
 }
 
+// block_mix into a guarded (B_out, rows, cols) output, or its interleaved (rows, B_out, cols) layout.
+std::tuple<at::Tensor, int64_t, int64_t> block_mix(const at::Tensor& blocks, std::vector<double> coefficients,
+                                                   bool interleave, int64_t width, int64_t blocks_override,
+                                                   int64_t threads, int64_t first_block) {
+  const int64_t blocks_out = check_block_mix(blocks, coefficients);
+  const int64_t rows = blocks.size(1), cols = blocks.size(2);
+  std::vector<at::Tensor> buffers;
+  at::Tensor result = interleave ? guarded_empty({rows, blocks_out, cols}, blocks.options(), buffers)
+                                 : guarded_empty({blocks_out, rows, cols}, blocks.options(), buffers);
+  const at::Tensor out = interleave ? result.transpose(0, 1) : result;
+  const at::Tensor input = blocks.stride(2) == 1 ? blocks : blocks.contiguous();  // as the launcher does
+  int64_t used = 0, iterations = 0;
+  if (out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks.scalar_type(), "emulated_block_mix", [&] {
+      auto plan = plan_block_mix<scalar_t>(input, coefficients, out, kResident);
+      override_plan(plan, width, blocks_override, threads);
+      used = plan.width;
+      iterations = run_plan<scalar_t>(plan, first_block,
+                                      QLAYERS_PACK_FN(block_mix_pack, scalar_t, pack_width<scalar_t>()),
+                                      QLAYERS_PACK_FN(block_mix_pack, scalar_t, 1));
+    });
+  }
+  check_guards(buffers);
+  return {result, used, iterations};
+}
+
 }  // namespace
 }  // namespace kernels
 }  // namespace qlayers
@@ -186,6 +212,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("reduce", &k::reduce, "grad"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.def("combine", &k::combine, "products"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.def("spread", &k::spread, "grad"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
+  m.def("block_mix", &k::block_mix, "blocks"_a, "coefficients"_a, "interleave"_a, "width"_a = 0, "blocks_override"_a = -1,
+        "threads"_a = -1, "first_block"_a = 0);
   m.attr("THREADS") = k::kThreads;
   m.attr("PACK_BYTES") = k::kPackBytes;
 }
