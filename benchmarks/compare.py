@@ -15,7 +15,9 @@ For every workload and implementation, in one process:
 - time: the median of forward + backward from torch.utils.benchmark, all threads, CUDA synchronised.
 
 Then the kernels alone: hamilton_expand and hamilton_reduce, their bandwidth (bytes read + written
-per second) against a clone of the (4n, 4m) matrix they write or read.
+per second) against a clone of the (4n, 4m) matrix they write or read. Then two speed grids, forward
++ backward against the dense layer: one QLinear by batch and features (each formulation beside
+"auto"), and one 3 x 3 QConv2d by channels.
 
 Implementations: qlayers (memory-efficient), autograd (plain, as the lecture writes it),
 anchor-custom (the best-known libraries' custom backward, benchmarks/baselines.py), checkpoint
@@ -369,6 +371,7 @@ GRID_IMPLS = {
     "qlayers": lambda f: qlayers.QLinear(f, f),
     "qlayers-hamilton": lambda f: qlayers.QLinear(f, f, algorithm="hamilton"),
     "qlayers-components": lambda f: qlayers.QLinear(f, f, algorithm="components"),
+    "qlayers-eight": lambda f: qlayers.QLinear(f, f, algorithm="eight"),
     "autograd": lambda f: qlayers.QLinear(f, f, memory_efficient=False),
     "dense": lambda f: nn.Linear(f, f),
 }
@@ -414,6 +417,59 @@ def grid_table(records):
             + f" | {ours / by_key[(batch, features, 'dense')]:.2f}"
             + f" | {ours / by_key[(batch, features, 'autograd')]:.2f} |"
         )
+    return lines
+
+
+# The conv grid: one 3 x 3 convolution (padding 1), forward + backward, against nn.Conv2d.
+CONV_GRID = {
+    "full": dict(channels=(128, 256, 512), batch=32, size=32),
+    "quick": dict(channels=(128, 256), batch=8, size=16),
+    "tiny": dict(channels=(8,), batch=2, size=4),
+}
+CONV_IMPLS = {
+    "qlayers": lambda c: qlayers.QConv2d(c, c, 3, padding=1),
+    "autograd": lambda c: qlayers.QConv2d(c, c, 3, padding=1, memory_efficient=False),
+    "dense": lambda c: nn.Conv2d(c, c, 3, padding=1),
+}
+
+
+@dataclass
+class ConvGridRecord:
+    channels: int
+    batch: int
+    size: int
+    impl: str
+    time_ms: float
+
+
+def conv_grid(size, device, min_run_time):
+    shape = CONV_GRID[size]
+    records = []
+    for channels in shape["channels"]:
+        x = torch.randn(shape["batch"], channels, shape["size"], shape["size"], device=device, requires_grad=True)
+        for impl, factory in CONV_IMPLS.items():
+            torch.manual_seed(0)
+            layer = factory(channels).to(device)
+            training_step(layer, x)
+            seconds = median_seconds(partial(training_step, layer), x, device, min_run_time)
+            records.append(ConvGridRecord(channels, shape["batch"], shape["size"], impl, seconds * 1e3))
+    return records
+
+
+def conv_grid_table(records):
+    by_key = {(r.channels, r.impl): r.time_ms for r in records}
+    impls = list(dict.fromkeys(r.impl for r in records))
+    lines = [
+        "| channels | batch | image | " + " | ".join(f"{impl} ms" for impl in impls) + " | qlayers / dense |",
+        "|---:|---:|---:|" + "---:|" * (len(impls) + 1),
+    ]
+    for r in records:
+        if r.impl != impls[0]:
+            continue
+        times = [by_key[(r.channels, impl)] for impl in impls]
+        ratio = by_key[(r.channels, "qlayers")] / by_key[(r.channels, "dense")]
+        cells = " | ".join(f"{t:.2f}" for t in times)
+        lines.append(f"| {r.channels} | {r.batch} | {r.size}x{r.size} | {cells} | {ratio:.2f} |")
     return lines
 
 
@@ -570,7 +626,7 @@ def plot(records: List[Record], path, title):
 
 
 def run(options, parser):
-    """Measure on this machine: the header, the records, the kernels and the speed grid."""
+    """Measure on this machine: the header, the records, the kernels and the speed grids."""
     size = options.size or ("quick" if options.quick else "full")
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -590,6 +646,7 @@ def run(options, parser):
             records.append(measure(workload, impl, device, min_run_time))
         kernels = kernel_bandwidth(device, min_run_time)
         grid = speed_grid(size, device, min_run_time)
+        convs = conv_grid(size, device, min_run_time)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whoever called main()
     return {
@@ -601,15 +658,19 @@ def run(options, parser):
         "records": records,
         "kernels": kernels,
         "grid": grid,
+        "conv_grid": convs,
     }
+
+
+RESULT_LISTS = (("records", Record), ("kernels", KernelRecord), ("grid", GridRecord), ("conv_grid", ConvGridRecord))
 
 
 def load(path):
     """A run written by --json, with its records as the dataclasses run() gives."""
     with open(path) as f:
         result = json.load(f)
-    for key, kind in (("records", Record), ("kernels", KernelRecord), ("grid", GridRecord)):
-        result[key] = [kind(**entry) for entry in result[key]]
+    for key, kind in RESULT_LISTS:
+        result[key] = [kind(**entry) for entry in result.get(key, [])]  # runs before a list existed lack it
     return result
 
 
@@ -643,6 +704,8 @@ def main(argv=None):
         + kernel_table(result["kernels"])
         + ["", "One layer, forward + backward, by batch and features (qlayers = algorithm 'auto'):", ""]
         + grid_table(result["grid"])
+        + ["", "One 3 x 3 convolution, forward + backward, by channels (qlayers = the 'auto' formulation):", ""]
+        + conv_grid_table(result["conv_grid"])
     )
     print(header)
     print("\n".join(lines))
@@ -651,8 +714,9 @@ def main(argv=None):
             os.makedirs(os.path.dirname(path), exist_ok=True)
     if options.json:
         with open(options.json, "w") as f:
-            serialised = {key: value for key, value in result.items() if key not in ("records", "kernels", "grid")}
-            for key in ("records", "kernels", "grid"):
+            lists = [key for key, _ in RESULT_LISTS]
+            serialised = {key: value for key, value in result.items() if key not in lists}
+            for key in lists:
                 serialised[key] = [asdict(entry) for entry in result[key]]
             json.dump(serialised, f, indent=1)
     if options.markdown:

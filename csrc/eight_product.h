@@ -56,5 +56,15 @@ constexpr std::array<double, 32> conjugated(const std::array<double, 32>& sums) 
   return out;
 }
 
+// The transpose of a rows x cols table: the adjoint map, for gradients by the chain rule.
+template <int Rows, int Cols>
+constexpr std::array<double, Rows * Cols> transposed(const std::array<double, Rows * Cols>& table) {
+  std::array<double, Rows * Cols> out{};
+  for (int r = 0; r < Rows; ++r) {
+    for (int c = 0; c < Cols; ++c) out[c * Rows + r] = table[r * Cols + c];
+  }
+  return out;
+}
+
 }  // namespace eight
 }  // namespace qlayers

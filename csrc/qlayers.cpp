@@ -38,4 +38,13 @@ TORCH_LIBRARY(qlayers, m) {
       "quaternion_linear_backward(Tensor grad_output, Tensor? input, Tensor r, Tensor i, Tensor j, Tensor k, "
       "ScalarType? compute_dtype, str algorithm, bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
+  // A quaternion convolution (groups = 1, contiguous input) by the eight-product algorithm, and its
+  // gradients (layers/conv_eight.cpp); empty where output_mask is false.
+  m.def(
+      "conv_eight(Tensor input, Tensor r, Tensor i, Tensor j, Tensor k, Tensor? bias, int[] stride, int[] padding, "
+      "int[] dilation, int groups) -> Tensor");
+  m.def(
+      "conv_eight_backward(Tensor grad_output, Tensor? input, int[] input_shape, Tensor r, Tensor i, Tensor j, "
+      "Tensor k, int[] stride, int[] padding, int[] dilation, int groups, bool[6] output_mask) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor)");
 }

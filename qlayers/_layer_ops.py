@@ -92,8 +92,9 @@ def conv(
 ) -> Tensor:
     """A quaternion (transposed) convolution computed in ``compute_dtype``; options as aten's."""
     options = (stride, padding, dilation, transposed, output_padding, groups)
+    # The real-kernel formulation: its backward op (below) rebuilds the same kernel.
     return functional.QuaternionConvFunction.forward(
-        input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, options
+        input, r_weight, i_weight, j_weight, k_weight, bias, compute_dtype, options, "kernel"
     )
 
 

@@ -150,3 +150,93 @@ def test_eight_keeps_only_the_input_and_honours_flags(frozen):
             assert a.grad is None
         else:
             torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
+
+
+# --- convolutions ---------------------------------------------------------------------------------
+
+
+CONV_CASES = [  # (module, channels in, out, input shape after channels, options)
+    (qlayers.QConv2d, 128, 128, (6, 5), dict(kernel_size=3, padding=1)),
+    (qlayers.QConv1d, 128, 132, (9,), dict(kernel_size=3, stride=2)),
+    (qlayers.QConv3d, 128, 128, (3, 4, 3), dict(kernel_size=2, dilation=(1, 2, 1), padding=(1, 0, 1))),
+]
+
+
+@pytest.mark.parametrize("batch", [0, 3])
+@pytest.mark.parametrize("module,cin,cout,spatial,options", CONV_CASES)
+def test_conv_eight_matches_the_plain_convolution(module, cin, cout, spatial, options, batch):
+    torch.manual_seed(0)
+    layer = module(cin, cout, dtype=torch.float64, **options)
+    plain = module(cin, cout, memory_efficient=False, dtype=torch.float64, **options)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(batch, cin, *spatial, dtype=torch.float64)
+    assert qlayers.functional.conv.conv_formulation(x, layer.components(), _options(layer), None) == "eight"
+    leaves = [x.clone().requires_grad_() for _ in range(2)]
+    outs = [layer(leaves[0]), plain(leaves[1])]
+    grad = torch.randn_like(outs[1])
+    for out in outs:
+        out.backward(grad)
+    torch.testing.assert_close(outs[0], outs[1], **TOLERANCES[torch.float64])
+    torch.testing.assert_close(leaves[0].grad, leaves[1].grad, **TOLERANCES[torch.float64])
+    for a, b in zip(layer.parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
+
+
+def _options(layer):
+    per_dim = len(layer.kernel_size)
+    pad = layer.padding if isinstance(layer.padding, tuple) else (0,) * per_dim
+    return (layer.stride, pad, layer.dilation, False, (0,) * per_dim, layer.groups)
+
+
+def test_conv_eight_keeps_only_the_input_and_honours_flags():
+    layer = qlayers.QConv2d(128, 128, 3, padding=1, dtype=torch.float64)
+    plain = qlayers.QConv2d(128, 128, 3, padding=1, memory_efficient=False, dtype=torch.float64)
+    plain.load_state_dict(layer.state_dict())
+    for module in (layer, plain):
+        module.i_weight.requires_grad_(False)
+    x = torch.randn(2, 128, 4, 4, dtype=torch.float64)
+    with SavedTensorBytes(exclude=layer.parameters()) as saved:
+        out = layer(x)
+    assert saved.total == x.numel() * 8
+    out.pow(2).sum().backward()
+    plain(x).pow(2).sum().backward()
+    assert layer.i_weight.grad is None
+    for a, b in zip(layer.parameters(), plain.parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
+    # Frozen components: nothing is kept, and the input gradient still flows.
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    x.requires_grad_()
+    with SavedTensorBytes(exclude=layer.parameters()) as saved:
+        out = layer(x)
+    assert saved.total == 0
+    (grad_x,) = torch.autograd.grad(out.sum(), x)
+    x_plain = x.detach().requires_grad_()
+    (want,) = torch.autograd.grad(plain(x_plain).sum(), x_plain)
+    torch.testing.assert_close(grad_x, want, **TOLERANCES[torch.float64])
+
+
+def test_conv_formulation_rule():
+    from qlayers.functional.conv import conv_formulation
+
+    comps = components(32, 32, 3, 3, dtype=torch.float32)
+    x = torch.randn(1, 128, 4, 4)
+    plain_options = ((1, 1), (1, 1), (1, 1), False, (0, 0), 1)
+    assert conv_formulation(x, comps, plain_options, None) == "eight"
+    assert conv_formulation(x, comps, plain_options, torch.bfloat16) == "kernel"  # autocast to 16-bit
+    assert conv_formulation(x, components(32, 16, 3, 3), plain_options, None) == "kernel"  # 64 channels in
+    assert conv_formulation(x, comps, ((1, 1), (1, 1), (1, 1), True, (0, 0), 1), None) == "kernel"  # transposed
+    assert conv_formulation(x.to(memory_format=torch.channels_last), comps, plain_options, None) == "kernel"
+
+
+def test_conv_eight_gradcheck_and_double_backward():
+    comps = components(32, 32, 1, requires_grad=True)
+    x = torch.randn(2, 128, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(128, dtype=torch.float64, requires_grad=True)
+
+    def fn(*args):
+        return qlayers.functional.quaternion_conv(*args)
+
+    assert gradcheck(fn, (x, *comps, bias), atol=1e-6)
+    assert torch.autograd.gradgradcheck(fn, (x, *comps, bias), atol=1e-6)
