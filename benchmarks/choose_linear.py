@@ -15,7 +15,7 @@ import torch.utils.benchmark as benchmark
 
 import qlayers  # noqa: F401  (loads the operators)
 
-FORMULATIONS = ("hamilton", "components", "eight")
+FORMULATIONS = ("hamilton", "components", "eight", "direct")
 MASKS = {
     "grad_input": [True, False, False, False, False, False],
     "grad_components": [False, True, True, True, True, False],

@@ -107,7 +107,7 @@ def test_combine_spread_bad_shapes():
 # --- the layer, by algorithm ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight", "auto"])
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight", "direct", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("input_shape", [(), (0,), (1,), (5,), (3, 4), (2, 0, 3)])
 @pytest.mark.parametrize("n,m", [(3, 5), (1, 1), (8, 2)])
@@ -126,19 +126,21 @@ def test_layer_matches_reference(algorithm, dtype, input_shape, n, m):
         torch.testing.assert_close(got, want, **TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize("algorithm", ["components", "direct"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_components_in_low_precision(device, dtype):
-    layer = qlayers.QLinear(32, 16, algorithm="components", dtype=dtype, device=device)
+def test_components_in_low_precision(device, dtype, algorithm):
+    layer = qlayers.QLinear(32, 16, algorithm=algorithm, dtype=dtype, device=device)
     reference_layer = qlayers.QLinear(32, 16, memory_efficient=False, dtype=torch.float64)
     reference_layer.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
     x = torch.randn(3, 32, dtype=dtype, device=device)
     torch.testing.assert_close(layer(x).cpu().double(), reference_layer(x.cpu().double()), rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("algorithm", ["components", "direct"])
 @pytest.mark.parametrize("frozen", ["r_weight", "j_weight"])
-def test_components_honours_each_flag(frozen):
-    layer = qlayers.QLinear(16, 8, algorithm="components", dtype=torch.float64)
+def test_components_honours_each_flag(frozen, algorithm):
+    layer = qlayers.QLinear(16, 8, algorithm=algorithm, dtype=torch.float64)
     plain = qlayers.QLinear(16, 8, memory_efficient=False, dtype=torch.float64)
     plain.load_state_dict(layer.state_dict())
     for module in (layer, plain):
@@ -151,7 +153,7 @@ def test_components_honours_each_flag(frozen):
             torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
 
 
-@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight"])
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight", "direct"])
 def test_gradcheck_by_algorithm(algorithm):
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     weights = components(2, 3, requires_grad=True)
@@ -164,7 +166,7 @@ def test_gradcheck_by_algorithm(algorithm):
     assert gradgradcheck(fn, (x, *weights, b))
 
 
-@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight"])
+@pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight", "direct"])
 def test_both_algorithms_keep_only_the_input(algorithm):
     layer = qlayers.QLinear(256, 256, algorithm=algorithm)
     x = torch.randn(8, 256, requires_grad=True)
@@ -191,6 +193,13 @@ def test_choose_algorithm_rule():
     assert choose_algorithm("hamilton", rows=1, n=512) == "hamilton"
     assert choose_algorithm("components", rows=10**6, n=1) == "components"
     assert choose_algorithm("eight", rows=1, n=1, dtype=torch.bfloat16) == "eight"
+    # direct: a few rows on the CPU (rows x n up to 128); named on another device, components.
+    assert choose_algorithm("auto", rows=1, n=128) == "direct"
+    assert choose_algorithm("auto", rows=8, n=16) == "direct"
+    assert choose_algorithm("auto", rows=2, n=128) == "components"
+    assert choose_algorithm("auto", rows=1, n=128, device="cuda") == "components"
+    assert choose_algorithm("direct", rows=1, n=128, device="cuda") == "components"
+    assert choose_algorithm("direct", rows=4096, n=128) == "direct"
     with pytest.raises(ValueError, match="phase must be one of"):
         choose_algorithm("auto", rows=1, n=1, phase="backward")
 
@@ -213,7 +222,8 @@ def test_auto_picks_by_batch_size():
 
 def test_bad_algorithm_name():
     with pytest.raises(
-        ValueError, match=r"algorithm must be one of \('auto', 'hamilton', 'components', 'eight'\), got 'fast'"
+        ValueError,
+        match=r"algorithm must be one of \('auto', 'hamilton', 'components', 'eight', 'direct'\), got 'fast'",
     ):
         qlayers.QLinear(8, 8, algorithm="fast")
     with pytest.raises(ValueError, match="algorithm must be one of"):

@@ -31,6 +31,8 @@ const char* name(Formulation formulation) {
       return "components";
     case Formulation::kEight:
       return "eight";
+    case Formulation::kDirect:
+      return "direct";
   }
   return "?";
 }
@@ -41,6 +43,8 @@ at::Tensor product(Formulation formulation, const at::Tensor& x, const Component
       return components::product(x, w, bias);
     case Formulation::kEight:
       return eight::product(x, w, bias);
+    case Formulation::kDirect:
+      return direct::product(x, w, bias);
     case Formulation::kHamilton:
       break;
   }
@@ -53,6 +57,8 @@ at::Tensor adjoint(Formulation formulation, const at::Tensor& g, const Component
       return components::adjoint(g, w);
     case Formulation::kEight:
       return eight::adjoint(g, w);
+    case Formulation::kDirect:
+      return direct::adjoint(g, w);
     case Formulation::kHamilton:
       break;
   }
@@ -65,6 +71,8 @@ Components gradients(Formulation formulation, const at::Tensor& x, const at::Ten
       return components::gradients(x, g);
     case Formulation::kEight:
       return eight::gradients(x, g);
+    case Formulation::kDirect:
+      return direct::gradients(x, g);
     case Formulation::kHamilton:
       break;
   }
@@ -135,7 +143,8 @@ at::Tensor linear_forward(const at::Tensor& input, const Components& w, const at
   const Components work = cast(w, compute_dtype);
   const at::Tensor x = cast(input, compute_dtype);
   const int64_t rows = rows_of(x), n = w[0].size(0), m = w[0].size(1);
-  const Formulation formulation = choose(requested, Phase::kForward, rows, n, m, work[0].scalar_type());
+  const Formulation formulation =
+      choose(requested, Phase::kForward, rows, n, m, work[0].scalar_type(), x.device().type());
   std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
   out_sizes.back() = 4 * m;
   return product(formulation, x.reshape({rows, 4 * n}), work, cast(bias, compute_dtype)).view(out_sizes);
@@ -154,15 +163,16 @@ std::array<at::Tensor, 6> linear_gradients(const at::Tensor& grad_output, const 
   const int64_t rows = rows_of(g), n = w[0].size(0), m = w[0].size(1);
   const at::Tensor g2d = g.reshape({rows, 4 * m});
   const at::ScalarType dtype = work[0].scalar_type();
+  const c10::DeviceType device = g.device().type();
   std::array<at::Tensor, 6> grads;
   if (mask[0]) {
     std::vector<int64_t> sizes(g.sizes().begin(), g.sizes().end());
     sizes.back() = 4 * n;
-    grads[0] = adjoint(choose(requested, Phase::kGradInput, rows, n, m, dtype), g2d, work).view(sizes);
+    grads[0] = adjoint(choose(requested, Phase::kGradInput, rows, n, m, dtype, device), g2d, work).view(sizes);
   }
   if (mask[1] || mask[2] || mask[3] || mask[4]) {
     TORCH_CHECK_VALUE(input.defined(), "quaternion_linear_backward: the component gradients need the input");
-    const Components parts = gradients(choose(requested, Phase::kGradComponents, rows, n, m, dtype),
+    const Components parts = gradients(choose(requested, Phase::kGradComponents, rows, n, m, dtype, device),
                                        cast(input, compute_dtype).reshape({rows, 4 * n}), g2d);
     // Each component's flag is honoured on its own: freezing one never starves the others.
     for (int c = 0; c < 4; ++c) {
@@ -246,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 std::string linear_formulation(int64_t rows, int64_t n, int64_t m, at::ScalarType dtype, c10::string_view algorithm,
-                               c10::string_view phase) {
+                               c10::string_view phase, c10::Device device) {
   Phase which;
   if (phase == "forward") {
     which = Phase::kForward;
@@ -258,13 +268,13 @@ std::string linear_formulation(int64_t rows, int64_t n, int64_t m, at::ScalarTyp
                       "'");
     which = Phase::kGradComponents;
   }
-  return name(choose(parse_algorithm(algorithm), which, rows, n, m, dtype));
+  return name(choose(parse_algorithm(algorithm), which, rows, n, m, dtype, device.type()));
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qlayers, m) {
-  m.def("linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase) -> str",
+  m.def("linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase, Device device) -> str",
         &linear_formulation);
 }
 

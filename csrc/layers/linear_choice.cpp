@@ -13,7 +13,8 @@ Algorithm parse_algorithm(c10::string_view name) {
   if (name == "hamilton") return Algorithm::kHamilton;
   if (name == "components") return Algorithm::kComponents;
   if (name == "eight") return Algorithm::kEight;
-  TORCH_CHECK_VALUE(false, "algorithm must be one of ('auto', 'hamilton', 'components', 'eight'), got '",
+  if (name == "direct") return Algorithm::kDirect;
+  TORCH_CHECK_VALUE(false, "algorithm must be one of ('auto', 'hamilton', 'components', 'eight', 'direct'), got '",
                     std::string(name), "'");
 }
 
@@ -28,6 +29,12 @@ namespace {
 // bytes (at 64 features hamilton won every cell; 512 features and up, components won at 1 and 8
 // rows; the boundary between, at n = 64, was not measured).
 constexpr double kComponentsMaxRowsPerFeature = 0.75;
+// direct (CPU) wins while rows x n stays this small: it has no temporaries and one pass per
+// product, where the others pay several op calls, but it re-reads the components for each row.
+// fwd+bwd, us (direct / components / hamilton): 64 features 29/34/34 at 8 rows; 256 features
+// 32/41/68 at 2 rows, 50/46/78 at 4; 512 features 46/60/123 at 1 row, 75/71 at 2; 1024 features
+// 140/134 at 1 row (benchmarks/choose_linear.py measures the phases one at a time).
+constexpr int64_t kDirectMaxRowsTimesFeatures = 128;
 constexpr int64_t kComponentsMinFeatures = 64;
 // eight won every forward and input-gradient cell from 64 rows and 512 features (n = 128) up,
 // and most component-gradient cells, by up to 0.6x hamilton's time.
@@ -42,7 +49,9 @@ bool eight_is_accurate(at::ScalarType dtype) { return dtype == at::kFloat || dty
 
 }  // namespace
 
-Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, int64_t m, at::ScalarType dtype) {
+Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, int64_t m, at::ScalarType dtype,
+                   c10::DeviceType device) {
+  const bool on_cpu = device == c10::DeviceType::CPU;
   switch (algorithm) {
     case Algorithm::kHamilton:
       return Formulation::kHamilton;
@@ -50,9 +59,12 @@ Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, in
       return Formulation::kComponents;
     case Algorithm::kEight:
       return Formulation::kEight;
+    case Algorithm::kDirect:  // CPU loops; elsewhere its nearest kin
+      return on_cpu ? Formulation::kDirect : Formulation::kComponents;
     case Algorithm::kAuto:
       break;
   }
+  if (on_cpu && rows * n <= kDirectMaxRowsTimesFeatures) return Formulation::kDirect;
   (void)phase;  // one rule serves every phase today; each phase was measured on its own
   if (eight_is_accurate(dtype) && rows >= kEightMinRows && n >= kEightMinFeatures && m >= kEightMinFeatures) {
     return Formulation::kEight;

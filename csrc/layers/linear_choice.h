@@ -13,13 +13,14 @@ namespace linear {
 enum class Phase { kForward, kGradInput, kGradComponents };
 
 // The algorithms a user names: "auto" or one formulation.
-enum class Algorithm { kAuto, kHamilton, kComponents, kEight };
+enum class Algorithm { kAuto, kHamilton, kComponents, kEight, kDirect };
 
 // Parses a user's algorithm name; a clear ValueError for anything else.
 Algorithm parse_algorithm(c10::string_view name);
 
-// The formulation for one product of `rows` rows with (n, m) components of `dtype`.
-Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, int64_t m, at::ScalarType dtype);
+// The formulation for one product of `rows` rows with (n, m) components of `dtype` on `device`.
+Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, int64_t m, at::ScalarType dtype,
+                   c10::DeviceType device);
 
 }  // namespace linear
 }  // namespace qlayers

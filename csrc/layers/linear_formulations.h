@@ -24,7 +24,8 @@ using Components = std::array<at::Tensor, 4>;
 // Hamilton signs; W is never built, a quarter of the weight bytes is read (small batches).
 // eight: the eight-product algorithm (../eight_product.h), 8 GEMMs of the component size: half the
 // multiplications of the dense product, for large float32/float64 layers.
-enum class Formulation { kHamilton, kComponents, kEight };
+// direct (CPU only): loops over the components, no temporaries, for a handful of rows.
+enum class Formulation { kHamilton, kComponents, kEight, kDirect };
 
 const char* name(Formulation formulation);
 
@@ -45,6 +46,12 @@ at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& b
 at::Tensor adjoint(const at::Tensor& g, const Components& w);
 Components gradients(const at::Tensor& x, const at::Tensor& g);
 }  // namespace eight
+
+namespace direct {
+at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
+at::Tensor adjoint(const at::Tensor& g, const Components& w);
+Components gradients(const at::Tensor& x, const at::Tensor& g);
+}  // namespace direct
 
 // The three products by a chosen formulation.
 at::Tensor product(Formulation formulation, const at::Tensor& x, const Components& w, const at::Tensor& bias);

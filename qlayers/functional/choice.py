@@ -11,7 +11,8 @@ import torch
 # quaternion parts by the four components and combines the 16 products, never forming W: it reads
 # a quarter of the weight bytes (small batches). "eight" is the eight-product algorithm: 8 GEMMs of
 # the component size, half the multiplications of the dense product (large float32/64 layers).
-ALGORITHMS = ("auto", "hamilton", "components", "eight")
+# "direct" (CPU; "components" elsewhere) loops over the components with no temporaries (a few rows).
+ALGORITHMS = ("auto", "hamilton", "components", "eight", "direct")
 
 # The three products of a linear layer, each with its own choice of formulation.
 PHASES = ("forward", "grad_input", "grad_components")
@@ -24,16 +25,25 @@ def check_algorithm(algorithm: str) -> None:
 
 
 def choose_algorithm(
-    algorithm: str, rows: int, n: int, phase: str = "forward", m=None, dtype: torch.dtype = torch.float32
+    algorithm: str,
+    rows: int,
+    n: int,
+    phase: str = "forward",
+    m=None,
+    dtype: torch.dtype = torch.float32,
+    device="cpu",
 ) -> str:
     """The formulation one product of a linear layer takes.
 
-    ``rows`` input rows times ``(n, m)`` components of ``dtype`` (``m`` defaults to ``n``), for the
-    ``phase`` in :data:`PHASES`. ``"auto"`` takes "components" while the product is memory-bound
-    (few rows per feature), "eight" for large float32/float64 products (never in 16-bit, where its
-    rounded operand sums cost accuracy), and "hamilton" otherwise; README, "Choosing the algorithm".
+    ``rows`` input rows times ``(n, m)`` components of ``dtype`` on ``device`` (``m`` defaults to
+    ``n``), for the ``phase`` in :data:`PHASES`. ``"auto"`` takes "direct" for a few rows on the CPU,
+    "eight" for large float32/float64 products (never in 16-bit, where its rounded operand sums cost
+    accuracy), "components" while the product is memory-bound (few rows per feature), and
+    "hamilton" otherwise; README, "Choosing the algorithm".
     """
     check_algorithm(algorithm)
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    return torch.ops.qlayers.linear_formulation(rows, n, n if m is None else m, dtype, algorithm, phase)
+    return torch.ops.qlayers.linear_formulation(
+        rows, n, n if m is None else m, dtype, algorithm, phase, torch.device(device)
+    )

@@ -130,10 +130,11 @@ def quaternion_linear(
         whole product is one opaque op, ``torch.ops.qlayers.linear``, that picks the formulations
         from the concrete sizes at run time.
     """
-    compute_dtype = _autocast_dtype(input, r_weight)
     components = (r_weight, i_weight, j_weight, k_weight)
     compiling = torch.compiler.is_compiling()
     if not compiling and not _transforms_active():
+        # Outside autocast (one cheap flag) there is no compute dtype to look up.
+        compute_dtype = _autocast_dtype(input, r_weight) if torch._C._is_any_autocast_enabled() else None
         try:
             return _QUATERNION_LINEAR(input, *components, bias, compute_dtype, algorithm)
         except (TypeError, ValueError, RuntimeError):
@@ -141,6 +142,7 @@ def quaternion_linear(
             check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
             check_algorithm(algorithm)
             raise
+    compute_dtype = _autocast_dtype(input, r_weight)
     check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
     check_algorithm(algorithm)
     if compiling:
