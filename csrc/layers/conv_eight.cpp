@@ -131,7 +131,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const bool needs_components = output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
   TORCH_CHECK_VALUE(!needs_components || (input.has_value() && input->defined()),
                     "conv_eight_backward: the component gradients need the input");
-  const Options o{stride, padding, dilation};
   const at::Tensor g = grad_output.contiguous();
   const int64_t count = input_shape[0];
   const std::vector<at::Tensor> w = eighths(weight_sums(r, i, j, k));

@@ -37,9 +37,13 @@ constexpr double kComponentsMaxRowsPerFeature = 0.75;
 constexpr int64_t kDirectMaxRowsTimesFeatures = 128;
 constexpr int64_t kComponentsMinFeatures = 64;
 // eight won every forward and input-gradient cell from 64 rows and 512 features (n = 128) up,
-// and most component-gradient cells, by up to 0.6x hamilton's time.
+// and most component-gradient cells, by up to 0.6x hamilton's time. It also needs half a rows
+// per input feature: its eight component sums (8 n m) are then no larger than the components
+// formulation's block products (16 rows m), so taking it never raises a step's peak memory above
+// what components or hamilton (W, 16 n m) would use.
 constexpr int64_t kEightMinRows = 64;
 constexpr int64_t kEightMinFeatures = 128;
+constexpr double kEightMinRowsPerFeature = 0.5;
 
 // eight rounds its operand sums and its eight products in the operands' dtype. Against a float64
 // oracle (tests/test_eight_product.py, all three products) its error was 1.05-1.43x the hamilton
@@ -66,7 +70,8 @@ Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, in
   }
   if (on_cpu && rows * n <= kDirectMaxRowsTimesFeatures) return Formulation::kDirect;
   (void)phase;  // one rule serves every phase today; each phase was measured on its own
-  if (eight_is_accurate(dtype) && rows >= kEightMinRows && n >= kEightMinFeatures && m >= kEightMinFeatures) {
+  if (eight_is_accurate(dtype) && rows >= kEightMinRows && n >= kEightMinFeatures && m >= kEightMinFeatures &&
+      static_cast<double>(rows) >= kEightMinRowsPerFeature * static_cast<double>(n)) {
     return Formulation::kEight;
   }
   if (n >= kComponentsMinFeatures &&

@@ -38,9 +38,21 @@ static at::Tensor blocks_of(const at::Tensor& rows) {
   return rows.reshape({rows.size(0), 4, rows.size(1) / 4}).transpose(0, 1);
 }
 
-// Eight (k, cols) sums of the components, the left factor.
+// Eight (k, cols) sums of the components, the left factor: each a sum of two components, written
+// in place by at::add (block_mix would need the four stacked first, a temporary of their size).
 static at::Tensor weight_sums(const Components& w, const std::array<double, 32>& table) {
-  return ops::block_mix(at::stack({w[0], w[1], w[2], w[3]}), ref(table), /*interleave=*/false);
+  at::Tensor sums = at::empty({8, w[0].size(0), w[0].size(1)}, w[0].options());
+  for (int t = 0; t < 8; ++t) {
+    int first = -1, second = -1;
+    for (int c = 0; c < 4; ++c) {
+      if (table[4 * t + c] != 0) (first < 0 ? first : second) = c;
+    }
+    at::Tensor out = sums[t];
+    // Every row of the tables has two entries: +-1 on the first, +-1 on the second.
+    at::add_out(out, w[first], w[second], table[4 * t + second] * table[4 * t + first]);
+    if (table[4 * t + first] < 0) out.neg_();
+  }
+  return sums;
 }
 
 // A (8, rows, cols) contiguous view at the start of a flat buffer.
