@@ -16,7 +16,9 @@ from qlayers.memory import SavedTensorBytes
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import baselines  # noqa: E402
+import choose_linear  # noqa: E402
 import compare  # noqa: E402
+import per_call  # noqa: E402
 
 
 @pytest.mark.parametrize("input_requires_grad", [True, False])
@@ -164,3 +166,19 @@ def test_plot_is_readable(tmp_path, monkeypatch):
     # The headline ratios are written out.
     for ratio in ("0.25×", "0.50×", "1.50×"):
         assert strings.count(ratio) >= len(names), ratio
+
+
+def test_choose_linear_times_every_formulation(capsys):
+    choose_linear.main(["--rows", "1", "3", "--features", "8", "--min-run-time", "0.001"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| forward") or "grad_" in line]
+    assert len(rows) == 3 * 2  # three products x two row counts, one feature count
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[-1] in choose_linear.FORMULATIONS
+        assert all(float(t) > 0 for t in cells[3:-1])
+
+
+def test_per_call_reports_both_layers(capsys):
+    per_call.main(["--features", "8", "--min-run-time", "0.001"])
+    out = capsys.readouterr().out
+    assert "| qlayers |" in out and "| dense |" in out and "| qlayers / dense |" in out

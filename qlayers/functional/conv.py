@@ -10,6 +10,7 @@ Two formulations, chosen per call (:func:`conv_formulation`):
 Either way autograd keeps the input (only when some component needs a gradient) and the components.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -85,15 +86,19 @@ def conv_backward(grad_output, input, input_shape, components, bias_shape, compu
     return grad_input, grad_components, grad_bias
 
 
-# "eight" from this many quaternion channels in and out (channels / 4) up. Measured fwd+bwd on this
-# 2-core CPU (torch 2.14.1, float32, batch 32, 32 x 32 images, 3 x 3): against nn.Conv2d, 0.70 at
-# 128 channels, 0.65 at 256, 0.62 at 512; the real-kernel formulation 0.99-1.06. Below 128 channels
-# it was not measured.
+# "eight" from this many quaternion channels in and out (channels / 4) and kernel elements up.
+# Measured fwd+bwd on this 2-core CPU (torch 2.14.1, float32, batch 32, 32 x 32 images, 3 x 3, the
+# conv grid of benchmarks/compare.py): against nn.Conv2d 0.70-0.93 at 128 channels, 0.60-0.86 at
+# 256, 0.58-0.67 at 512, over four runs; the real-kernel formulation 0.99-1.06. Below 128 channels
+# it was not measured. 1 x 1 kernels lose (the 1x1-convs workload, 256 channels, 16 x 16: 1.65-1.76x
+# the plain path's time), so a kernel needs 9 elements, as a 3 x 3 one has.
 EIGHT_MIN_QUATERNION_CHANNELS = 32
+EIGHT_MIN_KERNEL_ELEMENTS = 9
 
 
 def conv_formulation(input: Tensor, components, options, compute_dtype) -> str:
-    """ "eight" or "kernel": eight for plain float32/float64 convolutions with enough channels.
+    """ "eight" or "kernel": eight for plain float32/float64 convolutions with enough channels and
+    kernel elements.
 
     The eight-product ops have no batching rule, so torch.func transforms take "kernel"; so do
     transposed and grouped convolutions and channels-last inputs, which conv_eight does not serve.
@@ -107,6 +112,7 @@ def conv_formulation(input: Tensor, components, options, compute_dtype) -> str:
         and groups == 1
         and dtype in (torch.float32, torch.float64)
         and min(a, b) >= EIGHT_MIN_QUATERNION_CHANNELS
+        and math.prod(components[0].shape[2:]) >= EIGHT_MIN_KERNEL_ELEMENTS
         and input.is_contiguous()
         and not torch._C._are_functorch_transforms_active()
     )
