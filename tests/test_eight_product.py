@@ -162,9 +162,15 @@ CONV_CASES = [  # (module, channels in, out, input shape after channels, options
 ]
 
 
+@pytest.fixture
+def eight_at_any_size(monkeypatch):
+    """Small convolutions take the real kernel (too few multiply-adds); these tests want eight."""
+    monkeypatch.setattr(qlayers.functional.conv, "EIGHT_MIN_PRODUCT_MACS", 0)
+
+
 @pytest.mark.parametrize("batch", [0, 3])
 @pytest.mark.parametrize("module,cin,cout,spatial,options", CONV_CASES)
-def test_conv_eight_matches_the_plain_convolution(module, cin, cout, spatial, options, batch):
+def test_conv_eight_matches_the_plain_convolution(module, cin, cout, spatial, options, batch, eight_at_any_size):
     torch.manual_seed(0)
     layer = module(cin, cout, dtype=torch.float64, **options)
     plain = module(cin, cout, memory_efficient=False, dtype=torch.float64, **options)
@@ -188,7 +194,7 @@ def _options(layer):
     return (layer.stride, pad, layer.dilation, False, (0,) * per_dim, layer.groups)
 
 
-def test_conv_eight_keeps_only_the_input_and_honours_flags():
+def test_conv_eight_keeps_only_the_input_and_honours_flags(eight_at_any_size):
     layer = qlayers.QConv2d(128, 128, 3, padding=1, dtype=torch.float64)
     plain = qlayers.QConv2d(128, 128, 3, padding=1, memory_efficient=False, dtype=torch.float64)
     plain.load_state_dict(layer.state_dict())
@@ -221,7 +227,7 @@ def test_conv_formulation_rule():
     from qlayers.functional.conv import conv_formulation
 
     comps = components(32, 32, 3, 3, dtype=torch.float32)
-    x = torch.randn(1, 128, 4, 4)
+    x = torch.randn(8, 128, 32, 32)  # 32 x 32 x 9 x 8192 positions: 75M multiply-adds a product
     plain_options = ((1, 1), (1, 1), (1, 1), False, (0, 0), 1)
     assert conv_formulation(x, comps, plain_options, None) == "eight"
     assert conv_formulation(x, comps, plain_options, torch.bfloat16) == "kernel"  # autocast to 16-bit
@@ -229,9 +235,11 @@ def test_conv_formulation_rule():
     assert conv_formulation(x, comps, ((1, 1), (1, 1), (1, 1), True, (0, 0), 1), None) == "kernel"  # transposed
     assert conv_formulation(x, components(32, 32, 1, 1), plain_options, None) == "kernel"  # 1 x 1
     assert conv_formulation(x.to(memory_format=torch.channels_last), comps, plain_options, None) == "kernel"
+    assert conv_formulation(x[:2], comps, plain_options, None) == "kernel"  # 19M: too small
+    assert conv_formulation(x, comps, ((2, 2), (1, 1), (1, 1), False, (0, 0), 1), None) == "kernel"  # stride 2
 
 
-def test_conv_eight_gradcheck_and_double_backward():
+def test_conv_eight_gradcheck_and_double_backward(eight_at_any_size):
     comps = components(32, 32, 9, requires_grad=True)
     x = torch.randn(2, 128, 10, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(128, dtype=torch.float64, requires_grad=True)

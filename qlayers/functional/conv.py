@@ -91,9 +91,13 @@ def conv_backward(grad_output, input, input_shape, components, bias_shape, compu
 # conv grid of benchmarks/compare.py): against nn.Conv2d 0.70-0.93 at 128 channels, 0.60-0.86 at
 # 256, 0.58-0.67 at 512, over four runs; the real-kernel formulation 0.99-1.06. Below 128 channels
 # it was not measured. 1 x 1 kernels lose (the 1x1-convs workload, 256 channels, 16 x 16: 1.65-1.76x
-# the plain path's time), so a kernel needs 9 elements, as a 3 x 3 one has.
+# the plain path's time), so a kernel needs 9 elements, as a 3 x 3 one has. Small convolutions lose
+# too (`compare.py --quick`: 128 channels, batch 8, 16 x 16, 1.14x nn.Conv2d; 256 channels there
+# 0.78x), so each of the eight products needs enough multiply-adds (a b k x batch x output pixels):
+# 19M lost, 75M and more won.
 EIGHT_MIN_QUATERNION_CHANNELS = 32
 EIGHT_MIN_KERNEL_ELEMENTS = 9
+EIGHT_MIN_PRODUCT_MACS = 50_000_000
 
 
 def conv_formulation(input: Tensor, components, options, compute_dtype) -> str:
@@ -107,12 +111,16 @@ def conv_formulation(input: Tensor, components, options, compute_dtype) -> str:
     stride, padding, dilation, transposed, output_padding, groups = options
     a, b = components[0].shape[:2]
     dtype = compute_dtype or components[0].dtype
+    kernel_elements = math.prod(components[0].shape[2:])
+    # Output positions, near enough for a threshold: the input's over the strides.
+    positions = math.prod(input.shape[:1]) * math.prod(input.shape[2:]) // max(1, math.prod(stride))
     eight = (
         not transposed
         and groups == 1
         and dtype in (torch.float32, torch.float64)
         and min(a, b) >= EIGHT_MIN_QUATERNION_CHANNELS
-        and math.prod(components[0].shape[2:]) >= EIGHT_MIN_KERNEL_ELEMENTS
+        and kernel_elements >= EIGHT_MIN_KERNEL_ELEMENTS
+        and a * b * kernel_elements * positions >= EIGHT_MIN_PRODUCT_MACS
         and input.is_contiguous()
         and not torch._C._are_functorch_transforms_active()
     )
