@@ -23,60 +23,41 @@
 namespace qlayers {
 namespace linear {
 
-const char* name(Formulation formulation) {
-  switch (formulation) {
-    case Formulation::kHamilton:
-      return "hamilton";
-    case Formulation::kComponents:
-      return "components";
-    case Formulation::kEight:
-      return "eight";
-    case Formulation::kDirect:
-      return "direct";
-  }
-  return "?";
+namespace {
+
+// Each formulation's name and three products, in the order of enum Formulation.
+struct Implementation {
+  const char* name;
+  at::Tensor (*product)(const at::Tensor&, const Components&, const at::Tensor&);
+  at::Tensor (*adjoint)(const at::Tensor&, const Components&);
+  Components (*gradients)(const at::Tensor&, const at::Tensor&);
+};
+
+const Implementation kImplementations[] = {
+    {"hamilton", hamilton::product, hamilton::adjoint, hamilton::gradients},
+    {"components", components::product, components::adjoint, components::gradients},
+    {"eight", eight::product, eight::adjoint, eight::gradients},
+    {"direct", direct::product, direct::adjoint, direct::gradients},
+};
+
+const Implementation& implementation(Formulation formulation) {
+  return kImplementations[static_cast<int>(formulation)];
 }
 
+}  // namespace
+
+const char* name(Formulation formulation) { return implementation(formulation).name; }
+
 at::Tensor product(Formulation formulation, const at::Tensor& x, const Components& w, const at::Tensor& bias) {
-  switch (formulation) {
-    case Formulation::kComponents:
-      return components::product(x, w, bias);
-    case Formulation::kEight:
-      return eight::product(x, w, bias);
-    case Formulation::kDirect:
-      return direct::product(x, w, bias);
-    case Formulation::kHamilton:
-      break;
-  }
-  return hamilton::product(x, w, bias);
+  return implementation(formulation).product(x, w, bias);
 }
 
 at::Tensor adjoint(Formulation formulation, const at::Tensor& g, const Components& w) {
-  switch (formulation) {
-    case Formulation::kComponents:
-      return components::adjoint(g, w);
-    case Formulation::kEight:
-      return eight::adjoint(g, w);
-    case Formulation::kDirect:
-      return direct::adjoint(g, w);
-    case Formulation::kHamilton:
-      break;
-  }
-  return hamilton::adjoint(g, w);
+  return implementation(formulation).adjoint(g, w);
 }
 
 Components gradients(Formulation formulation, const at::Tensor& x, const at::Tensor& g) {
-  switch (formulation) {
-    case Formulation::kComponents:
-      return components::gradients(x, g);
-    case Formulation::kEight:
-      return eight::gradients(x, g);
-    case Formulation::kDirect:
-      return direct::gradients(x, g);
-    case Formulation::kHamilton:
-      break;
-  }
-  return hamilton::gradients(x, g);
+  return implementation(formulation).gradients(x, g);
 }
 
 namespace {
@@ -210,17 +191,12 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
     mask[5] = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(5);
     const std::string algorithm = ctx->saved_data["algorithm"].toStringRef();
     const bool differentiable = at::GradMode::is_enabled();
-    std::array<at::Tensor, 6> result;
-    if (differentiable) {
-      result = linear_gradients(grads[0], saved[0], {saved[1], saved[2], saved[3], saved[4]}, compute_dtype,
-                                algorithm, mask, true);
-    } else {
-      // No graph is recorded: the kernels are reached directly, past the Python autograd
-      // registrations of the qlayers ops (qlayers/_registrations.py), which cost ~20 us a call.
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      result = linear_gradients(grads[0], saved[0], {saved[1], saved[2], saved[3], saved[4]}, compute_dtype,
-                                algorithm, mask, false);
-    }
+    // With no graph to record, the kernels are reached directly, past the Python autograd
+    // registrations of the qlayers ops (qlayers/_registrations.py), which cost ~20 us a call.
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!differentiable) below_autograd.emplace();
+    const std::array<at::Tensor, 6> result = linear_gradients(
+        grads[0], saved[0], {saved[1], saved[2], saved[3], saved[4]}, compute_dtype, algorithm, mask, differentiable);
     return {result[0], result[1], result[2], result[3], result[4], result[5], at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

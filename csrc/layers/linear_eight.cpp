@@ -89,8 +89,9 @@ at::Tensor adjoint(const at::Tensor& g, const Components& w) {
 
 Components gradients(const at::Tensor& x, const at::Tensor& g) {
   const int64_t count = x.size(0), n = x.size(1) / 4, m = g.size(1) / 4;
-  // The eight (n, m) products, summed over the rows chunk by chunk.
-  at::Tensor products = at::zeros({8, n, m}, x.options());
+  // The eight (n, m) products, summed over the rows chunk by chunk (the first chunk writes them;
+  // with no rows at all they are zero).
+  at::Tensor products = count == 0 ? at::zeros({8, n, m}, x.options()) : at::empty({8, n, m}, x.options());
   const int64_t chunk = std::min(count, kChunkRows);
   const at::Tensor x_buffer = at::empty({8 * chunk * n}, x.options());
   const at::Tensor g_buffer = at::empty({8 * chunk * m}, x.options());

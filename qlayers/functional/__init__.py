@@ -20,10 +20,10 @@ from qlayers.functional._hamilton_ops import (  # noqa: F401
     hamilton_reduce,
     hamilton_spread,
 )
-from qlayers.functional._shared import _keep_input, _rows, bias_gradient  # noqa: F401
+from qlayers.functional._shared import _keep_input  # noqa: F401
 from qlayers.functional.choice import ALGORITHMS, PHASES, check_algorithm, choose_algorithm  # noqa: F401
 from qlayers.functional.conv import QuaternionConvFunction, _kernel_shape, conv_backward, quaternion_conv  # noqa: F401
-from qlayers.functional.linear import QuaternionLinearFunction, linear_backward, quaternion_linear  # noqa: F401
+from qlayers.functional.linear import QuaternionLinearFunction, quaternion_linear  # noqa: F401
 
 __all__ = [
     "ALGORITHMS",
