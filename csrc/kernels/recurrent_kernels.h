@@ -1,0 +1,200 @@
+// The recurrent engine's CUDA gate kernels: per-thread work and launch plans, compiled for host and
+// device, as csrc/kernels/hamilton_kernels.h is for the Hamilton kernels.
+//
+// One step of a layer is a GEMM (the recurrent product) and then one of these: the gate activations
+// and the state update of every (row, hidden feature), fused. Gate g of quaternion q in component
+// block c of a row sits at column (c * gates + slot[g]) * quarter + q of the pre-activations: the
+// gate-major layout of csrc/layers/recurrent.cpp, with `slot` the layout's gate permutation. Each
+// thread takes a pack of consecutive q, whose gate values are runs of the same length in every gate.
+// The math is csrc/recurrent_cells.h, in opmath.
+#pragma once
+
+#include "../recurrent_cells.h"
+#include "hamilton_kernels.h"
+
+namespace qlayers {
+namespace kernels {
+
+// Every tensor is (rows, ...) with contiguous rows: pre-activations and their parts rows of
+// gates * 4 * quarter elements, states and their gradients rows of 4 * quarter.
+template <typename T>
+struct GatesForwardParams {
+  const T* projected;  // the input projection's part of the pre-activations
+  const T* recurrent;  // the recurrent product's part
+  T* hidden;           // h_{t-1} in (read by the light GRU), h_t out
+  T* cell;             // LSTM: c_{t-1} in, c_t out; else null
+  T* output;           // h_t again, into the layer's output
+  T* cells_out;        // LSTM: c_t again, kept for backward; null when nothing is kept
+  int64_t quarter;
+  KernelArray<int, kMaxGates> slots;
+  int kind, gates;
+  int64_t packs;
+};
+
+template <typename T>
+struct GatesBackwardParams {
+  T* pre;                // pre-activations in, their gradients out
+  const T* grad_output;  // dL/dh_t from the output; null where it has none
+  T* grad_hidden;        // dL/dh_t carried from step t+1 in; the light GRU's direct dL/dh_{t-1} out
+  T* grad_cell;          // LSTM: dL/dc_t in, dL/dc_{t-1} out; else null
+  const T* hidden_prev;  // the light GRU's h_{t-1}; else null
+  const T* cell_prev;    // LSTM: c_{t-1} and c_t; else null
+  const T* cell;
+  int64_t quarter;
+  KernelArray<int, kMaxGates> slots;
+  int kind, gates;
+  int64_t packs;
+};
+
+// Element `index` of a state row set -> the offset of its gate 0 in slot 0 of the pre-activations.
+QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t gate_offset(int64_t index, int64_t quarter, int gates) {
+  const int64_t block = index / quarter;  // row * 4 + component
+  return block * gates * quarter + (index - block * quarter);
+}
+
+template <typename T, int Width>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE void widen(const Pack<T, Width>& values, at::opmath_type<T> (&out)[Width]) {
+#pragma unroll
+  for (int e = 0; e < Width; ++e) out[e] = static_cast<at::opmath_type<T>>(values.v[e]);
+}
+
+template <typename scalar_t, int Width>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_forward_pack(const GatesForwardParams<scalar_t>& p, int64_t pack) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t index = pack * Width;
+  const int64_t base = gate_offset(index, p.quarter, p.gates);
+  opmath_t pre[kMaxGates][Width] = {}, projected[Width], recurrent[Width];
+#pragma unroll
+  for (int g = 0; g < kMaxGates; ++g) {
+    if (g >= p.gates) break;
+    const int64_t at = base + p.slots[g] * p.quarter;
+    widen(load_pack<Width>(p.projected + at), projected);
+    widen(load_pack<Width>(p.recurrent + at), recurrent);
+#pragma unroll
+    for (int e = 0; e < Width; ++e) pre[g][e] = projected[e] + recurrent[e];
+  }
+  opmath_t hidden[Width] = {}, cell[Width] = {};
+  if (p.kind == kLiGru) widen(load_pack<Width>(p.hidden + index), hidden);
+  if (p.kind == kLstm) widen(load_pack<Width>(p.cell + index), cell);
+#pragma unroll
+  for (int e = 0; e < Width; ++e) {
+    opmath_t gates[kMaxGates];
+#pragma unroll
+    for (int g = 0; g < kMaxGates; ++g) gates[g] = pre[g][e];
+    hidden[e] = cell_forward(p.kind, gates, hidden[e], cell[e]);
+  }
+  const Pack<scalar_t, Width> new_hidden = rounded_pack<scalar_t>(hidden);
+  store_pack(p.hidden + index, new_hidden);
+  store_pack(p.output + index, new_hidden);
+  if (p.kind == kLstm) {
+    const Pack<scalar_t, Width> new_cell = rounded_pack<scalar_t>(cell);
+    store_pack(p.cell + index, new_cell);
+    if (p.cells_out != nullptr) store_pack(p.cells_out + index, new_cell);
+  }
+}
+
+template <typename scalar_t, int Width>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardParams<scalar_t>& p, int64_t pack) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t index = pack * Width;
+  const int64_t base = gate_offset(index, p.quarter, p.gates);
+  opmath_t pre[kMaxGates][Width] = {};
+#pragma unroll
+  for (int g = 0; g < kMaxGates; ++g) {
+    if (g >= p.gates) break;
+    widen(load_pack<Width>(p.pre + base + p.slots[g] * p.quarter), pre[g]);
+  }
+  opmath_t grad_hidden[Width], from_output[Width], hidden_prev[Width] = {}, cell_prev[Width] = {}, cell[Width] = {},
+      grad_cell[Width] = {};
+  widen(load_pack<Width>(p.grad_hidden + index), grad_hidden);
+  if (p.grad_output != nullptr) {
+    widen(load_pack<Width>(p.grad_output + index), from_output);
+#pragma unroll
+    for (int e = 0; e < Width; ++e) grad_hidden[e] += from_output[e];
+  }
+  if (p.kind == kLiGru) widen(load_pack<Width>(p.hidden_prev + index), hidden_prev);
+  if (p.kind == kLstm) {
+    widen(load_pack<Width>(p.cell_prev + index), cell_prev);
+    widen(load_pack<Width>(p.cell + index), cell);
+    widen(load_pack<Width>(p.grad_cell + index), grad_cell);
+  }
+  opmath_t grad_pre[kMaxGates][Width];
+#pragma unroll
+  for (int e = 0; e < Width; ++e) {
+    opmath_t gates[kMaxGates], grads[kMaxGates];
+#pragma unroll
+    for (int g = 0; g < kMaxGates; ++g) gates[g] = pre[g][e];
+    grad_hidden[e] =
+        cell_backward(p.kind, gates, hidden_prev[e], cell_prev[e], cell[e], grad_hidden[e], grad_cell[e], grads);
+#pragma unroll
+    for (int g = 0; g < kMaxGates; ++g) grad_pre[g][e] = grads[g];
+  }
+#pragma unroll
+  for (int g = 0; g < kMaxGates; ++g) {
+    if (g >= p.gates) break;
+    store_pack(p.pre + base + p.slots[g] * p.quarter, rounded_pack<scalar_t>(grad_pre[g]));
+  }
+  if (p.kind == kLiGru) store_pack(p.grad_hidden + index, rounded_pack<scalar_t>(grad_hidden));
+  if (p.kind == kLstm) store_pack(p.grad_cell + index, rounded_pack<scalar_t>(grad_cell));
+}
+
+// ---- Host side: the launch plans, shared by the CUDA launcher and the emulation. ----
+
+template <typename Params, typename scalar_t>
+void fill_gate_layout(Params& p, int kind, int64_t quarter, at::IntArrayRef slots) {
+  p.kind = kind;
+  p.gates = cell_gates(kind);
+  p.quarter = quarter;
+  for (int g = 0; g < kMaxGates; ++g) p.slots[g] = g < p.gates ? static_cast<int>(slots[g]) : 0;
+}
+
+// Packed when a pack never straddles a gate's run (quarter a multiple of the width) and every
+// pointer is aligned; rows are whole multiples of quarter, so then every pack is aligned.
+template <typename Params>
+Launch<Params> plan_gates(Params p, std::initializer_list<const void*> pointers, int64_t total, int width,
+                          int64_t resident) {
+  bool vectorised = p.quarter % width == 0;
+  for (const void* pointer : pointers) vectorised = vectorised && (pointer == nullptr || aligned(pointer));
+  return finish_plan(p, vectorised, width, total, resident);
+}
+
+template <typename scalar_t>
+Launch<GatesForwardParams<scalar_t>> plan_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent,
+                                                        const at::Tensor& hidden, const at::Tensor& cell,
+                                                        const at::Tensor& output, const at::Tensor& cells_out,
+                                                        int kind, at::IntArrayRef slots, int64_t resident) {
+  auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+  GatesForwardParams<scalar_t> p{};
+  p.projected = projected.const_data_ptr<scalar_t>();
+  p.recurrent = recurrent.const_data_ptr<scalar_t>();
+  p.hidden = hidden.data_ptr<scalar_t>();
+  p.cell = pointer(cell);
+  p.output = output.data_ptr<scalar_t>();
+  p.cells_out = pointer(cells_out);
+  fill_gate_layout<GatesForwardParams<scalar_t>, scalar_t>(p, kind, hidden.size(1) / 4, slots);
+  return plan_gates(p, {p.projected, p.recurrent, p.hidden, p.cell, p.output, p.cells_out}, hidden.numel(),
+                    pack_width<scalar_t>(), resident);
+}
+
+template <typename scalar_t>
+Launch<GatesBackwardParams<scalar_t>> plan_gates_backward(const at::Tensor& pre, const at::Tensor& grad_output,
+                                                          const at::Tensor& grad_hidden, const at::Tensor& grad_cell,
+                                                          const at::Tensor& hidden_prev, const at::Tensor& cell_prev,
+                                                          const at::Tensor& cell, int kind, at::IntArrayRef slots,
+                                                          int64_t resident) {
+  auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+  GatesBackwardParams<scalar_t> p{};
+  p.pre = pre.data_ptr<scalar_t>();
+  p.grad_output = pointer(grad_output);
+  p.grad_hidden = grad_hidden.data_ptr<scalar_t>();
+  p.grad_cell = pointer(grad_cell);
+  p.hidden_prev = pointer(hidden_prev);
+  p.cell_prev = pointer(cell_prev);
+  p.cell = pointer(cell);
+  fill_gate_layout<GatesBackwardParams<scalar_t>, scalar_t>(p, kind, grad_hidden.size(1) / 4, slots);
+  return plan_gates(p, {p.pre, p.grad_output, p.grad_hidden, p.grad_cell, p.hidden_prev, p.cell_prev, p.cell},
+                    grad_hidden.numel(), pack_width<scalar_t>(), resident);
+}
+
+}  // namespace kernels
+}  // namespace qlayers

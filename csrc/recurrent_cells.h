@@ -1,0 +1,96 @@
+// The recurrent cells' per-element math, written once for every place that runs it: the CUDA gate
+// kernels (csrc/kernels/recurrent_kernels.h), their host emulation, and the CPU kernels, where the
+// value type V is at::vec::Vectorized<T> (csrc/cpu/recurrent_cpu.cpp supplies its cell_exp,
+// cell_tanh and cell_where_positive overloads).
+//
+// A cell maps its gates' pre-activations (in the canonical order below) and the previous state to
+// the new state. Backward takes the same pre-activations again (the engine recomputes them rather
+// than keep them) and the state gradients, and gives the pre-activations' gradients and the part
+// of the previous state's gradient that does not pass through the recurrent weight.
+#pragma once
+
+#include <cmath>
+
+#include "hamilton.h"
+
+namespace qlayers {
+
+// The cells, numbered as the operators' `cell` argument. Canonical gate order: QLSTM (input,
+// forget, cell, output) as torch.nn.LSTM; QLiGRU (update, candidate); QRNN one gate.
+enum CellKind : int { kRnnTanh = 0, kLstm = 1, kLiGru = 2 };
+constexpr int kCellKinds = 3;
+constexpr int kMaxGates = 4;
+
+QLAYERS_HOST_DEVICE constexpr int cell_gates(int kind) { return kind == kLstm ? 4 : kind == kLiGru ? 2 : 1; }
+QLAYERS_HOST_DEVICE constexpr bool cell_has_cell_state(int kind) { return kind == kLstm; }
+
+// Scalar primitives (host and device); the vector ones live beside the vector kernels.
+QLAYERS_HOST_DEVICE inline float cell_exp(float x) { return ::expf(x); }
+QLAYERS_HOST_DEVICE inline double cell_exp(double x) { return ::exp(x); }
+QLAYERS_HOST_DEVICE inline float cell_tanh(float x) { return ::tanhf(x); }
+QLAYERS_HOST_DEVICE inline double cell_tanh(double x) { return ::tanh(x); }
+// `value` where x > 0, else 0: ReLU's derivative applied (0 at NaN, as torch's threshold_backward).
+template <typename T>
+QLAYERS_HOST_DEVICE inline T cell_where_positive(T x, T value) {
+  return x > T(0) ? value : T(0);
+}
+
+template <typename V>
+QLAYERS_HOST_DEVICE inline V cell_sigmoid(V x) {
+  return V(1) / (V(1) + cell_exp(V(0) - x));
+}
+
+// ReLU that lets NaN through, as torch.relu does.
+template <typename V>
+QLAYERS_HOST_DEVICE inline V cell_relu(V x) {
+  return x - cell_where_positive(V(0) - x, x);  // x minus itself where x < 0
+}
+
+// One element of one step. `pre` holds the cell's gates; `cell` is read (c_{t-1}) and written (c_t)
+// by the LSTM only; `hidden_prev` is read by the light GRU only.
+template <typename V>
+QLAYERS_HOST_DEVICE inline V cell_forward(int kind, const V* pre, V hidden_prev, V& cell) {
+  if (kind == kLstm) {
+    const V input = cell_sigmoid(pre[0]), forget = cell_sigmoid(pre[1]);
+    const V candidate = cell_tanh(pre[2]), output = cell_sigmoid(pre[3]);
+    cell = forget * cell + input * candidate;
+    return output * cell_tanh(cell);
+  }
+  if (kind == kLiGru) {
+    const V update = cell_sigmoid(pre[0]);
+    return update * hidden_prev + (V(1) - update) * cell_relu(pre[1]);
+  }
+  return cell_tanh(pre[0]);
+}
+
+// Backward of one element of one step: `grad_hidden` is dL/dh_t (output and carried), `grad_cell`
+// dL/dc_t on entry and dL/dc_{t-1} on exit (LSTM). Writes the gates' gradients to `grad_pre` and
+// returns dL/dh_{t-1} not through the recurrent weight (non-zero for the light GRU only).
+template <typename V>
+QLAYERS_HOST_DEVICE inline V cell_backward(int kind, const V* pre, V hidden_prev, V cell_prev, V cell, V grad_hidden,
+                                           V& grad_cell, V* grad_pre) {
+  const V one(1);
+  if (kind == kLstm) {
+    const V input = cell_sigmoid(pre[0]), forget = cell_sigmoid(pre[1]);
+    const V candidate = cell_tanh(pre[2]), output = cell_sigmoid(pre[3]);
+    const V squashed = cell_tanh(cell);
+    const V grad_c = grad_cell + grad_hidden * output * (one - squashed * squashed);
+    grad_pre[0] = grad_c * candidate * input * (one - input);
+    grad_pre[1] = grad_c * cell_prev * forget * (one - forget);
+    grad_pre[2] = grad_c * input * (one - candidate * candidate);
+    grad_pre[3] = grad_hidden * squashed * output * (one - output);
+    grad_cell = grad_c * forget;
+    return V(0);
+  }
+  if (kind == kLiGru) {
+    const V update = cell_sigmoid(pre[0]);
+    grad_pre[0] = grad_hidden * (hidden_prev - cell_relu(pre[1])) * update * (one - update);
+    grad_pre[1] = cell_where_positive(pre[1], grad_hidden * (one - update));
+    return grad_hidden * update;
+  }
+  const V hidden = cell_tanh(pre[0]);
+  grad_pre[0] = grad_hidden * (one - hidden * hidden);
+  return V(0);
+}
+
+}  // namespace qlayers

@@ -1,0 +1,87 @@
+// Argument checks of the fused gate ops (recurrent_gates_forward / _backward), shared by the CPU and
+// CUDA kernels (and the emulation): the engine calls them with right arguments, but they are
+// public operators, so a wrong call must raise, never write out of bounds.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <initializer_list>
+#include <vector>
+
+#include "hamilton_shapes.h"
+#include "recurrent_cells.h"
+
+namespace qlayers {
+
+inline void check_cell_layout(const char* op, int64_t kind, at::IntArrayRef slots) {
+  TORCH_CHECK_VALUE(kind >= 0 && kind < kCellKinds, op, ": expected cell 0 (RNN tanh), 1 (LSTM) or 2 (light GRU), got ",
+                    kind);
+  const int gates = cell_gates(static_cast<int>(kind));
+  bool permutation = static_cast<int64_t>(slots.size()) == gates;
+  for (int64_t g = 0; permutation && g < gates; ++g) {
+    int64_t seen = 0;
+    for (int64_t slot : slots) seen += slot == g;
+    permutation = seen == 1;
+  }
+  TORCH_CHECK_VALUE(permutation, op, ": expected gate slots a permutation of 0..", gates - 1, " for this cell, got ",
+                    slots);
+}
+
+// Every tensor here is (rows, width) with contiguous rows, of one dtype and device; an undefined one
+// is skipped. `states` are (rows, H) with H a multiple of 4; `gate_rows` are (rows, gates * H).
+inline void check_gate_tensors(const char* op, int64_t kind, std::initializer_list<const at::Tensor*> states,
+                               std::initializer_list<const at::Tensor*> gate_rows) {
+  const at::Tensor& first = **states.begin();
+  check_floating(op, first);
+  TORCH_CHECK_VALUE(first.dim() == 2 && first.size(1) % 4 == 0, op,
+                    ": expected states of shape (rows, H), H a multiple of 4, got ", first.sizes());
+  const int64_t rows = first.size(0), hidden = first.size(1);
+  const int64_t width = cell_gates(static_cast<int>(kind)) * hidden;
+  auto check = [&](const at::Tensor& t, int64_t columns) {
+    TORCH_CHECK_TYPE(t.scalar_type() == first.scalar_type(), op, ": expected one dtype, got ", first.scalar_type(),
+                     " and ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == first.device(), op, ": expected one device, got ", first.device(), " and ",
+                      t.device());
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == rows && t.size(1) == columns, op, ": expected shape (", rows, ", ",
+                      columns, "), got ", t.sizes());
+    TORCH_CHECK_VALUE(t.is_contiguous(), op, ": expected contiguous tensors");
+  };
+  for (const at::Tensor* t : states) {
+    if (t->defined()) check(*t, hidden);
+  }
+  for (const at::Tensor* t : gate_rows) {
+    if (t->defined()) check(*t, width);
+  }
+}
+
+inline void require(const char* op, bool present, const char* what) {
+  TORCH_CHECK_VALUE(present, op, ": this cell needs ", what);
+}
+
+inline void check_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
+                                const at::Tensor& cell, const at::Tensor& output, const at::Tensor& cells_out,
+                                int64_t kind, at::IntArrayRef slots) {
+  constexpr const char* op = "recurrent_gates_forward";
+  check_cell_layout(op, kind, slots);
+  check_gate_tensors(op, kind, {&hidden, &cell, &output, &cells_out}, {&projected, &recurrent});
+  require(op, !cell_has_cell_state(static_cast<int>(kind)) || cell.defined(), "a cell state");
+}
+
+inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_output, const at::Tensor& grad_hidden,
+                                 const at::Tensor& grad_cell, const at::Tensor& hidden_prev,
+                                 const at::Tensor& cell_prev, const at::Tensor& cell, int64_t kind,
+                                 at::IntArrayRef slots) {
+  constexpr const char* op = "recurrent_gates_backward";
+  check_cell_layout(op, kind, slots);
+  check_gate_tensors(op, kind, {&grad_hidden, &grad_output, &grad_cell, &hidden_prev, &cell_prev, &cell}, {&pre});
+  if (cell_has_cell_state(static_cast<int>(kind))) {
+    require(op, grad_cell.defined() && cell_prev.defined() && cell.defined(), "grad_cell, cell_prev and cell");
+  }
+  if (kind == kLiGru) require(op, hidden_prev.defined(), "hidden_prev");
+}
+
+inline at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+
+}  // namespace qlayers
