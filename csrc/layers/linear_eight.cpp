@@ -60,31 +60,41 @@ static at::Tensor eight_of(const at::Tensor& buffer, int64_t rows, int64_t cols)
   return buffer.narrow(0, 0, 8 * rows * cols).view({8, rows, cols});
 }
 
-// out (R, 4 * cols) = p * q, with p given as its eight left sums (8, k, cols) and q as the
-// quaternion blocks of rows (R, 4k), chunk by chunk.
-static at::Tensor rowwise_product(const at::Tensor& rows, const at::Tensor& left_sums) {
+Workspace workspace(int64_t rows, int64_t k, int64_t cols, const at::TensorOptions& options) {
+  const int64_t chunk = std::min(rows, kChunkRows);
+  return {at::empty({8 * chunk * k}, options), at::empty({8 * chunk * cols}, options)};
+}
+
+void product_into(const at::Tensor& rows, const at::Tensor& left_sums, const at::Tensor& out, const Workspace& space) {
   const int64_t count = rows.size(0), k = rows.size(1) / 4, cols = left_sums.size(2);
-  at::Tensor out = at::empty({count, 4 * cols}, rows.options());
   const int64_t chunk = std::min(count, kChunkRows);
-  const at::Tensor sums_buffer = at::empty({8 * chunk * k}, rows.options());
-  const at::Tensor products_buffer = at::empty({8 * chunk * cols}, rows.options());
   for (int64_t first = 0; first < count; first += chunk) {
     const int64_t len = std::min(chunk, count - first);
-    at::Tensor sums = eight_of(sums_buffer, len, k), products = eight_of(products_buffer, len, cols);
+    at::Tensor sums = eight_of(space.sums, len, k), products = eight_of(space.products, len, cols);
     ops::block_mix_into(blocks_of(rows.narrow(0, first, len)), ref(tables::kRight), sums);
     at::bmm_out(products, sums, left_sums);
     ops::block_mix_into(products, ref(tables::kCombine), blocks_of(out.narrow(0, first, len)));
   }
+}
+
+at::Tensor product_sums(const Components& w) { return weight_sums(w, tables::kLeft); }
+
+at::Tensor adjoint_sums(const Components& w) { return weight_sums(w, kLeftConjugate).transpose(1, 2); }
+
+static at::Tensor rowwise_product(const at::Tensor& rows, const at::Tensor& left_sums) {
+  const int64_t cols = left_sums.size(2);
+  at::Tensor out = at::empty({rows.size(0), 4 * cols}, rows.options());
+  product_into(rows, left_sums, out, workspace(rows.size(0), rows.size(1) / 4, cols, rows.options()));
   return out;
 }
 
 at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias) {
-  at::Tensor out = rowwise_product(x, weight_sums(w, tables::kLeft));
+  at::Tensor out = rowwise_product(x, product_sums(w));
   return bias.defined() ? out.add_(bias) : out;
 }
 
 at::Tensor adjoint(const at::Tensor& g, const Components& w) {
-  return rowwise_product(g, weight_sums(w, kLeftConjugate).transpose(1, 2));
+  return rowwise_product(g, adjoint_sums(w));
 }
 
 Components gradients(const at::Tensor& x, const at::Tensor& g) {

@@ -45,6 +45,17 @@ namespace eight {
 at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
 at::Tensor adjoint(const at::Tensor& g, const Components& w);
 Components gradients(const at::Tensor& x, const at::Tensor& g);
+// For many products by one weight (the recurrent engine's steps): the weight's side of the
+// product and of the adjoint, (8, k, cols) each, made once; then out (R, 4 cols) = rows @ W (or
+// @ W^T with the adjoint's sums), written into a given view with unit column stride, its
+// temporaries in a workspace made once for up to `rows` rows.
+struct Workspace {
+  at::Tensor sums, products;
+};
+at::Tensor product_sums(const Components& w);
+at::Tensor adjoint_sums(const Components& w);
+Workspace workspace(int64_t rows, int64_t k, int64_t cols, const at::TensorOptions& options);
+void product_into(const at::Tensor& rows, const at::Tensor& sums, const at::Tensor& out, const Workspace& space);
 }  // namespace eight
 
 namespace direct {

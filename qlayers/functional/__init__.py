@@ -6,6 +6,8 @@ autograd keeps exactly what a dense layer keeps, the input (the components are p
 - :mod:`~qlayers.functional.linear`: ``quaternion_linear``; its formulations are C++
   (csrc/layers/), one file each, and :mod:`~qlayers.functional.choice` names them.
 - :mod:`~qlayers.functional.conv`: ``quaternion_conv``.
+- :mod:`~qlayers.functional.recurrent`: ``recurrent_scan``, the recurrent layers' engine, and
+  ``step_loop``, its differentiable step-by-step form.
 - the raw ops made differentiable in reverse and forward mode (``hamilton_expand`` and the rest).
 """
 
@@ -24,6 +26,7 @@ from qlayers.functional._shared import _keep_input  # noqa: F401
 from qlayers.functional.choice import ALGORITHMS, PHASES, check_algorithm, choose_algorithm  # noqa: F401
 from qlayers.functional.conv import QuaternionConvFunction, _kernel_shape, conv_backward, quaternion_conv  # noqa: F401
 from qlayers.functional.linear import QuaternionLinearFunction, quaternion_linear  # noqa: F401
+from qlayers.functional.recurrent import recurrent_scan, step_loop  # noqa: F401
 
 __all__ = [
     "ALGORITHMS",
@@ -35,4 +38,6 @@ __all__ = [
     "hamilton_spread",
     "quaternion_conv",
     "quaternion_linear",
+    "recurrent_scan",
+    "step_loop",
 ]

@@ -1,31 +1,43 @@
 """Quaternion recurrent layers: QRNN, QLSTM, QLiGRU, with torch.nn.LSTM's calling convention.
 
-Every projection is a QLinear. The input projection runs once over the whole sequence; the
-recurrent projection runs at every step on the hidden state. On the memory-efficient path the
-recurrent QLinear keeps only the step's hidden state for backward (its components are parameters),
-so no per-step Hamilton matrix is kept; on the plain path (``memory_efficient=False``) each step
-builds one and autograd keeps it, as the best-known libraries do.
+Each layer and direction has an input projection and a recurrent projection, both QLinear. The input
+projection runs once over the whole sequence. The time loop runs in one of two ways
+(:mod:`qlayers.functional.recurrent`):
+
+- the engine (the default, ``memory_efficient=True``): one C++ op per layer and direction runs the
+  loop, one GEMM and one fused gate kernel per step, and its backward the reverse loop. It keeps the
+  input projection's output, the hidden states and (QLSTM) the cell states; no Hamilton matrix.
+- the step loop, differentiable torch ops a step at a time with the recurrent QLinear: under
+  torch.func transforms and forward-mode AD (with the efficient QLinear), and as the plain baseline
+  (``memory_efficient=False``: each step builds a Hamilton matrix and autograd keeps it, as the
+  best-known libraries do). Double backward through the engine re-runs the scan this way.
 
 Gate layout: a projection to ``G`` gates of ``hidden_size`` real features is one
 ``QLinear(·, G * hidden_size)``. Within each of its ``[r | i | j | k]`` component blocks the
 quaternions run gate-major: quaternion ``g * hidden_size/4 + q`` is quaternion ``q`` of gate ``g``.
 So every gate is itself a quaternion vector in the ``[r | i | j | k]`` layout. Gate activations are
 split (per real component). Gate order: QLSTM (input, forget, cell, output), as torch.nn.LSTM;
-QLiGRU (update, candidate); QRNN has one.
+QLiGRU (update, candidate); QRNN has one. A subclass may set ``gate_slots`` to place gate ``g`` in
+block ``gate_slots[g]`` instead, at no cost.
 
 Bidirectional outputs and the input of the next layer join the two directions per component
 block, ``[r_fwd r_bwd | i_fwd i_bwd | ...]``, so they stay quaternion vectors. Dropout between
 layers drops whole quaternions (:class:`qlayers.quaternion.QuaternionDropout`).
 
-As with torch.nn.LSTM, an empty batch (``B = 0``) gives empty outputs and states of the usual
-shapes, and an empty sequence (``T = 0``) raises a ``ValueError``.
+As torch.nn.LSTM: a :class:`~torch.nn.utils.rnn.PackedSequence` input gives a PackedSequence output
+(variable lengths handled inside the loop; the backward direction starts at each sequence's own
+last element); an empty batch (``B = 0``) gives empty outputs and states of the usual shapes; an
+empty sequence (``T = 0``) raises a ``ValueError``.
 """
 
-from typing import List, Tuple, cast
+from typing import List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
+from qlayers.functional import recurrent as engine
+from qlayers.nn._parameters import quaternion_parameters
 from qlayers.nn.linear import QLinear
 from qlayers.quaternion import QuaternionDropout
 
@@ -48,8 +60,11 @@ class _Cell(nn.Module):
 
 
 class _QRecurrent(nn.Module):
+    cell_kind: int
     gates: int
     has_cell_state = False
+    # Where each gate sits among the projection's gate blocks (see the module docstring).
+    gate_slots: Tuple[int, ...]
 
     def __init__(
         self,
@@ -95,27 +110,26 @@ class _QRecurrent(nn.Module):
         )
         self.between_layers = QuaternionDropout(dropout)
 
-    def _step(self, gates: List[Tensor], state: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        raise NotImplementedError
-
-    def _run(self, cell: _Cell, sequence: Tensor, state: Tuple[Tensor, ...]):
-        """sequence (T, B, F) -> outputs (T, B, H) and the final state."""
-        steps, batch = sequence.shape[:2]
-        quarter = self.hidden_size // 4
+    def _run(self, cell: _Cell, sequence: Tensor, state: Sequence[Tensor], batch_sizes, reverse: bool):
+        """sequence (T, B, F) -> outputs (T, B, H), h_n and c_n (or None), for one direction."""
         projected = cell.input(sequence)  # every step's input projection in one call
-        outputs = []
-        for t in range(steps):
-            pre = projected[t] + cell.recurrent(state[0])
-            # (B, 4 components, G gates, H/4): gate g is the quaternion vector pre[:, :, g].
-            gates = pre.view(batch, 4, self.gates, quarter).unbind(2)
-            state = tuple(s.reshape(batch, self.hidden_size) for s in self._step(gates, state))
-            outputs.append(state[0])
-        return torch.stack(outputs), state
+        h0, c0 = state[0], state[1] if self.has_cell_state else None
+        if self.memory_efficient:
+            weight = quaternion_parameters(cell.recurrent)[:4]
+            return engine.recurrent_scan(
+                projected, weight, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse
+            )
+        return engine.step_loop(
+            projected, cell.recurrent, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse
+        )
 
-    def forward(self, input: Tensor, hx=None):
+    def forward(self, input, hx=None):
         name = type(self).__name__
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            return self._forward_packed(input, hx)
         if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+            raise TypeError(f"{name}: expected input to be a Tensor or a PackedSequence, got {type(input).__name__}")
         if input.dim() not in (2, 3):
             raise ValueError(
                 f"{name}: expected a 3-d (batched) or 2-d (unbatched) input, got shape {tuple(input.shape)}"
@@ -124,45 +138,82 @@ class _QRecurrent(nn.Module):
             raise ValueError(f"{name}: expected input of shape (..., {self.input_size}), got {tuple(input.shape)}")
         shape = tuple(input.shape)
         unbatched = input.dim() == 2
+        states = self._check_hx(hx)
         if unbatched:
             input = input.unsqueeze(1)
-            hx = None if hx is None else tuple(h.unsqueeze(1) for h in hx) if self.has_cell_state else hx.unsqueeze(1)
+            states = None if states is None else [s.unsqueeze(1) for s in states]
         elif self.batch_first:
             input = input.transpose(0, 1)
         if input.shape[0] == 0:  # as torch.nn.LSTM: an empty batch is fine, an empty sequence is not
             raise ValueError(f"{name}: expected a sequence length larger than 0, got input of shape {shape}")
-        batch = input.shape[1]
-        states = self._initial_states(hx, batch, input)
+        output, final_states = self._layers(input, self._initial_states(states, input.shape[1], input), None)
+        if unbatched:
+            output = output.squeeze(1)
+            final_states = [s.squeeze(1) for s in final_states]
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, self._as_hx(final_states)
 
-        layer_input, finals = input, []
+    def _forward_packed(self, input: PackedSequence, hx):
+        """A PackedSequence in, one out: the layers run on the padded steps, each step's active rows."""
+        states = self._check_hx(hx)
+        if input.data.dim() != 2 or input.data.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__}: expected packed data of shape (N, {self.input_size}), "
+                f"got {tuple(input.data.shape)}"
+            )
+        batch_sizes = input.batch_sizes
+        padded, lengths = torch._VF._pad_packed_sequence(input.data, batch_sizes, False, 0.0, batch_sizes.numel())
+        if states is not None and input.sorted_indices is not None:
+            states = [s.index_select(1, input.sorted_indices) for s in states]
+        output, final_states = self._layers(
+            padded, self._initial_states(states, padded.shape[1], padded), batch_sizes.tolist()
+        )
+        data, _ = torch._VF._pack_padded_sequence(output, lengths, False)
+        if input.unsorted_indices is not None:
+            final_states = [s.index_select(1, input.unsorted_indices) for s in final_states]
+        packed = PackedSequence(data, batch_sizes, input.sorted_indices, input.unsorted_indices)
+        return packed, self._as_hx(final_states)
+
+    def _layers(self, layer_input: Tensor, states: List[Tensor], batch_sizes: Optional[List[int]]):
+        """(T, B, F) through every layer and direction -> (T, B, directions * H) and the final states."""
+        finals = []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.directions):
                 index = layer * self.directions + direction
-                sequence = layer_input if direction == 0 else layer_input.flip(0)
                 cell = cast(_Cell, self.cells[index])
-                output, final = self._run(cell, sequence, tuple(s[index] for s in states))
-                outputs.append(output if direction == 0 else output.flip(0))
+                output, *final = self._run(
+                    cell, layer_input, [s[index] for s in states], batch_sizes, reverse=direction == 1
+                )
+                outputs.append(output)
                 finals.append(final)
             layer_input = outputs[0] if self.directions == 1 else _join_directions(*outputs)
             if layer < self.num_layers - 1:
                 layer_input = self.between_layers(layer_input)
+        return layer_input, [torch.stack([f[i] for f in finals]) for i in range(len(states))]
 
-        output = layer_input
-        final_states = tuple(torch.stack([f[i] for f in finals]) for i in range(len(states)))
-        if unbatched:
-            output = output.squeeze(1)
-            final_states = tuple(s.squeeze(1) for s in final_states)
-        elif self.batch_first:
-            output = output.transpose(0, 1)
-        return output, final_states if self.has_cell_state else final_states[0]
+    def _check_hx(self, hx) -> Optional[List[Tensor]]:
+        """hx as a list of states (h, and c for QLSTM), or None; a wrong kind raises a TypeError."""
+        name = type(self).__name__
+        if hx is None:
+            return None
+        if self.has_cell_state:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(h, Tensor) for h in hx):
+                raise TypeError(f"{name}: expected hx to be a tuple (h_0, c_0) of two Tensors, got {_kind(hx)}")
+            return list(hx)
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"{name}: expected hx to be a Tensor h_0 (only QLSTM takes a tuple), got {_kind(hx)}")
+        return [hx]
 
-    def _initial_states(self, hx, batch, input):
+    def _as_hx(self, states: List[Tensor]):
+        return tuple(states) if self.has_cell_state else states[0]
+
+    def _initial_states(self, states: Optional[List[Tensor]], batch: int, input: Tensor) -> List[Tensor]:
         count = 2 if self.has_cell_state else 1
         shape = (self.num_layers * self.directions, batch, self.hidden_size)
-        if hx is None:
-            return tuple(input.new_zeros(shape) for _ in range(count))
-        states = tuple(hx) if self.has_cell_state else (hx,)
+        if states is None:
+            return [input.new_zeros(shape) for _ in range(count)]
         for state in states:
             if tuple(state.shape) != shape:
                 raise ValueError(
@@ -178,28 +229,27 @@ class _QRecurrent(nn.Module):
         return text + f", memory_efficient={self.memory_efficient}"
 
 
+def _kind(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
 class QRNN(_QRecurrent):
     """Quaternion Elman RNN: ``h_t = tanh(W x_t + U h_{t-1} + b)``. Returns ``(output, h_n)``."""
 
+    cell_kind = engine.RNN_TANH
     gates = 1
-
-    def _step(self, gates, state):
-        return (torch.tanh(gates[0]),)
+    gate_slots = (0,)
 
 
 class QLSTM(_QRecurrent):
     """Quaternion LSTM, torch.nn.LSTM's gates with split activations. Returns ``(output, (h_n, c_n))``."""
 
+    cell_kind = engine.LSTM
     gates = 4
+    gate_slots = (0, 1, 2, 3)
     has_cell_state = True
-
-    def _step(self, gates, state):
-        input_gate, forget_gate, cell_gate, output_gate = gates
-        batch = input_gate.shape[0]
-        # Explicit sizes: a -1 would be ambiguous for an empty batch.
-        previous_cell = state[1].view(batch, 4, input_gate.shape[-1])
-        cell = torch.sigmoid(forget_gate) * previous_cell + torch.sigmoid(input_gate) * torch.tanh(cell_gate)
-        return torch.sigmoid(output_gate) * torch.tanh(cell), cell
 
 
 class QLiGRU(_QRecurrent):
@@ -207,10 +257,6 @@ class QLiGRU(_QRecurrent):
     ``h_t = z h_{t-1} + (1 - z) h̃``, without the batch normalisation of the input projection.
     Returns ``(output, h_n)``."""
 
+    cell_kind = engine.LIGRU
     gates = 2
-
-    def _step(self, gates, state):
-        update_gate, candidate = gates
-        update = torch.sigmoid(update_gate)
-        previous = state[0].view(update.shape)
-        return (update * previous + (1 - update) * torch.relu(candidate),)
+    gate_slots = (0, 1)

@@ -1,0 +1,297 @@
+// The recurrent engine: one layer and direction of QRNN, QLSTM or QLiGRU over a whole sequence,
+// with its time loop in C++.
+//
+//   qlayers::recurrent_scan           forward: per step one recurrent product (h_{t-1} @ W) and one
+//                                     fused gate kernel
+//   qlayers::recurrent_scan_backward  the reverse loop: per step one gate kernel and one product
+//                                     (dL/dpre @ W^T)
+//
+// The input projection is not here: the caller runs it for all steps as one QLinear product and
+// passes `projected`. The recurrent weight is prepared once per sequence (StepProduct). Backward
+// keeps no W and no pre-activations: it has `projected`, the outputs and (LSTM) the cell states,
+// and gets every step's pre-activations from one product over the whole sequence; the buffer they
+// sit in then receives their gradients in place and is returned as the gradient of `projected`.
+// The recurrent weight's gradient is one product over all steps, folded onto the four components.
+// Both whole-sequence products go through the linear layer's formulations and its choice.
+// Autograd and the fake kernels are registered in Python (qlayers/functional/recurrent.py), which
+// also gives double backward its differentiable path.
+//
+// PackedSequence: `batch_sizes` gives each step's active rows (sorted sequences: the first rows).
+// Inactive rows keep their state, output zeros and get zero gradients. The reverse direction runs
+// the same padded tensors from the last step, so a sequence starts where it has its last element.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "../hamilton_shapes.h"
+#include "../recurrent_cells.h"
+#include "../recurrent_gates.h"
+#include "linear_choice.h"
+#include "linear_formulations.h"
+#include "qlayers_ops.h"
+
+namespace qlayers {
+namespace recurrent {
+namespace {
+
+constexpr const char* kOp = "recurrent_scan";
+
+// One sequence's shape and step order.
+struct Scan {
+  int kind;
+  int64_t steps, batch, hidden;
+  std::vector<int64_t> slots;
+  std::optional<std::vector<int64_t>> batch_sizes;
+  bool reverse;
+
+  bool has_cell() const { return cell_has_cell_state(kind); }
+  int64_t rows(int64_t t) const { return batch_sizes ? (*batch_sizes)[t] : batch; }
+  // The time index of step s, in the order the direction runs.
+  int64_t time(int64_t s) const { return reverse ? steps - 1 - s : s; }
+  // The time of the step before time t in run order, or -1 at the first step.
+  int64_t previous(int64_t t) const { return reverse ? (t + 1 < steps ? t + 1 : -1) : t - 1; }
+  // How many of time t's rows continue from the previous step; the others start from h0 / c0
+  // (rows of a packed sequence that the reverse direction starts at t).
+  int64_t continuing(int64_t t) const {
+    const int64_t before = previous(t);
+    return before < 0 ? 0 : std::min(rows(t), rows(before));
+  }
+};
+
+Scan check_scan(const at::Tensor& projected, const std::array<at::Tensor, 4>& weight, const at::Tensor& h0,
+                const at::Tensor& c0, int64_t kind, at::IntArrayRef slots,
+                const c10::optional<at::IntArrayRef>& batch_sizes, bool reverse) {
+  check_cell_layout(kOp, kind, slots);
+  check_floating(kOp, projected);
+  const int gates = cell_gates(static_cast<int>(kind));
+  TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(1) > 0 && h0.size(1) % 4 == 0, kOp,
+                    ": expected h0 of shape (batch, H), H a positive multiple of 4, got ", h0.sizes());
+  const int64_t batch = h0.size(0), hidden = h0.size(1);
+  TORCH_CHECK_VALUE(projected.dim() == 3 && projected.size(1) == batch && projected.size(2) == gates * hidden, kOp,
+                    ": expected projected of shape (steps, ", batch, ", ", gates * hidden, "), got ",
+                    projected.sizes());
+  TORCH_CHECK_VALUE(projected.size(0) > 0, kOp, ": expected a sequence length larger than 0, got ",
+                    projected.sizes());
+  std::vector<const at::Tensor*> same = {&h0, &weight[0], &weight[1], &weight[2], &weight[3]};
+  if (cell_has_cell_state(static_cast<int>(kind))) {
+    TORCH_CHECK_VALUE(c0.defined() && c0.sizes() == h0.sizes(), kOp, ": expected c0 of shape ", h0.sizes(),
+                      c0.defined() ? std::string(", got ") + c10::str(c0.sizes()) : std::string(", got none"));
+    same.push_back(&c0);
+  }
+  for (const at::Tensor* t : same) {
+    TORCH_CHECK_TYPE(t->scalar_type() == projected.scalar_type(), kOp, ": expected one dtype, got ",
+                     projected.scalar_type(), " and ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == projected.device(), kOp, ": expected one device, got ", projected.device(),
+                      " and ", t->device());
+  }
+  for (const at::Tensor& component : weight) {
+    TORCH_CHECK_VALUE(component.dim() == 2 && component.size(0) == hidden / 4 &&
+                          component.size(1) == gates * hidden / 4,
+                      kOp, ": expected weight components of shape (", hidden / 4, ", ", gates * hidden / 4,
+                      "), got ", component.sizes());
+  }
+  Scan scan{static_cast<int>(kind), projected.size(0), batch, hidden, slots.vec(), std::nullopt, reverse};
+  if (batch_sizes) {
+    TORCH_CHECK_VALUE(static_cast<int64_t>(batch_sizes->size()) == scan.steps, kOp, ": expected ", scan.steps,
+                      " batch sizes, one per step, got ", batch_sizes->size());
+    int64_t last = batch;
+    for (int64_t size : *batch_sizes) {
+      TORCH_CHECK_VALUE(size >= 1 && size <= last && (last < batch || size == batch), kOp,
+                        ": expected batch sizes non-increasing from the batch (", batch, ") down to at least 1, got ",
+                        *batch_sizes);
+      last = size;
+    }
+    scan.batch_sizes = batch_sizes->vec();
+  }
+  return scan;
+}
+
+// A state's rows at time t: the previous step's (from `kept`, over the time axis) where they
+// continue, the initial state's where they start. A view unless both are needed.
+at::Tensor previous_rows(const Scan& scan, const at::Tensor& kept, const at::Tensor& initial, int64_t t) {
+  const int64_t rows = scan.rows(t), continuing = scan.continuing(t);
+  if (continuing == 0) return initial.narrow(0, 0, rows);
+  const at::Tensor from_kept = kept[scan.previous(t)].narrow(0, 0, continuing);
+  if (continuing == rows) return from_kept;
+  return at::cat({from_kept, initial.narrow(0, continuing, rows - continuing)});
+}
+
+// The state each step starts from, for all steps at once (T, B, H): the previous step's output,
+// or h0 where a row starts (the first step in run order, and rows a packed sequence starts later).
+// Rows a step does not run hold some finite state; their gradients are zero.
+at::Tensor previous_states(const Scan& scan, const at::Tensor& output, const at::Tensor& h0) {
+  at::Tensor previous = at::empty_like(output);
+  if (scan.steps > 1) {
+    const int64_t later = scan.reverse ? 0 : 1;  // the steps that have a previous one
+    previous.narrow(0, later, scan.steps - 1).copy_(output.narrow(0, 1 - later, scan.steps - 1));
+  }
+  previous[scan.time(0)].copy_(h0);
+  for (int64_t s = 1; s < scan.steps; ++s) {
+    const int64_t t = scan.time(s), continuing = scan.continuing(t), rows = scan.rows(t);
+    if (continuing < rows) previous[t].narrow(0, continuing, rows - continuing).copy_(h0.narrow(0, continuing, rows - continuing));
+  }
+  return previous;
+}
+
+// The recurrent product of one step, rows @ W (or @ W^T for backward), with the weight prepared
+// once per sequence. The GEMM is the loop's cost: on the CPU in float32/float64 the eight-product
+// form takes half its multiplications (its weight sums made once, its temporaries reused), once
+// the components are large enough to pay for its two extra passes; elsewhere W itself, so that on
+// the GPU a step stays at two kernels.
+class StepProduct {
+ public:
+  StepProduct(const linear::Components& w, bool adjoint, int64_t batch) {
+    const int64_t n = w[0].size(0), m = w[0].size(1);
+    const at::ScalarType dtype = w[0].scalar_type();
+    eight_ = w[0].device().is_cpu() && (dtype == at::kFloat || dtype == at::kDouble) && n >= kEightMinQuaternions;
+    if (eight_) {
+      sums_ = adjoint ? linear::eight::adjoint_sums(w) : linear::eight::product_sums(w);
+      space_ = linear::eight::workspace(batch, adjoint ? m : n, adjoint ? n : m, w[0].options());
+    } else {
+      const at::Tensor weight = ops::hamilton_expand(w[0], w[1], w[2], w[3]);
+      weight_ = adjoint ? weight.t() : weight;
+    }
+  }
+
+  // out = rows @ W (or W^T); `out` a view with unit column stride.
+  void into(const at::Tensor& rows, at::Tensor& out) const {
+    if (eight_) {
+      linear::eight::product_into(rows, sums_, out, space_);
+    } else {
+      at::mm_out(out, rows, weight_);
+    }
+  }
+
+ private:
+  // Measured on this 2-core CPU (benchmarks/results), hidden 512 = 128 quaternions per gate block.
+  static constexpr int64_t kEightMinQuaternions = 64;
+  bool eight_ = false;
+  at::Tensor weight_, sums_;
+  linear::eight::Workspace space_;
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
+    const at::Tensor& projected_in, const at::Tensor& r, const at::Tensor& i, const at::Tensor& j, const at::Tensor& k,
+    const at::Tensor& h0, const c10::optional<at::Tensor>& c0_in, int64_t kind, at::IntArrayRef slots,
+    c10::optional<at::IntArrayRef> batch_sizes, bool reverse, bool keep) {
+  const at::Tensor c0 = defined_or_empty(c0_in);
+  const Scan scan = check_scan(projected_in, {r, i, j, k}, h0, c0, kind, slots, batch_sizes, reverse);
+  const at::Tensor projected = projected_in.contiguous();
+  const StepProduct step_product({r, i, j, k}, /*adjoint=*/false, scan.batch);
+  const auto options = projected.options();
+  const std::vector<int64_t> states{scan.steps, scan.batch, scan.hidden};
+  // Padding rows of a packed sequence's output are zeros, as torch's pad_packed_sequence gives.
+  at::Tensor output = scan.batch_sizes ? at::zeros(states, options) : at::empty(states, options);
+  at::Tensor hidden = h0.contiguous().clone();
+  at::Tensor cell = scan.has_cell() ? c0.contiguous().clone() : at::empty({0}, options);
+  const bool keep_cells = keep && scan.has_cell();
+  at::Tensor cells = keep_cells ? (scan.batch_sizes ? at::zeros(states, options) : at::empty(states, options))
+                                : at::empty({0}, options);
+  at::Tensor recurrent = at::empty({scan.batch, projected.size(2)}, options);
+  for (int64_t s = 0; s < scan.steps; ++s) {
+    const int64_t t = scan.time(s), rows = scan.rows(t);
+    at::Tensor hidden_rows = hidden.narrow(0, 0, rows), recurrent_rows = recurrent.narrow(0, 0, rows);
+    step_product.into(hidden_rows, recurrent_rows);
+    ops::recurrent_gates_forward(projected[t].narrow(0, 0, rows), recurrent_rows, hidden_rows,
+                                 scan.has_cell() ? c10::optional<at::Tensor>(cell.narrow(0, 0, rows)) : c10::nullopt,
+                                 output[t].narrow(0, 0, rows),
+                                 keep_cells ? c10::optional<at::Tensor>(cells[t].narrow(0, 0, rows)) : c10::nullopt,
+                                 kind, slots);
+  }
+  return {output, hidden, cell, cells};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c10::optional<at::Tensor>& grad_h_n,
+                        const c10::optional<at::Tensor>& grad_c_n, const at::Tensor& projected, const at::Tensor& r,
+                        const at::Tensor& i, const at::Tensor& j, const at::Tensor& k, const at::Tensor& h0_in,
+                        const c10::optional<at::Tensor>& c0_in, const at::Tensor& output_in,
+                        const at::Tensor& cells_in, int64_t kind, at::IntArrayRef slots,
+                        c10::optional<at::IntArrayRef> batch_sizes, bool reverse, std::array<bool, 4> output_mask) {
+  const at::Tensor c0 = defined_or_empty(c0_in);
+  const Scan scan = check_scan(projected, {r, i, j, k}, h0_in, c0, kind, slots, batch_sizes, reverse);
+  const std::vector<int64_t> states{scan.steps, scan.batch, scan.hidden};
+  TORCH_CHECK_VALUE(output_in.sizes() == at::IntArrayRef(states), kOp, ": expected output of shape ",
+                    at::IntArrayRef(states), ", got ", output_in.sizes());
+  TORCH_CHECK_VALUE(!scan.has_cell() || cells_in.sizes() == at::IntArrayRef(states), kOp,
+                    ": expected the kept cell states of shape ", at::IntArrayRef(states), ", got ", cells_in.sizes());
+  const at::Tensor output = output_in.contiguous(), h0 = h0_in.contiguous();
+  const at::Tensor cells = scan.has_cell() ? cells_in.contiguous() : at::Tensor();
+  const auto options = projected.options();
+  const linear::Components weight{r, i, j, k};
+  const int64_t all_rows = scan.steps * scan.batch, n = r.size(0), m = r.size(1);
+  auto choose = [&](linear::Phase phase) {
+    return linear::choose(linear::Algorithm::kAuto, phase, all_rows, n, m, r.scalar_type(), r.device().type());
+  };
+
+  // Every step's pre-activations from one product; the buffer then takes their gradients.
+  const at::Tensor previous = previous_states(scan, output, h0).view({all_rows, scan.hidden});
+  at::Tensor pre = linear::product(choose(linear::Phase::kForward), previous, weight, at::Tensor())
+                       .view({scan.steps, scan.batch, projected.size(2)})
+                       .add_(projected);
+
+  const at::Tensor grad_output =
+      grad_output_in.has_value() && grad_output_in->defined() ? grad_output_in->contiguous() : at::Tensor();
+  at::Tensor grad_hidden = grad_h_n.has_value() && grad_h_n->defined() ? grad_h_n->contiguous().clone()
+                                                                       : at::zeros({scan.batch, scan.hidden}, options);
+  at::Tensor grad_cell;
+  if (scan.has_cell()) {
+    grad_cell = grad_c_n.has_value() && grad_c_n->defined() ? grad_c_n->contiguous().clone()
+                                                            : at::zeros({scan.batch, scan.hidden}, options);
+  }
+  const StepProduct step_product(weight, /*adjoint=*/true, scan.batch);
+  // The light GRU adds its direct part of dL/dh_{t-1} to the product's.
+  at::Tensor through_weight = kind == kLiGru ? at::empty({scan.batch, scan.hidden}, options) : at::Tensor();
+  for (int64_t s = scan.steps - 1; s >= 0; --s) {
+    const int64_t t = scan.time(s), rows = scan.rows(t);
+    at::Tensor pre_rows = pre[t].narrow(0, 0, rows), grad_hidden_rows = grad_hidden.narrow(0, 0, rows);
+    auto rows_of = [&](const at::Tensor& x) { return c10::optional<at::Tensor>(x.narrow(0, 0, rows)); };
+    ops::recurrent_gates_backward(
+        pre_rows, grad_output.defined() ? rows_of(grad_output[t]) : c10::nullopt, grad_hidden_rows,
+        scan.has_cell() ? rows_of(grad_cell) : c10::nullopt,
+        kind == kLiGru ? c10::optional<at::Tensor>(previous_rows(scan, output, h0, t)) : c10::nullopt,
+        scan.has_cell() ? c10::optional<at::Tensor>(previous_rows(scan, cells, c0, t)) : c10::nullopt,
+        scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots);
+    // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
+    if (kind == kLiGru) {
+      at::Tensor product_rows = through_weight.narrow(0, 0, rows);
+      step_product.into(pre_rows, product_rows);
+      grad_hidden_rows.add_(product_rows);
+    } else {
+      step_product.into(pre_rows, grad_hidden_rows);
+    }
+  }
+  if (scan.batch_sizes) {  // padding positions have no pre-activation: no gradient
+    for (int64_t t = 0; t < scan.steps; ++t) {
+      if (scan.rows(t) < scan.batch) pre[t].narrow(0, scan.rows(t), scan.batch - scan.rows(t)).zero_();
+    }
+  }
+
+  const at::Tensor empty = at::empty({0}, options);
+  std::array<at::Tensor, 4> grad_weight{empty, empty, empty, empty};
+  if (output_mask[1]) {
+    grad_weight = linear::gradients(choose(linear::Phase::kGradComponents), previous,
+                                    pre.view({all_rows, projected.size(2)}));
+  }
+  return {output_mask[0] ? pre : empty,
+          grad_weight[0],
+          grad_weight[1],
+          grad_weight[2],
+          grad_weight[3],
+          output_mask[2] ? grad_hidden : empty,
+          output_mask[3] && scan.has_cell() ? grad_cell : empty};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
+  m.impl("recurrent_scan", &recurrent_scan);
+  m.impl("recurrent_scan_backward", &recurrent_scan_backward);
+}
+
+}  // namespace recurrent
+}  // namespace qlayers

@@ -1,0 +1,209 @@
+"""The recurrent engine: one layer and direction of QRNN, QLSTM or QLiGRU over a whole sequence.
+
+Two implementations of one computation, the scan ``h_t = cell(projected_t + h_{t-1} @ W, state)``:
+
+- :func:`recurrent_scan`, the engine: the op ``torch.ops.qlayers.recurrent_scan`` (C++,
+  csrc/layers/recurrent.cpp) runs the time loop, one GEMM and one fused gate kernel per step, and
+  its backward (``recurrent_scan_backward``) the reverse loop. It keeps ``projected``, the outputs
+  and the LSTM's cell states; no W, no per-step tensor. The same op serves eager calls and
+  ``torch.compile`` (an opaque op with a fake kernel).
+- :func:`step_loop`, differentiable torch ops a step at a time: what the engine computes, written
+  plainly. It serves what the engine cannot: torch.func transforms and forward-mode AD (with the
+  efficient QLinear per step), the plain baseline (``memory_efficient=False``), and double backward
+  (the engine's backward re-runs the scan by it when a graph of the gradients is asked for).
+
+Gate layout: pre-activations ``(rows, G * H)`` hold, in each ``[r | i | j | k]`` component block,
+``G`` gate blocks of ``H/4`` quaternions; gate ``g`` of the cell (canonical order: QLSTM input, forget,
+cell, output; QLiGRU update, candidate) sits in block ``slots[g]``.
+"""
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from qlayers.functional._hamilton_ops import hamilton_expand
+from qlayers.functional.linear import _transforms_active
+
+RNN_TANH, LSTM, LIGRU = 0, 1, 2  # csrc/recurrent_cells.h's CellKind
+GATES = {RNN_TANH: 1, LSTM: 4, LIGRU: 2}
+_SCAN = torch.ops.qlayers.recurrent_scan.default
+_SCAN_BACKWARD = torch.ops.qlayers.recurrent_scan_backward.default
+
+
+def _lstm_cell(gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+    input_gate, forget_gate, cell_gate, output_gate = gates
+    cell = torch.sigmoid(forget_gate) * state[1] + torch.sigmoid(input_gate) * torch.tanh(cell_gate)
+    return [torch.sigmoid(output_gate) * torch.tanh(cell), cell]
+
+
+def _ligru_cell(gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+    update = torch.sigmoid(gates[0])
+    return [update * state[0] + (1 - update) * torch.relu(gates[1])]
+
+
+def _rnn_tanh_cell(gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+    return [torch.tanh(gates[0])]
+
+
+CELLS = {RNN_TANH: _rnn_tanh_cell, LSTM: _lstm_cell, LIGRU: _ligru_cell}
+
+
+def _in_compute_dtype(name: str, projected: Tensor, tensors: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
+    """States and weights in ``projected``'s dtype. Under autocast the input projection gave the
+    autocast dtype, and the scan computes in it, as torch.nn.LSTM does; outside autocast a
+    mismatch is the caller's error."""
+    dtype = projected.dtype
+    if all(t is None or t.dtype == dtype for t in tensors):
+        return list(tensors)
+    if not torch.is_autocast_enabled(projected.device.type):
+        found = ", ".join(sorted({str(t.dtype) for t in tensors if t is not None and t.dtype != dtype}))
+        raise TypeError(f"{name}: expected the initial states and weights in the input's dtype {dtype}, got {found}")
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def step_loop(
+    projected: Tensor,
+    recurrent: Callable[[Tensor], Tensor],
+    h0: Tensor,
+    c0: Optional[Tensor],
+    cell: int,
+    slots: Sequence[int],
+    batch_sizes: Optional[Sequence[int]] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The scan by differentiable torch ops, a step at a time. ``recurrent(h)`` is ``h @ W``.
+
+    Returns ``(output (T, B, H), h_n, c_n or None)``; rows a packed sequence has no step for keep
+    their state and output zeros, as in the engine.
+    """
+    h0, c0 = _in_compute_dtype("step_loop", projected, (h0, c0))
+    steps, batch = projected.shape[:2]
+    hidden_size = h0.shape[-1]
+    quarter, gates = hidden_size // 4, len(slots)
+    state = [h0] if c0 is None else [h0, c0]
+    outputs: List[Tensor] = [projected] * steps  # placeholders, each replaced below
+    for t in reversed(range(steps)) if reverse else range(steps):
+        rows = batch if batch_sizes is None else batch_sizes[t]
+        active = [s[:rows] for s in state]
+        pre = projected[t, :rows] + recurrent(active[0])
+        # (rows, 4 components, G gate blocks, H/4); explicit sizes, as -1 is ambiguous for rows = 0.
+        blocks = pre.view(rows, 4, gates, quarter)
+        new = CELLS[cell]([blocks[:, :, slot] for slot in slots], [s.view(rows, 4, quarter) for s in active])
+        new = [n.reshape(rows, hidden_size) for n in new]
+        if rows < batch:
+            state = [torch.cat([n, s[rows:]]) for n, s in zip(new, state)]
+            outputs[t] = torch.cat([new[0], new[0].new_zeros(batch - rows, hidden_size)])
+        else:
+            state = new
+            outputs[t] = new[0]
+    return torch.stack(outputs), state[0], state[1] if c0 is not None else None
+
+
+def recurrent_scan(
+    projected: Tensor,
+    weight: Sequence[Tensor],
+    h0: Tensor,
+    c0: Optional[Tensor],
+    cell: int,
+    slots: Sequence[int],
+    batch_sizes: Optional[Sequence[int]] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer and direction by the engine: ``h_t = cell(projected_t + h_{t-1} @ W, state)``.
+
+    Args:
+        projected: ``(T, B, G * H)``, the input projection of every step.
+        weight: the recurrent weight's components ``(r, i, j, k)``, each ``(H/4, G * H/4)``.
+        h0, c0: ``(B, H)`` initial states (``c0`` for the LSTM cell only, else None).
+        cell: ``RNN_TANH``, ``LSTM`` or ``LIGRU``.
+        slots: the gate layout, ``slots[g]`` the block of gate ``g``.
+        batch_sizes: a PackedSequence's rows per step (sorted sequences), or None.
+        reverse: run from the last step to the first (the backward direction).
+
+    Returns ``(output (T, B, H), h_n, c_n or None)``. Under autocast it computes in ``projected``'s
+    dtype (the autocast dtype the input projection gave), as torch.nn.LSTM does. Under torch.func
+    transforms or forward-mode AD it runs :func:`step_loop` instead.
+    """
+    *weight, h0, c0 = _in_compute_dtype("recurrent_scan", projected, (*weight, h0, c0))
+    if not torch.compiler.is_compiling() and _transforms_active():
+        matrix = hamilton_expand(*weight)
+        return step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots, batch_sizes, reverse)
+    tensors = (projected, *weight, h0) if c0 is None else (projected, *weight, h0, c0)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    sizes = None if batch_sizes is None else list(batch_sizes)
+    output, h_n, c_n, _ = _SCAN(projected, *weight, h0, c0, cell, list(slots), sizes, reverse, keep)
+    return output, h_n, c_n if cell == LSTM else None
+
+
+# --- registrations: fake kernels and autograd of the engine's ops -------------------------------
+
+
+@torch.library.register_fake("qlayers::recurrent_scan")
+def _scan_fake(projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, keep):
+    torch._check_value(projected.dim() == 3 and h0.dim() == 2, lambda: "recurrent_scan: expected (T, B, G*H) and (B, H)")
+    steps, batch = projected.shape[:2]
+    hidden_size = h0.shape[1]
+    has_cell = cell == LSTM
+    empty = projected.new_empty((0,))
+    return (
+        projected.new_empty((steps, batch, hidden_size)),
+        projected.new_empty((batch, hidden_size)),
+        projected.new_empty((batch, hidden_size)) if has_cell else empty,
+        projected.new_empty((steps, batch, hidden_size)) if keep and has_cell else projected.new_empty((0,)),
+    )
+
+
+@torch.library.register_fake("qlayers::recurrent_scan_backward")
+def _scan_backward_fake(
+    grad_output, grad_h_n, grad_c_n, projected, r, i, j, k, h0, c0, output, cells, cell, slots, batch_sizes, reverse, mask
+):
+    empty = projected.new_empty((0,))
+    like = [projected, r, i, j, k, h0, c0 if c0 is not None else empty]
+    needs = [mask[0], mask[1], mask[1], mask[1], mask[1], mask[2], mask[3] and cell == LSTM]
+    return tuple(torch.empty_like(t) if need else projected.new_empty((0,)) for t, need in zip(like, needs))
+
+
+def _scan_setup_context(ctx, inputs, output):
+    projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, _ = inputs
+    out, _, _, cells = output
+    ctx.save_for_backward(projected, r, i, j, k, h0, c0, out, cells)
+    ctx.layout = (cell, slots, batch_sizes, reverse)
+
+
+def _scan_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_cells):
+    projected, r, i, j, k, h0, c0, output, cells = ctx.saved_tensors
+    cell, slots, batch_sizes, reverse = ctx.layout
+    needs = ctx.needs_input_grad[:7]
+    if torch.is_grad_enabled():
+        # A graph of the gradients is asked for (double backward): re-run the scan by
+        # differentiable ops from the kept inputs, and differentiate that.
+        return (*_differentiable_gradients(ctx.saved_tensors[:7], (grad_output, grad_h_n, grad_c_n), needs, ctx.layout), *[None] * 5)
+    mask = [needs[0], any(needs[1:5]), needs[5], needs[6]]
+    grads = _SCAN_BACKWARD(
+        grad_output, grad_h_n, grad_c_n, projected, r, i, j, k, h0, c0, output, cells, cell, slots, batch_sizes, reverse, mask
+    )
+    return (*(g if need else None for g, need in zip(grads, needs)), *[None] * 5)
+
+
+def _differentiable_gradients(inputs, grads, needs, layout):
+    projected, r, i, j, k, h0, c0 = inputs
+    cell, slots, batch_sizes, reverse = layout
+    matrix = hamilton_expand(r, i, j, k)
+    results = step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots, batch_sizes, reverse)
+    pairs = [(result, grad) for result, grad in zip(results, grads) if result is not None and grad is not None]
+    wanted = [n for n, need in enumerate(needs) if need]
+    found = torch.autograd.grad(
+        [result for result, _ in pairs],
+        [inputs[n] for n in wanted],
+        [grad for _, grad in pairs],
+        create_graph=True,
+        allow_unused=True,
+    )
+    gradients: List[Optional[Tensor]] = [None] * 7
+    for n, gradient in zip(wanted, found):
+        gradients[n] = gradient if gradient is not None else torch.zeros_like(inputs[n])
+    return gradients
+
+
+torch.library.register_autograd("qlayers::recurrent_scan", _scan_backward, setup_context=_scan_setup_context)
