@@ -33,9 +33,11 @@ mapfile -t flags < "$work/flags.txt"
 status=0
 for src in csrc/cuda/*.cu; do
   echo "=== $src ($arch)"
-  nvcc "${flags[@]}" -O3 -DQLAYERS_WITH_CUDA -arch="$arch" -Xptxas -v --keep --keep-dir "$work" \
-    -c "$src" -o "$work/kernels.o" 2> "$work/ptxas.txt" || { cat "$work/ptxas.txt"; exit 1; }
-  "$python" - "$work/ptxas.txt" "$work"/*.ptx <<'EOF' || status=1
+  keep="$work/$(basename "$src" .cu)"  # one folder per source: its PTX alone, not the previous ones'
+  mkdir "$keep"
+  nvcc "${flags[@]}" -O3 -DQLAYERS_WITH_CUDA -arch="$arch" -Xptxas -v --keep --keep-dir "$keep" \
+    -c "$src" -o "$keep/kernels.o" 2> "$keep/ptxas.txt" || { cat "$keep/ptxas.txt"; exit 1; }
+  "$python" - "$keep/ptxas.txt" "$keep"/*.ptx <<'EOF' || status=1
 import collections, re, subprocess, sys
 
 def demangle(name):

@@ -1,10 +1,12 @@
-"""The CUDA kernels' per-thread code, run on the CPU by tests/kernels/emulate.cpp, bit for bit.
+"""The CUDA kernels' per-thread code, run on the CPU by tests/kernels/emulate.cpp.
 
-The emulation builds csrc/kernels/hamilton_kernels.h (the bodies the CUDA kernels run) for the host
-and runs them serially over a CUDA grid, with the launcher's own plan (pack width, packs, grid) or a
-forced one. Each output is compared bit for bit with the CPU op and with a plain-torch reference
-written from the Hamilton table; outputs start as NaN inside NaN guard zones, so an element left
-unwritten or written out of bounds fails. QLAYERS_EMULATE_SANITIZE=1 (``make test-kernels-asan``)
+The emulation builds csrc/kernels/*.h (the bodies the CUDA kernels run) for the host and runs them
+serially over a CUDA grid, with the launcher's own plan (pack width, packs, grid) or a forced one.
+The Hamilton kernels' outputs are compared bit for bit with the CPU op and with a plain-torch
+reference written from the Hamilton table; the recurrent gate kernels' (exp and tanh, which differ
+by ulps between libraries) with a float64 plain-torch reference, within the dtype's rounding.
+Outputs start as NaN inside NaN guard zones, so an element left unwritten or written out of bounds
+fails. QLAYERS_EMULATE_SANITIZE=1 (``make test-kernels-asan``)
 builds the emulation with AddressSanitizer and UBSan.
 """
 
@@ -418,3 +420,298 @@ def test_cuda_kernels_match_the_emulation(emu, dtype):
         for interleave in (False, True):
             real = ops.block_mix(blocks.cuda(), flat, interleave).cpu()
             assert bits_equal(real, emu.block_mix(blocks, flat, interleave)[0])
+
+
+# ---- The recurrent engine's gate kernels (csrc/kernels/recurrent_kernels.h). ----
+
+RNN_TANH, LSTM, LIGRU = 0, 1, 2
+GATE_COUNT = {RNN_TANH: 1, LSTM: 4, LIGRU: 2}
+# (cell, slots): every cell in its canonical gate order, and LSTM and light GRU permuted.
+CELL_LAYOUTS = [(RNN_TANH, [0]), (LSTM, [0, 1, 2, 3]), (LSTM, [0, 1, 3, 2]), (LIGRU, [0, 1]), (LIGRU, [1, 0])]
+CELL_IDS = ["rnn", "lstm", "lstm-0132", "ligru", "ligru-10"]
+# rtol and atol against float64: the dtype's rounding of the result (half an ulp of float16 is 4.9e-4,
+# of bfloat16 3.9e-3) plus a few ulps of float32 or float64 math.
+GATE_TOLERANCE = {torch.float64: 1e-13, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def gate_shapes(dtype):
+    """(rows, quarter): one row and several, quarter a multiple of the pack width and not."""
+    w = width_of(dtype)
+    return [(1, w), (3, 2 * w), (1, w + 1), (3, 1), (2, 3)]
+
+
+def gate_columns(pre, cell, slots):
+    """The cell's gates in canonical order, each (rows, H), from pre (rows, gates * H): gate g of
+    quaternion q in component block c sits at column (c * gates + slots[g]) * quarter + q."""
+    gates = GATE_COUNT[cell]
+    quarter = pre.shape[1] // (4 * gates)
+    blocks = pre.reshape(pre.shape[0], 4, gates, quarter)
+    return [blocks[:, :, slots[g], :].reshape(pre.shape[0], 4 * quarter) for g in range(gates)]
+
+
+def cell_reference(cell, gates, hidden, cell_state, cell_after=None):
+    """(h_t, c_t) from the gates' pre-activations, in plain torch; c_t None but for the LSTM.
+
+    cell_after: the c_t the backward kernel is given; tanh(c_t) then reads it, while the gradient
+    flows as through c_t.
+    """
+    if cell == LSTM:
+        i, f, g, o = torch.sigmoid(gates[0]), torch.sigmoid(gates[1]), torch.tanh(gates[2]), torch.sigmoid(gates[3])
+        c = f * cell_state + i * g
+        if cell_after is not None:
+            c = c + (cell_after - c).detach()
+        return o * torch.tanh(c), c
+    if cell == LIGRU:
+        z = torch.sigmoid(gates[0])
+        return z * hidden + (1 - z) * torch.relu(gates[1]), None
+    return torch.tanh(gates[0]), None
+
+
+def assert_near(actual, expected, context):
+    tolerance = GATE_TOLERANCE[actual.dtype]
+    torch.testing.assert_close(
+        actual.double(), expected, rtol=tolerance, atol=tolerance, msg=lambda m: f"{context}: {m}"
+    )
+
+
+def forward_inputs(cell, rows, quarter, dtype, keep):
+    """(projected, recurrent, hidden, cell, output, cells_out) for recurrent_gates_forward."""
+    h = 4 * quarter
+    width = GATE_COUNT[cell] * h
+    lstm = cell == LSTM
+    return (
+        random((rows, width), dtype),
+        random((rows, width), dtype),
+        random((rows, h), dtype),
+        random((rows, h), dtype) if lstm else None,
+        torch.empty(rows, h, dtype=dtype),
+        torch.empty(rows, h, dtype=dtype) if lstm and keep else None,
+    )
+
+
+def forward_reference(cell, slots, projected, recurrent, hidden, cell_state):
+    gates = gate_columns(projected.double() + recurrent.double(), cell, slots)
+    return cell_reference(cell, gates, hidden.double(), None if cell_state is None else cell_state.double())
+
+
+def backward_inputs(cell, slots, rows, quarter, dtype, with_output):
+    """(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell) for the backward op;
+    the LSTM's c_t is its forward from c_{t-1}, rounded."""
+    h = 4 * quarter
+    pre = random((rows, GATE_COUNT[cell] * h), dtype)
+    lstm = cell == LSTM
+    cell_prev = random((rows, h), dtype) if lstm else None
+    cell_after = None
+    if lstm:
+        cell_after = cell_reference(cell, gate_columns(pre.double(), cell, slots), None, cell_prev.double())[1]
+        cell_after = cell_after.to(dtype)
+    return (
+        pre,
+        random((rows, h), dtype) if with_output else None,
+        random((rows, h), dtype),
+        random((rows, h), dtype) if lstm else None,
+        random((rows, h), dtype) if cell == LIGRU else None,
+        cell_prev,
+        cell_after,
+    )
+
+
+def backward_reference(cell, slots, pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell_after):
+    """torch.autograd through cell_reference: (d pre, dL/dh_{t-1} not through the weight or None,
+    dL/dc_{t-1} or None)."""
+    a = pre.double().requires_grad_()
+    h_prev = hidden_prev.double().requires_grad_() if hidden_prev is not None else None
+    c_prev = cell_prev.double().requires_grad_() if cell_prev is not None else None
+    after = cell_after.double() if cell_after is not None else None
+    h, c = cell_reference(cell, gate_columns(a, cell, slots), h_prev, c_prev, after)
+    grad_h = grad_hidden.double() + (grad_output.double() if grad_output is not None else 0.0)
+    loss = (h * grad_h).sum()
+    if c is not None:
+        loss = loss + (c * grad_cell.double()).sum()
+    inputs = [t for t in (a, h_prev, c_prev) if t is not None]
+    found = torch.autograd.grad(loss, inputs)
+    return found[0], found[1] if h_prev is not None else None, found[-1] if c_prev is not None else None
+
+
+@pytest.mark.parametrize("cell, slots", CELL_LAYOUTS, ids=CELL_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gates_forward(emu, dtype, cell, slots):
+    torch.manual_seed(0)
+    for n, (rows, quarter) in enumerate(gate_shapes(dtype)):
+        inputs = forward_inputs(cell, rows, quarter, dtype, keep=n % 2 == 0)
+        projected, recurrent, hidden, cell_state, _, cells_out = inputs
+        expected_h, expected_c = forward_reference(cell, slots, projected, recurrent, hidden, cell_state)
+        planned = emu.gates_forward(*inputs, cell, slots)[4]
+        assert planned == (width_of(dtype) if quarter % width_of(dtype) == 0 else 1)
+        for width in widths_to_try(dtype, planned):
+            for blocks, threads in GRIDS:
+                context = (rows, quarter, width, blocks, threads)
+                h, c, out, kept, used, iterations = emu.gates_forward(
+                    *inputs, cell, slots, width=width, blocks=blocks, threads=threads
+                )
+                record("gates_forward", dtype, used, iterations)
+                assert_near(out, expected_h, context)
+                assert bits_equal(h, out), context
+                if cell == LSTM:
+                    assert_near(c, expected_c, context)
+                    assert kept is None if cells_out is None else bits_equal(kept, c), context
+                else:
+                    assert c is None and kept is None
+
+
+@pytest.mark.parametrize("cell, slots", CELL_LAYOUTS, ids=CELL_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gates_backward(emu, dtype, cell, slots):
+    torch.manual_seed(0)
+    for n, (rows, quarter) in enumerate(gate_shapes(dtype)):
+        inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=n % 2 == 0)
+        expected_pre, expected_h, expected_c = backward_reference(cell, slots, *inputs)
+        grad_hidden = inputs[2]
+        planned = emu.gates_backward(*inputs, cell, slots)[3]
+        assert planned == (width_of(dtype) if quarter % width_of(dtype) == 0 else 1)
+        for width in widths_to_try(dtype, planned):
+            for blocks, threads in GRIDS:
+                context = (rows, quarter, width, blocks, threads)
+                pre, grad_h, grad_c, used, iterations = emu.gates_backward(
+                    *inputs, cell, slots, width=width, blocks=blocks, threads=threads
+                )
+                record("gates_backward", dtype, used, iterations)
+                assert_near(pre, expected_pre, context)
+                if cell == LIGRU:
+                    assert_near(grad_h, expected_h, context)
+                else:  # only the recurrent GEMM adds to it, outside the kernel
+                    assert bits_equal(grad_h, grad_hidden), context
+                if cell == LSTM:
+                    assert_near(grad_c, expected_c, context)
+                else:
+                    assert grad_c is None
+
+
+def test_gates_packed_path_taken(emu):
+    # Aligned rows of whole packs get the 16-byte kernels; a quarter that is no multiple of the pack
+    # width, or a misaligned operand, one element per thread.
+    for dtype in DTYPES:
+        w = width_of(dtype)
+        for cell in (RNN_TANH, LSTM, LIGRU):
+            slots = list(range(GATE_COUNT[cell]))
+            inputs = forward_inputs(cell, 2, w, dtype, keep=True)
+            assert emu.gates_forward(*inputs, cell, slots)[4] == w
+            assert emu.gates_forward(*forward_inputs(cell, 2, w + 1, dtype, keep=True), cell, slots)[4] == 1
+            misaligned = (laid_out(inputs[0], "misaligned"), *inputs[1:])
+            assert emu.gates_forward(*misaligned, cell, slots)[4] == 1
+            inputs = backward_inputs(cell, slots, 2, w, dtype, with_output=True)
+            assert emu.gates_backward(*inputs, cell, slots)[3] == w
+            misaligned = (inputs[0], laid_out(inputs[1], "misaligned"), *inputs[2:])
+            assert emu.gates_backward(*misaligned, cell, slots)[3] == 1
+
+
+def test_gates_forced_packs_on_misaligned_data_fault(emu):
+    inputs = forward_inputs(LSTM, 2, 4, torch.float32, keep=True)
+    misaligned = (inputs[0], laid_out(inputs[1], "misaligned"), *inputs[2:])
+    with pytest.raises(RuntimeError, match="misaligned pack access"):
+        emu.gates_forward(*misaligned, LSTM, [0, 1, 2, 3], width=4)
+
+
+@pytest.mark.parametrize("rows, quarter", [(0, 4), (3, 0)])
+@pytest.mark.parametrize("cell, slots", CELL_LAYOUTS[:2] + CELL_LAYOUTS[3:4], ids=["rnn", "lstm", "ligru"])
+def test_gates_empty_launch_nothing(emu, cell, slots, rows, quarter):
+    inputs = forward_inputs(cell, rows, quarter, torch.float32, keep=True)
+    h, c, out, kept, used, iterations = emu.gates_forward(*inputs, cell, slots)
+    assert (used, iterations) == (0, 0) and h.shape == out.shape == (rows, 4 * quarter)
+    inputs = backward_inputs(cell, slots, rows, quarter, torch.float32, with_output=True)
+    pre, grad_h, grad_c, used, iterations = emu.gates_backward(*inputs, cell, slots)
+    assert (used, iterations) == (0, 0) and pre.shape == inputs[0].shape
+
+
+def test_gates_unwritten_elements_stay_nan(emu):
+    # The guard machinery the tests above rely on: where the grid's first block does not run, its
+    # packs of the output stay NaN (and the reference comparison would fail on them).
+    inputs = forward_inputs(RNN_TANH, 2, 3, torch.float32, keep=False)
+    _, _, out, _, used, _ = emu.gates_forward(*inputs, RNN_TANH, [0], width=1, blocks=2, threads=4, first_block=1)
+    skipped = (torch.arange(out.numel()) % 8 < 4).view(out.shape)  # block 0's threads: packs 8k .. 8k + 3
+    assert used == 1 and torch.equal(out.isnan(), skipped)
+
+
+FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell", "output", "cells_out")
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"slots": [0, 1, 2]}, ValueError, "permutation of 0..3"),
+        ({"slots": [0, 1, 1, 2]}, ValueError, "permutation of 0..3"),
+        ({"slots": [0, 1, 2, 4]}, ValueError, "permutation of 0..3"),
+        ({"kind": 3}, ValueError, "expected cell 0"),
+        ({"cell": None}, ValueError, "needs a cell state"),
+        ({"projected": torch.zeros(3, 24)}, ValueError, r"expected shape \(3, 32\)"),
+        ({"recurrent": torch.zeros(2, 32)}, ValueError, r"expected shape \(3, 32\)"),
+        ({"output": torch.zeros(3, 9)}, ValueError, r"expected shape \(3, 8\)"),
+        ({"projected": torch.zeros(32, 3).t()}, ValueError, "contiguous"),
+        ({"recurrent": torch.zeros(3, 32, dtype=torch.float64)}, TypeError, "one dtype"),
+        ({"hidden": torch.zeros(3, 6)}, ValueError, "H a multiple of 4"),
+        ({"hidden": torch.zeros(3, 8, dtype=torch.int32)}, TypeError, "floating-point"),
+    ],
+)
+def test_gates_forward_rejects_bad_arguments(emu, change, error, message):
+    arguments = dict(zip(FORWARD_ARGUMENTS, forward_inputs(LSTM, 3, 2, torch.float32, keep=True)))
+    arguments.update(kind=LSTM, slots=[0, 1, 2, 3])
+    arguments.update(change)
+    with pytest.raises(error, match=message):
+        emu.gates_forward(**arguments)
+
+
+@pytest.mark.parametrize(
+    "cell, missing, message",
+    [
+        (LSTM, 3, "needs grad_cell, cell_prev and cell"),
+        (LSTM, 5, "needs grad_cell, cell_prev and cell"),
+        (LSTM, 6, "needs grad_cell, cell_prev and cell"),
+        (LIGRU, 4, "needs hidden_prev"),
+    ],
+)
+def test_gates_backward_rejects_missing_state(emu, cell, missing, message):
+    slots = list(range(GATE_COUNT[cell]))
+    inputs = list(backward_inputs(cell, slots, 3, 2, torch.float32, with_output=True))
+    inputs[missing] = None
+    with pytest.raises(ValueError, match=message):
+        emu.gates_backward(*inputs, cell, slots)
+
+
+def test_gates_backward_rejects_bad_layouts(emu):
+    inputs = list(backward_inputs(LIGRU, [0, 1], 3, 2, torch.float32, with_output=True))
+    with pytest.raises(ValueError, match="permutation of 0..1"):
+        emu.gates_backward(*inputs, LIGRU, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"expected shape \(3, 16\)"):
+        emu.gates_backward(torch.zeros(3, 32), *inputs[1:], LIGRU, [0, 1])  # pre laid out for the LSTM
+    with pytest.raises(TypeError, match="one dtype"):
+        emu.gates_backward(*inputs[:4], inputs[4].double(), *inputs[5:], LIGRU, [0, 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
+@pytest.mark.parametrize("cell, slots", CELL_LAYOUTS, ids=CELL_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cuda_gates_match_the_reference(dtype, cell, slots):
+    # On a GPU machine (scripts/gpu-check.sh): the real gate kernels, which update in place, against
+    # the reference (device exp and tanh round differently from the host's, so not bit for bit).
+    ops = torch.ops.qlayers
+    torch.manual_seed(0)
+    cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
+    for rows, quarter in gate_shapes(dtype):
+        inputs = forward_inputs(cell, rows, quarter, dtype, keep=True)
+        expected_h, expected_c = forward_reference(cell, slots, *inputs[:4])
+        projected, recurrent, hidden, cell_state, output, cells_out = map(cuda, inputs)
+        ops.recurrent_gates_forward(projected, recurrent, hidden, cell_state, output, cells_out, cell, slots)
+        assert_near(output.cpu(), expected_h, (rows, quarter))
+        assert bits_equal(hidden.cpu(), output.cpu())
+        if cell == LSTM:
+            assert_near(cell_state.cpu(), expected_c, (rows, quarter))
+            assert bits_equal(cells_out.cpu(), cell_state.cpu())
+        inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=True)
+        expected_pre, expected_grad_h, expected_grad_c = backward_reference(cell, slots, *inputs)
+        pre, grad_output, grad_h, grad_c, hidden_prev, cell_prev, cell_after = map(cuda, inputs)
+        ops.recurrent_gates_backward(pre, grad_output, grad_h, grad_c, hidden_prev, cell_prev, cell_after, cell, slots)
+        assert_near(pre.cpu(), expected_pre, (rows, quarter))
+        if cell == LIGRU:
+            assert_near(grad_h.cpu(), expected_grad_h, (rows, quarter))
+        if cell == LSTM:
+            assert_near(grad_c.cpu(), expected_grad_c, (rows, quarter))

@@ -5,9 +5,7 @@
 // each launcher runs the host-side plan from there: pack width, packs and grid.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -15,54 +13,18 @@
 
 #include "../hamilton_shapes.h"
 #include "../kernels/hamilton_kernels.h"
+#include "launch.cuh"
 
 namespace qlayers {
 namespace {
 
 using namespace kernels;
 
-// Each kernel: the grid-stride loop (run_thread) around its per-thread function.
-#define QLAYERS_GRID_STRIDE(body)                                                                           \
-  run_thread(first_pack(blockIdx.x, blockDim.x, threadIdx.x), grid_stride(gridDim.x, blockDim.x), p.packs, \
-             [&](int64_t pack) { body<scalar_t, Width>(p, pack); })
-
-template <typename scalar_t, int Width>
-__global__ void expand_kernel(const __grid_constant__ ExpandParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(expand_pack);
-}
-
-template <typename scalar_t, int Width>
-__global__ void reduce_kernel(const __grid_constant__ ReduceParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(reduce_pack);
-}
-
-template <typename scalar_t, int Width>
-__global__ void combine_kernel(const __grid_constant__ RowsParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(combine_pack);
-}
-
-template <typename scalar_t, int Width>
-__global__ void spread_kernel(const __grid_constant__ RowsParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(spread_pack);
-}
-
-template <typename scalar_t, int Width>
-__global__ void block_mix_kernel(const __grid_constant__ MixParams<scalar_t> p) {
-  QLAYERS_GRID_STRIDE(block_mix_pack);
-}
-
-// Blocks the current device holds at once, give or take: the cap on a grid.
-int64_t resident_blocks() {
-  return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-}
-
-// Runs a plan: the packed instantiation where the plan chose a width above 1.
-template <typename Params>
-void launch(const Launch<Params>& plan, void (*packed)(const Params), void (*single)(const Params)) {
-  auto kernel = plan.width > 1 ? packed : single;
-  kernel<<<static_cast<unsigned>(plan.blocks), static_cast<unsigned>(plan.threads), 0, at::cuda::getCurrentCUDAStream()>>>(plan.params);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+QLAYERS_GRID_STRIDE_KERNEL(expand_kernel, ExpandParams, expand_pack)
+QLAYERS_GRID_STRIDE_KERNEL(reduce_kernel, ReduceParams, reduce_pack)
+QLAYERS_GRID_STRIDE_KERNEL(combine_kernel, RowsParams, combine_pack)
+QLAYERS_GRID_STRIDE_KERNEL(spread_kernel, RowsParams, spread_pack)
+QLAYERS_GRID_STRIDE_KERNEL(block_mix_kernel, MixParams, block_mix_pack)
 
 // Each op checks its arguments (prepare_*) before it builds the device guard: OptionalCUDAGuard
 // refuses a CPU device with its own message, which would hide the check's "on one device". The

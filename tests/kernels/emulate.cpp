@@ -1,20 +1,23 @@
-// The CUDA kernels' per-thread functions (csrc/kernels/hamilton_kernels.h) run serially on the CPU
+// The CUDA kernels' per-thread functions (csrc/kernels/*.h) run serially on the CPU
 // over a CUDA grid, for tests/test_kernels_emulated.py: a test-only extension, never shipped.
 //
 // Each op plans its launch as the CUDA launcher does (same prepare_* and plan_*), may override the
 // pack width and the grid, checks the launch as CUDA would refuse it, then runs every (block,
 // thread) of the grid through the grid-stride loop. The outputs sit inside NaN guard zones that must
-// come back untouched. Each op returns its outputs, the pack width and the most grid-stride
-// iterations any thread ran.
+// come back untouched (the gate ops, which update tensors in place, update guarded copies). Each op
+// returns its outputs, the pack width and the most grid-stride iterations any thread ran.
 #include <torch/extension.h>
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
 
 #include "kernels/hamilton_kernels.h"
+#include "kernels/recurrent_kernels.h"
+#include "recurrent_gates.h"
 
 namespace qlayers {
 namespace kernels {
@@ -31,6 +34,16 @@ at::Tensor guarded_empty(at::IntArrayRef sizes, const at::TensorOptions& options
   at::Tensor buffer = at::full({numel + 2 * kGuard}, std::numeric_limits<double>::quiet_NaN(), options);
   buffers.push_back(buffer);
   return buffer.narrow(0, kGuard, numel).view(sizes);
+}
+
+// A tensor the op updates in place, as a guarded copy of its values; undefined stays undefined.
+at::Tensor guarded_copy(const at::Tensor& t, std::vector<at::Tensor>& buffers) {
+  return t.defined() ? guarded_empty(t.sizes(), t.options(), buffers).copy_(t) : t;
+}
+
+// A tensor the op only writes, as a guarded all-NaN one of its sizes; undefined stays undefined.
+at::Tensor guarded_like(const at::Tensor& t, std::vector<at::Tensor>& buffers) {
+  return t.defined() ? guarded_empty(t.sizes(), t.options(), buffers) : t;
 }
 
 void check_guards(const std::vector<at::Tensor>& buffers) {
@@ -201,6 +214,73 @@ std::tuple<at::Tensor, int64_t, int64_t> block_mix(const at::Tensor& blocks, std
   return {result, used, iterations};
 }
 
+// The test's overrides of a plan (see override_plan and run_grid).
+struct Overrides {
+  int64_t width, blocks, threads, first_block;
+};
+
+// Runs a gate op's plan, overridden: returns the width it ran and the most iterations of a thread.
+template <typename scalar_t, typename Params, typename Packed, typename Single>
+std::tuple<int64_t, int64_t> run_overridden(Launch<Params> plan, const Overrides& o, Packed packed, Single single) {
+  override_plan(plan, o.width, o.blocks, o.threads);
+  return {plan.width, run_plan<scalar_t>(plan, o.first_block, packed, single)};
+}
+
+// recurrent_gates_forward, checked as the CUDA op is, on guarded tensors: hidden and cell (read and
+// updated in place) copied in, output and cells_out all NaN. Returns (hidden, cell, output,
+// cells_out, width, iterations); cell and cells_out None where not given.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gates_forward(
+    const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
+    const std::optional<at::Tensor>& cell, const at::Tensor& output, const std::optional<at::Tensor>& cells_out,
+    int64_t kind, std::vector<int64_t> slots, int64_t width, int64_t blocks, int64_t threads, int64_t first_block) {
+  check_gates_forward(projected, recurrent, hidden, defined_or_empty(cell), output, defined_or_empty(cells_out), kind,
+                      slots);
+  std::vector<at::Tensor> buffers;
+  const at::Tensor h = guarded_copy(hidden, buffers), c = guarded_copy(defined_or_empty(cell), buffers);
+  const at::Tensor out = guarded_like(output, buffers), kept = guarded_like(defined_or_empty(cells_out), buffers);
+  std::tuple<int64_t, int64_t> ran{0, 0};
+  if (h.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "emulated_gates_forward", [&] {
+      auto plan =
+          plan_gates_forward<scalar_t>(projected, recurrent, h, c, out, kept, static_cast<int>(kind), slots, kResident);
+      ran = run_overridden<scalar_t>(plan, {width, blocks, threads, first_block},
+                                     QLAYERS_PACK_FN(gates_forward_pack, scalar_t, pack_width<scalar_t>()),
+                                     QLAYERS_PACK_FN(gates_forward_pack, scalar_t, 1));
+    });
+  }
+  check_guards(buffers);
+  return {h, c, out, kept, std::get<0>(ran), std::get<1>(ran)};
+}
+
+// recurrent_gates_backward, likewise: pre, grad_hidden and grad_cell (read and updated in place)
+// copied into guarded buffers; the read-only inputs read in place, in whatever alignment they have.
+// Returns (pre, grad_hidden, grad_cell, width, iterations); grad_cell None where not given.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gates_backward(
+    const at::Tensor& pre, const std::optional<at::Tensor>& grad_output, const at::Tensor& grad_hidden,
+    const std::optional<at::Tensor>& grad_cell, const std::optional<at::Tensor>& hidden_prev,
+    const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell, int64_t kind,
+    std::vector<int64_t> slots, int64_t width, int64_t blocks, int64_t threads, int64_t first_block) {
+  const at::Tensor from_output = defined_or_empty(grad_output), previous = defined_or_empty(hidden_prev);
+  const at::Tensor cell_before = defined_or_empty(cell_prev), cell_after = defined_or_empty(cell);
+  check_gates_backward(pre, from_output, grad_hidden, defined_or_empty(grad_cell), previous, cell_before, cell_after,
+                       kind, slots);
+  std::vector<at::Tensor> buffers;
+  const at::Tensor p = guarded_copy(pre, buffers), gh = guarded_copy(grad_hidden, buffers);
+  const at::Tensor gc = guarded_copy(defined_or_empty(grad_cell), buffers);
+  std::tuple<int64_t, int64_t> ran{0, 0};
+  if (gh.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gh.scalar_type(), "emulated_gates_backward", [&] {
+      auto plan = plan_gates_backward<scalar_t>(p, from_output, gh, gc, previous, cell_before, cell_after,
+                                                static_cast<int>(kind), slots, kResident);
+      ran = run_overridden<scalar_t>(plan, {width, blocks, threads, first_block},
+                                     QLAYERS_PACK_FN(gates_backward_pack, scalar_t, pack_width<scalar_t>()),
+                                     QLAYERS_PACK_FN(gates_backward_pack, scalar_t, 1));
+    });
+  }
+  check_guards(buffers);
+  return {p, gh, gc, std::get<0>(ran), std::get<1>(ran)};
+}
+
 }  // namespace
 }  // namespace kernels
 }  // namespace qlayers
@@ -213,6 +293,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("combine", &k::combine, "products"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.def("spread", &k::spread, "grad"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.def("block_mix", &k::block_mix, "blocks"_a, "coefficients"_a, "interleave"_a, "width"_a = 0, "blocks_override"_a = -1,
+        "threads"_a = -1, "first_block"_a = 0);
+  m.def("gates_forward", &k::gates_forward, "projected"_a, "recurrent"_a, "hidden"_a, "cell"_a, "output"_a,
+        "cells_out"_a, "kind"_a, "slots"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
+  m.def("gates_backward", &k::gates_backward, "pre"_a, "grad_output"_a, "grad_hidden"_a, "grad_cell"_a,
+        "hidden_prev"_a, "cell_prev"_a, "cell"_a, "kind"_a, "slots"_a, "width"_a = 0, "blocks"_a = -1,
         "threads"_a = -1, "first_block"_a = 0);
   m.attr("THREADS") = k::kThreads;
   m.attr("PACK_BYTES") = k::kPackBytes;

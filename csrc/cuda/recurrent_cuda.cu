@@ -1,0 +1,69 @@
+// CUDA kernels for recurrent_gates_forward and recurrent_gates_backward: one step's gate activations
+// and state update, fused, for every (row, hidden feature).
+//
+// Each kernel is a grid-stride loop around its per-thread function in ../kernels/recurrent_kernels.h
+// (shared with the host emulation in tests/kernels), and each launcher runs the host-side plan from
+// there: pack width, packs and grid.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "../kernels/recurrent_kernels.h"
+#include "../recurrent_gates.h"
+#include "launch.cuh"
+
+namespace qlayers {
+namespace {
+
+using namespace kernels;
+
+QLAYERS_GRID_STRIDE_KERNEL(gates_forward_kernel, GatesForwardParams, gates_forward_pack)
+QLAYERS_GRID_STRIDE_KERNEL(gates_backward_kernel, GatesBackwardParams, gates_backward_pack)
+
+// Both ops check their arguments before they build the device guard (see hamilton_cuda.cu), and
+// launch nothing when the states are empty (no rows, or H = 0).
+void recurrent_gates_forward_cuda(const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
+                                  const std::optional<at::Tensor>& cell, const at::Tensor& output,
+                                  const std::optional<at::Tensor>& cells_out, int64_t cell_kind,
+                                  at::IntArrayRef slots) {
+  const at::Tensor cell_ = defined_or_empty(cell), cells_out_ = defined_or_empty(cells_out);
+  check_gates_forward(projected, recurrent, hidden, cell_, output, cells_out_, cell_kind, slots);
+  const c10::cuda::OptionalCUDAGuard guard(hidden.device());
+  if (hidden.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "recurrent_gates_forward", [&] {
+    launch(plan_gates_forward<scalar_t>(projected, recurrent, hidden, cell_, output, cells_out_,
+                                        static_cast<int>(cell_kind), slots, resident_blocks()),
+           gates_forward_kernel<scalar_t, pack_width<scalar_t>()>, gates_forward_kernel<scalar_t, 1>);
+  });
+}
+
+void recurrent_gates_backward_cuda(const at::Tensor& pre, const std::optional<at::Tensor>& grad_output,
+                                   const at::Tensor& grad_hidden, const std::optional<at::Tensor>& grad_cell,
+                                   const std::optional<at::Tensor>& hidden_prev,
+                                   const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell,
+                                   int64_t cell_kind, at::IntArrayRef slots) {
+  const at::Tensor grad_output_ = defined_or_empty(grad_output), grad_cell_ = defined_or_empty(grad_cell);
+  const at::Tensor hidden_prev_ = defined_or_empty(hidden_prev), cell_prev_ = defined_or_empty(cell_prev);
+  const at::Tensor cell_ = defined_or_empty(cell);
+  check_gates_backward(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_, cell_kind, slots);
+  const c10::cuda::OptionalCUDAGuard guard(grad_hidden.device());
+  if (grad_hidden.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_hidden.scalar_type(), "recurrent_gates_backward", [&] {
+    launch(plan_gates_backward<scalar_t>(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_,
+                                         static_cast<int>(cell_kind), slots, resident_blocks()),
+           gates_backward_kernel<scalar_t, pack_width<scalar_t>()>, gates_backward_kernel<scalar_t, 1>);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qlayers, CUDA, m) {
+  m.impl("recurrent_gates_forward", &recurrent_gates_forward_cuda);
+  m.impl("recurrent_gates_backward", &recurrent_gates_backward_cuda);
+}
+
+}  // namespace qlayers
