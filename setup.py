@@ -13,6 +13,7 @@ Build against the torch already installed: ``pip install --no-build-isolation -e
 
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -221,7 +222,32 @@ def _extension():
     )
 
 
+# Sources named *_avx2.cpp hold kernels compiled for AVX2 and FMA, as ATen compiles its own: at::vec
+# then uses 8-float vectors and Sleef's exp and tanh. The code picks them at run time only on a CPU
+# that has both; elsewhere (another architecture, a compiler without the flags) the file builds its
+# portable fallback. distutils compiles one source at a time through _compile, which is where a
+# source gets flags of its own.
+AVX2_FLAGS = ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    def build_extension(self, ext):
+        compile_one = self.compiler._compile
+        x86 = platform.machine().lower() in ("x86_64", "amd64")
+
+        def compile_with_isa(obj, src, ext_name, cc_args, extra_postargs, pp_opts):
+            if x86 and src.endswith("_avx2.cpp"):
+                if isinstance(extra_postargs, dict):
+                    extra_postargs = {**extra_postargs, "cxx": extra_postargs.get("cxx", []) + AVX2_FLAGS}
+                else:
+                    extra_postargs = list(extra_postargs or []) + AVX2_FLAGS
+            return compile_one(obj, src, ext_name, cc_args, extra_postargs, pp_opts)
+
+        self.compiler._compile = compile_with_isa
+        super().build_extension(ext)
+
+
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
+    cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False, use_ninja=False)},
 )

@@ -35,7 +35,7 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 # The output is the progress bar and the table. On a CPU run the profiler (peak memory) would log
 # every start and stop, and kineto's failed GPU probe, at its default level; 6 is above its highest.
@@ -98,6 +98,8 @@ class Workload:
     # Convolution workloads build from convolution factories (no anchor-custom: the anchors'
     # convolutions are plain autograd only).
     factories: Dict[str, LayerFactory] = None
+    # Also time a torch.no_grad() forward (the recurrent layers' inference target).
+    inference: bool = False
 
     def factory(self, impl):
         return (self.factories or IMPLEMENTATIONS).get(impl)
@@ -127,12 +129,19 @@ class SequenceOutput(nn.Module):
         return self.recurrent(x)[0]
 
 
-# Recurrent workloads: the anchors' QLSTM and compiling a 100-step loop are left out.
-LSTM_IMPLEMENTATIONS: Dict[str, LayerFactory] = {
-    "qlayers": qlayers.QLSTM,
-    "autograd": lambda *a, **k: qlayers.QLSTM(*a, **k, memory_efficient=False),
-    "dense": nn.LSTM,
-}
+def recurrent_implementations(ours, torch_layer) -> Dict[str, LayerFactory]:
+    """A quaternion recurrent layer, its plain-autograd path, and torch's own layer as the dense peer.
+    The anchors' QLSTM and compiling a 100-step loop are left out."""
+    return {
+        "qlayers": ours,
+        "autograd": lambda *a, **k: ours(*a, **k, memory_efficient=False),
+        "dense": torch_layer,
+    }
+
+
+LSTM_IMPLEMENTATIONS = recurrent_implementations(qlayers.QLSTM, nn.LSTM)
+RNN_IMPLEMENTATIONS = recurrent_implementations(qlayers.QRNN, nn.RNN)  # nn.RNN: tanh, as QRNN
+LIGRU_IMPLEMENTATIONS = recurrent_implementations(qlayers.QLiGRU, nn.GRU)  # the nearest torch layer
 
 
 def cnn(conv):
@@ -225,12 +234,19 @@ def workloads(size: str, device_type: str = "cpu") -> List[Workload]:
             (pw_batch, channels, side, side),
             CONV_IMPLEMENTATIONS,
         ),
+    ] + [
         Workload(
-            f"QLSTM: {lstm_layers} layers, hidden {lstm_hidden}, {lstm_steps} steps, batch {lstm_batch}",
-            lambda lstm: SequenceOutput(lstm(lstm_hidden, lstm_hidden, lstm_layers)),
+            f"{name}: {lstm_layers} layers, hidden {lstm_hidden}, {lstm_steps} steps, batch {lstm_batch}",
+            lambda layer: SequenceOutput(layer(lstm_hidden, lstm_hidden, lstm_layers)),
             (lstm_steps, lstm_batch, lstm_hidden),
-            LSTM_IMPLEMENTATIONS,
-        ),
+            implementations,
+            inference=True,
+        )
+        for name, implementations in (
+            ("QLSTM", LSTM_IMPLEMENTATIONS),
+            ("QRNN", RNN_IMPLEMENTATIONS),
+            ("QLiGRU", LIGRU_IMPLEMENTATIONS),
+        )
     ]
 
 
@@ -241,6 +257,7 @@ class Record:
     retained_bytes: int
     peak_bytes: int
     time_ms: float
+    inference_ms: Optional[float] = None  # torch.no_grad() forward, for workloads that ask for it
 
 
 def training_step(model, x):
@@ -292,7 +309,11 @@ def measure(workload, impl, device, min_run_time):
     retained = retained_bytes(model, x)
     peak = peak_bytes(model, x, device)
     seconds = median_seconds(lambda inputs: training_step(model, inputs), x, device, min_run_time)
-    return Record(workload.name, impl, retained, peak, seconds * 1e3)
+    inference = None
+    if workload.inference:
+        with torch.no_grad():
+            inference = median_seconds(model, x, device, min_run_time) * 1e3
+    return Record(workload.name, impl, retained, peak, seconds * 1e3, inference)
 
 
 # Kernel bandwidth: (components shape, dtype) per device type; large enough to leave the caches.
@@ -505,6 +526,19 @@ def table(records: List[Record]) -> List[str]:
     return lines
 
 
+def inference_table(records: List[Record]) -> List[str]:
+    """Markdown rows: the torch.no_grad() forward of the workloads that time it, against dense."""
+    by_key = {(r.workload, r.impl): r for r in records}
+    lines = ["| workload | impl | inference ms | inference / dense |", "|---|---|---:|---:|"]
+    for r in records:
+        if r.inference_ms is None:
+            continue
+        dense = by_key.get((r.workload, "dense"))
+        versus = f"{r.inference_ms / dense.inference_ms:.2f}" if dense and dense.inference_ms else "-"
+        lines.append(f"| {r.workload} | {r.impl} | {r.inference_ms:.3f} | {versus} |")
+    return lines
+
+
 def lecture_claim(records: List[Record]) -> List[str]:
     """The lecture's claim, restated for the QLSTM workload: peak memory plain / efficient, with time."""
     by_key = {(r.workload, r.impl): r for r in records}
@@ -698,6 +732,8 @@ def main(argv=None):
     )
     lines = (
         table(records)
+        + ["", "Inference (torch.no_grad() forward) of the recurrent workloads:", ""]
+        + inference_table(records)
         + [""]
         + lecture_claim(records)
         + ["", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", ""]

@@ -7,6 +7,9 @@
 // the new state. Backward takes the same pre-activations again (the engine recomputes them rather
 // than keep them) and the state gradients, and gives the pre-activations' gradients and the part
 // of the previous state's gradient that does not pass through the recurrent weight.
+//
+// Every function is static: each translation unit keeps its own copy, so the copy compiled with
+// AVX2 for csrc/cpu/recurrent_cpu_avx2.cpp never stands in for another (one-definition rule).
 #pragma once
 
 #include <cmath>
@@ -25,31 +28,31 @@ QLAYERS_HOST_DEVICE constexpr int cell_gates(int kind) { return kind == kLstm ? 
 QLAYERS_HOST_DEVICE constexpr bool cell_has_cell_state(int kind) { return kind == kLstm; }
 
 // Scalar primitives (host and device); the vector ones live beside the vector kernels.
-QLAYERS_HOST_DEVICE inline float cell_exp(float x) { return ::expf(x); }
-QLAYERS_HOST_DEVICE inline double cell_exp(double x) { return ::exp(x); }
-QLAYERS_HOST_DEVICE inline float cell_tanh(float x) { return ::tanhf(x); }
-QLAYERS_HOST_DEVICE inline double cell_tanh(double x) { return ::tanh(x); }
+QLAYERS_HOST_DEVICE static inline float cell_exp(float x) { return ::expf(x); }
+QLAYERS_HOST_DEVICE static inline double cell_exp(double x) { return ::exp(x); }
+QLAYERS_HOST_DEVICE static inline float cell_tanh(float x) { return ::tanhf(x); }
+QLAYERS_HOST_DEVICE static inline double cell_tanh(double x) { return ::tanh(x); }
 // `value` where x > 0, else 0: ReLU's derivative applied (0 at NaN, as torch's threshold_backward).
 template <typename T>
-QLAYERS_HOST_DEVICE inline T cell_where_positive(T x, T value) {
+QLAYERS_HOST_DEVICE static inline T cell_where_positive(T x, T value) {
   return x > T(0) ? value : T(0);
 }
 
 template <typename V>
-QLAYERS_HOST_DEVICE inline V cell_sigmoid(V x) {
+QLAYERS_HOST_DEVICE static inline V cell_sigmoid(V x) {
   return V(1) / (V(1) + cell_exp(V(0) - x));
 }
 
 // ReLU that lets NaN through, as torch.relu does.
 template <typename V>
-QLAYERS_HOST_DEVICE inline V cell_relu(V x) {
+QLAYERS_HOST_DEVICE static inline V cell_relu(V x) {
   return x - cell_where_positive(V(0) - x, x);  // x minus itself where x < 0
 }
 
 // One element of one step. `pre` holds the cell's gates; `cell` is read (c_{t-1}) and written (c_t)
 // by the LSTM only; `hidden_prev` is read by the light GRU only.
 template <typename V>
-QLAYERS_HOST_DEVICE inline V cell_forward(int kind, const V* pre, V hidden_prev, V& cell) {
+QLAYERS_HOST_DEVICE static inline V cell_forward(int kind, const V* pre, V hidden_prev, V& cell) {
   if (kind == kLstm) {
     const V input = cell_sigmoid(pre[0]), forget = cell_sigmoid(pre[1]);
     const V candidate = cell_tanh(pre[2]), output = cell_sigmoid(pre[3]);
@@ -67,7 +70,7 @@ QLAYERS_HOST_DEVICE inline V cell_forward(int kind, const V* pre, V hidden_prev,
 // dL/dc_t on entry and dL/dc_{t-1} on exit (LSTM). Writes the gates' gradients to `grad_pre` and
 // returns dL/dh_{t-1} not through the recurrent weight (non-zero for the light GRU only).
 template <typename V>
-QLAYERS_HOST_DEVICE inline V cell_backward(int kind, const V* pre, V hidden_prev, V cell_prev, V cell, V grad_hidden,
+QLAYERS_HOST_DEVICE static inline V cell_backward(int kind, const V* pre, V hidden_prev, V cell_prev, V cell, V grad_hidden,
                                            V& grad_cell, V* grad_pre) {
   const V one(1);
   if (kind == kLstm) {

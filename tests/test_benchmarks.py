@@ -95,15 +95,18 @@ def test_compare_smoke(tmp_path):
     assert [(r["workload"], r["impl"]) for r in records] == expected_pairs
     assert any(w.factories is not None for w in compare.workloads("tiny"))  # the convolution workloads ran
     for record in records:
-        assert set(record) == {"workload", "impl", "retained_bytes", "peak_bytes", "time_ms"}
+        assert set(record) == {"workload", "impl", "retained_bytes", "peak_bytes", "time_ms", "inference_ms"}
         assert isinstance(record["retained_bytes"], int) and record["retained_bytes"] >= 0
         assert isinstance(record["peak_bytes"], int) and record["peak_bytes"] > 0
         assert record["time_ms"] > 0
+        # The recurrent workloads (QLSTM, QRNN, QLiGRU) also time inference; the others do not.
+        recurrent = record["workload"].split(":")[0] in ("QLSTM", "QRNN", "QLiGRU")
+        assert (record["inference_ms"] is not None and record["inference_ms"] > 0) == recurrent
     kept = {(r["workload"], r["impl"]): r["retained_bytes"] for r in records}
     for workload in compare.workloads("tiny"):
         # The plain path keeps the Hamilton matrices that qlayers does not.
         assert kept[(workload.name, "autograd")] > kept[(workload.name, "qlayers")]
-        if not workload.name.startswith("QLSTM"):  # nn.LSTM's fused kernel keeps its gate workspace
+        if not workload.inference:  # torch's recurrent layers keep their own gate workspaces
             assert kept[(workload.name, "qlayers")] == kept[(workload.name, "dense")]
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| workload | impl |" in paths["md"].read_text()

@@ -32,6 +32,7 @@
 #include "../recurrent_gates.h"
 #include "linear_choice.h"
 #include "linear_formulations.h"
+#include "onednn_linear.h"
 #include "qlayers_ops.h"
 
 namespace qlayers {
@@ -98,13 +99,12 @@ Scan check_scan(const at::Tensor& projected, const std::array<at::Tensor, 4>& we
   if (batch_sizes) {
     TORCH_CHECK_VALUE(static_cast<int64_t>(batch_sizes->size()) == scan.steps, kOp, ": expected ", scan.steps,
                       " batch sizes, one per step, got ", batch_sizes->size());
-    int64_t last = batch;
-    for (int64_t size : *batch_sizes) {
-      TORCH_CHECK_VALUE(size >= 1 && size <= last && (last < batch || size == batch), kOp,
-                        ": expected batch sizes non-increasing from the batch (", batch, ") down to at least 1, got ",
-                        *batch_sizes);
-      last = size;
+    bool sorted = batch_sizes->front() == batch;
+    for (size_t t = 0; t < batch_sizes->size(); ++t) {
+      sorted = sorted && (*batch_sizes)[t] >= 1 && (t == 0 || (*batch_sizes)[t] <= (*batch_sizes)[t - 1]);
     }
+    TORCH_CHECK_VALUE(sorted, kOp, ": expected batch sizes non-increasing from the batch (", batch,
+                      ") down to at least 1, got ", *batch_sizes);
     scan.batch_sizes = batch_sizes->vec();
   }
   return scan;
@@ -138,17 +138,23 @@ at::Tensor previous_states(const Scan& scan, const at::Tensor& output, const at:
 }
 
 // The recurrent product of one step, rows @ W (or @ W^T for backward), with the weight prepared
-// once per sequence. The GEMM is the loop's cost: on the CPU in float32/float64 the eight-product
-// form takes half its multiplications (its weight sums made once, its temporaries reused), once
-// the components are large enough to pay for its two extra passes; elsewhere W itself, so that on
-// the GPU a step stays at two kernels.
+// once per sequence. This GEMM is the loop's cost. Per step, by what was fastest on this project's
+// 2-core CPU at the benchmark's size (16 rows, hidden 512: benchmarks/results):
+// - CPU float32 with oneDNN, large weights: oneDNN's linear with W reordered once (82 us);
+// - CPU float32/float64 otherwise, large enough: the eight-product form, half the multiplications
+//   (its weight sums made once, temporaries reused; 118 us for the 8 GEMMs where MKL's mm takes 270);
+// - elsewhere W itself and one mm: on the GPU a step stays at two kernels.
 class StepProduct {
  public:
   StepProduct(const linear::Components& w, bool adjoint, int64_t batch) {
     const int64_t n = w[0].size(0), m = w[0].size(1);
     const at::ScalarType dtype = w[0].scalar_type();
-    eight_ = w[0].device().is_cpu() && (dtype == at::kFloat || dtype == at::kDouble) && n >= kEightMinQuaternions;
-    if (eight_) {
+    const bool cpu = w[0].device().is_cpu(), large = n >= kMinQuaternions;
+    if (cpu && large && dtype == at::kFloat && onednn::available()) {
+      const at::Tensor weight = ops::hamilton_expand(w[0], w[1], w[2], w[3]);  // (4n, 4m) = (in, out)
+      // oneDNN's linear multiplies by its weight transposed: (out, in) is W^T forward, W backward.
+      onednn_.emplace(adjoint ? weight : weight.t(), batch);
+    } else if (cpu && large && (dtype == at::kFloat || dtype == at::kDouble)) {
       sums_ = adjoint ? linear::eight::adjoint_sums(w) : linear::eight::product_sums(w);
       space_ = linear::eight::workspace(batch, adjoint ? m : n, adjoint ? n : m, w[0].options());
     } else {
@@ -157,19 +163,22 @@ class StepProduct {
     }
   }
 
-  // out = rows @ W (or W^T); `out` a view with unit column stride.
-  void into(const at::Tensor& rows, at::Tensor& out) const {
-    if (eight_) {
+  // rows @ W (or W^T): into `out` (a view with unit column stride), or as a new tensor where the
+  // product makes its own (oneDNN), rather than pay for a copy.
+  at::Tensor apply(const at::Tensor& rows, at::Tensor out) const {
+    if (onednn_) return (*onednn_)(rows);
+    if (sums_.defined()) {
       linear::eight::product_into(rows, sums_, out, space_);
     } else {
       at::mm_out(out, rows, weight_);
     }
+    return out;
   }
 
  private:
-  // Measured on this 2-core CPU (benchmarks/results), hidden 512 = 128 quaternions per gate block.
-  static constexpr int64_t kEightMinQuaternions = 64;
-  bool eight_ = false;
+  // Below 64 quaternions (hidden 256) a step's product is small enough that a call's overhead counts.
+  static constexpr int64_t kMinQuaternions = 64;
+  std::optional<onednn::Linear> onednn_;
   at::Tensor weight_, sums_;
   linear::eight::Workspace space_;
 };
@@ -194,8 +203,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
   at::Tensor recurrent = at::empty({scan.batch, projected.size(2)}, options);
   for (int64_t s = 0; s < scan.steps; ++s) {
     const int64_t t = scan.time(s), rows = scan.rows(t);
-    at::Tensor hidden_rows = hidden.narrow(0, 0, rows), recurrent_rows = recurrent.narrow(0, 0, rows);
-    step_product.into(hidden_rows, recurrent_rows);
+    const at::Tensor hidden_rows = hidden.narrow(0, 0, rows);
+    const at::Tensor recurrent_rows = step_product.apply(hidden_rows, recurrent.narrow(0, 0, rows));
     ops::recurrent_gates_forward(projected[t].narrow(0, 0, rows), recurrent_rows, hidden_rows,
                                  scan.has_cell() ? c10::optional<at::Tensor>(cell.narrow(0, 0, rows)) : c10::nullopt,
                                  output[t].narrow(0, 0, rows),
@@ -258,11 +267,14 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
         scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots);
     // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
     if (kind == kLiGru) {
-      at::Tensor product_rows = through_weight.narrow(0, 0, rows);
-      step_product.into(pre_rows, product_rows);
-      grad_hidden_rows.add_(product_rows);
-    } else {
-      step_product.into(pre_rows, grad_hidden_rows);
+      grad_hidden_rows.add_(step_product.apply(pre_rows, through_weight.narrow(0, 0, rows)));
+    } else if (const at::Tensor product = step_product.apply(pre_rows, grad_hidden_rows);
+               !product.is_same(grad_hidden_rows)) {
+      if (rows == scan.batch) {
+        grad_hidden = product;  // the whole carry: take the new tensor as it is
+      } else {
+        grad_hidden_rows.copy_(product);
+      }
     }
   }
   if (scan.batch_sizes) {  // padding positions have no pre-activation: no gradient

@@ -1,0 +1,51 @@
+#include "onednn_linear.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <vector>
+
+namespace qlayers {
+namespace onednn {
+namespace {
+
+struct Ops {
+  std::optional<c10::OperatorHandle> reorder, pointwise;
+};
+
+// Looked up once; a build without oneDNN leaves both empty. Called boxed, by schema: the C++
+// signatures of these internal ops have changed between torch releases, their schemas have not.
+const Ops& ops() {
+  static const Ops found = [] {
+    auto& dispatcher = c10::Dispatcher::singleton();
+    Ops result{dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""}),
+               dispatcher.findSchema({"mkldnn::_linear_pointwise", ""})};
+    return result.reorder && result.pointwise ? result : Ops{};
+  }();
+  return found;
+}
+
+at::Tensor call(const c10::OperatorHandle& op, torch::jit::Stack stack) {
+  op.callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+}  // namespace
+
+bool available() { return ops().reorder.has_value(); }
+
+Linear::Linear(const at::Tensor& weight, int64_t rows) {
+  TORCH_INTERNAL_ASSERT(available(), "oneDNN linear used without oneDNN");
+  packed_ = call(*ops().reorder, {weight.contiguous(), rows});
+}
+
+at::Tensor Linear::operator()(const at::Tensor& x) const {
+  // (X, W, B, attr, scalars, algorithm): no bias, no fused activation.
+  return call(*ops().pointwise, {x, packed_, c10::IValue(), "none", c10::List<std::optional<at::Scalar>>(),
+                                 c10::IValue()});
+}
+
+}  // namespace onednn
+}  // namespace qlayers

@@ -1,0 +1,32 @@
+// torch's oneDNN linear for CPU float32 GEMMs by one weight, many times over: the weight is reordered
+// once into oneDNN's blocked layout (mkldnn::_reorder_linear_weight), then each product is one
+// mkldnn::_linear_pointwise call (the pair torch.compile's CPU backend uses for frozen linears).
+//
+// Why: torch's CPU mm is MKL's, and on this project's machines (AMD EPYC, 2 cores) MKL runs a
+// (16 x 512) @ (512 x 2048) product in 270 us where oneDNN takes 118 us, and 82 us with the weight
+// reordered once (torch.utils.benchmark, 2 threads). A call costs about 10 us more than a small mm, so
+// it is for large weights only. Absent from torch builds without oneDNN: available() says so.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace qlayers {
+namespace onednn {
+
+// Whether this torch has the two ops (with the signatures used here).
+bool available();
+
+// y = x @ weight^T for float32 CPU tensors, weight (out, in), x (rows, in) with up to `rows` rows.
+class Linear {
+ public:
+  Linear(const at::Tensor& weight, int64_t rows);
+  at::Tensor operator()(const at::Tensor& x) const;
+
+ private:
+  at::Tensor packed_;
+};
+
+}  // namespace onednn
+}  // namespace qlayers
