@@ -426,9 +426,28 @@ def test_cuda_kernels_match_the_emulation(emu, dtype):
 
 RNN_TANH, LSTM, LIGRU = 0, 1, 2
 GATE_COUNT = {RNN_TANH: 1, LSTM: 4, LIGRU: 2}
-# (cell, slots): every cell in its canonical gate order, and LSTM and light GRU permuted.
-CELL_LAYOUTS = [(RNN_TANH, [0]), (LSTM, [0, 1, 2, 3]), (LSTM, [0, 1, 3, 2]), (LIGRU, [0, 1]), (LIGRU, [1, 0])]
-CELL_IDS = ["rnn", "lstm", "lstm-0132", "ligru", "ligru-10"]
+
+
+class GateMajor(list):
+    """Gate slots of the gate-major layout (whole gates as the outer blocks: SpeechBrain's)."""
+
+
+def gate_major(slots):
+    return isinstance(slots, GateMajor)
+
+
+# (cell, slots): every cell in its canonical gate order, LSTM and light GRU permuted, and both
+# gate-major (GateMajor slots).
+CELL_LAYOUTS = [
+    (RNN_TANH, [0]),
+    (LSTM, [0, 1, 2, 3]),
+    (LSTM, [0, 1, 3, 2]),
+    (LIGRU, [0, 1]),
+    (LIGRU, [1, 0]),
+    (LSTM, GateMajor([0, 1, 3, 2])),
+    (LIGRU, GateMajor([1, 0])),
+]
+CELL_IDS = ["rnn", "lstm", "lstm-0132", "ligru", "ligru-10", "lstm-gate-major-0132", "ligru-gate-major-10"]
 # rtol and atol against float64: the dtype's rounding of the result (half an ulp of float16 is 4.9e-4,
 # of bfloat16 3.9e-3) plus a few ulps of float32 or float64 math.
 GATE_TOLERANCE = {torch.float64: 1e-13, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -442,9 +461,13 @@ def gate_shapes(dtype):
 
 def gate_columns(pre, cell, slots):
     """The cell's gates in canonical order, each (rows, H), from pre (rows, gates * H): gate g of
-    quaternion q in component block c sits at column (c * gates + slots[g]) * quarter + q."""
+    quaternion q in component block c sits at column (c * gates + slots[g]) * quarter + q, or
+    gate-major at (slots[g] * 4 + c) * quarter + q."""
     gates = GATE_COUNT[cell]
     quarter = pre.shape[1] // (4 * gates)
+    if gate_major(slots):
+        blocks = pre.reshape(pre.shape[0], gates, 4, quarter)
+        return [blocks[:, slots[g]].reshape(pre.shape[0], 4 * quarter) for g in range(gates)]
     blocks = pre.reshape(pre.shape[0], 4, gates, quarter)
     return [blocks[:, :, slots[g], :].reshape(pre.shape[0], 4 * quarter) for g in range(gates)]
 
@@ -541,13 +564,13 @@ def test_gates_forward(emu, dtype, cell, slots):
         inputs = forward_inputs(cell, rows, quarter, dtype, keep=n % 2 == 0)
         projected, recurrent, hidden, cell_state, _, cells_out = inputs
         expected_h, expected_c = forward_reference(cell, slots, projected, recurrent, hidden, cell_state)
-        planned = emu.gates_forward(*inputs, cell, slots)[4]
+        planned = emu.gates_forward(*inputs, cell, slots, gate_major=gate_major(slots))[4]
         assert planned == (width_of(dtype) if quarter % width_of(dtype) == 0 else 1)
         for width in widths_to_try(dtype, planned):
             for blocks, threads in GRIDS:
                 context = (rows, quarter, width, blocks, threads)
                 h, c, out, kept, used, iterations = emu.gates_forward(
-                    *inputs, cell, slots, width=width, blocks=blocks, threads=threads
+                    *inputs, cell, slots, gate_major=gate_major(slots), width=width, blocks=blocks, threads=threads
                 )
                 record("gates_forward", dtype, used, iterations)
                 assert_near(out, expected_h, context)
@@ -567,13 +590,13 @@ def test_gates_backward(emu, dtype, cell, slots):
         inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=n % 2 == 0)
         expected_pre, expected_h, expected_c = backward_reference(cell, slots, *inputs)
         grad_hidden = inputs[2]
-        planned = emu.gates_backward(*inputs, cell, slots)[3]
+        planned = emu.gates_backward(*inputs, cell, slots, gate_major=gate_major(slots))[3]
         assert planned == (width_of(dtype) if quarter % width_of(dtype) == 0 else 1)
         for width in widths_to_try(dtype, planned):
             for blocks, threads in GRIDS:
                 context = (rows, quarter, width, blocks, threads)
                 pre, grad_h, grad_c, used, iterations = emu.gates_backward(
-                    *inputs, cell, slots, width=width, blocks=blocks, threads=threads
+                    *inputs, cell, slots, gate_major=gate_major(slots), width=width, blocks=blocks, threads=threads
                 )
                 record("gates_backward", dtype, used, iterations)
                 assert_near(pre, expected_pre, context)
@@ -595,14 +618,19 @@ def test_gates_packed_path_taken(emu):
         for cell in (RNN_TANH, LSTM, LIGRU):
             slots = list(range(GATE_COUNT[cell]))
             inputs = forward_inputs(cell, 2, w, dtype, keep=True)
-            assert emu.gates_forward(*inputs, cell, slots)[4] == w
-            assert emu.gates_forward(*forward_inputs(cell, 2, w + 1, dtype, keep=True), cell, slots)[4] == 1
+            assert emu.gates_forward(*inputs, cell, slots, gate_major=gate_major(slots))[4] == w
+            assert (
+                emu.gates_forward(
+                    *forward_inputs(cell, 2, w + 1, dtype, keep=True), cell, slots, gate_major=gate_major(slots)
+                )[4]
+                == 1
+            )
             misaligned = (laid_out(inputs[0], "misaligned"), *inputs[1:])
-            assert emu.gates_forward(*misaligned, cell, slots)[4] == 1
+            assert emu.gates_forward(*misaligned, cell, slots, gate_major=gate_major(slots))[4] == 1
             inputs = backward_inputs(cell, slots, 2, w, dtype, with_output=True)
-            assert emu.gates_backward(*inputs, cell, slots)[3] == w
+            assert emu.gates_backward(*inputs, cell, slots, gate_major=gate_major(slots))[3] == w
             misaligned = (inputs[0], laid_out(inputs[1], "misaligned"), *inputs[2:])
-            assert emu.gates_backward(*misaligned, cell, slots)[3] == 1
+            assert emu.gates_backward(*misaligned, cell, slots, gate_major=gate_major(slots))[3] == 1
 
 
 def test_gates_forced_packs_on_misaligned_data_fault(emu):
@@ -616,10 +644,10 @@ def test_gates_forced_packs_on_misaligned_data_fault(emu):
 @pytest.mark.parametrize("cell, slots", CELL_LAYOUTS[:2] + CELL_LAYOUTS[3:4], ids=["rnn", "lstm", "ligru"])
 def test_gates_empty_launch_nothing(emu, cell, slots, rows, quarter):
     inputs = forward_inputs(cell, rows, quarter, torch.float32, keep=True)
-    h, c, out, kept, used, iterations = emu.gates_forward(*inputs, cell, slots)
+    h, c, out, kept, used, iterations = emu.gates_forward(*inputs, cell, slots, gate_major=gate_major(slots))
     assert (used, iterations) == (0, 0) and h.shape == out.shape == (rows, 4 * quarter)
     inputs = backward_inputs(cell, slots, rows, quarter, torch.float32, with_output=True)
-    pre, grad_h, grad_c, used, iterations = emu.gates_backward(*inputs, cell, slots)
+    pre, grad_h, grad_c, used, iterations = emu.gates_backward(*inputs, cell, slots, gate_major=gate_major(slots))
     assert (used, iterations) == (0, 0) and pre.shape == inputs[0].shape
 
 
@@ -674,7 +702,7 @@ def test_gates_backward_rejects_missing_state(emu, cell, missing, message):
     inputs = list(backward_inputs(cell, slots, 3, 2, torch.float32, with_output=True))
     inputs[missing] = None
     with pytest.raises(ValueError, match=message):
-        emu.gates_backward(*inputs, cell, slots)
+        emu.gates_backward(*inputs, cell, slots, gate_major=gate_major(slots))
 
 
 def test_gates_backward_rejects_bad_layouts(emu):
@@ -700,7 +728,9 @@ def test_cuda_gates_match_the_reference(dtype, cell, slots):
         inputs = forward_inputs(cell, rows, quarter, dtype, keep=True)
         expected_h, expected_c = forward_reference(cell, slots, *inputs[:4])
         projected, recurrent, hidden, cell_state, output, cells_out = map(cuda, inputs)
-        ops.recurrent_gates_forward(projected, recurrent, hidden, cell_state, output, cells_out, cell, slots)
+        ops.recurrent_gates_forward(
+            projected, recurrent, hidden, cell_state, output, cells_out, cell, slots, gate_major=gate_major(slots)
+        )
         assert_near(output.cpu(), expected_h, (rows, quarter))
         assert bits_equal(hidden.cpu(), output.cpu())
         if cell == LSTM:
@@ -709,7 +739,18 @@ def test_cuda_gates_match_the_reference(dtype, cell, slots):
         inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=True)
         expected_pre, expected_grad_h, expected_grad_c = backward_reference(cell, slots, *inputs)
         pre, grad_output, grad_h, grad_c, hidden_prev, cell_prev, cell_after = map(cuda, inputs)
-        ops.recurrent_gates_backward(pre, grad_output, grad_h, grad_c, hidden_prev, cell_prev, cell_after, cell, slots)
+        ops.recurrent_gates_backward(
+            pre,
+            grad_output,
+            grad_h,
+            grad_c,
+            hidden_prev,
+            cell_prev,
+            cell_after,
+            cell,
+            slots,
+            gate_major=gate_major(slots),
+        )
         assert_near(pre.cpu(), expected_pre, (rows, quarter))
         if cell == LIGRU:
             assert_near(grad_h.cpu(), expected_grad_h, (rows, quarter))

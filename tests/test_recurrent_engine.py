@@ -28,11 +28,30 @@ def components(linear):
 
 
 def gate_permutation(layer):
-    """Our pre-activation column for torch's row g * H + c * H/4 + q (gate g, component c, quaternion q)."""
-    quarter, gates = layer.hidden_size // 4, layer.gates
-    return [
-        (c * gates + layer.gate_slots[g]) * quarter + q for g in range(gates) for c in range(4) for q in range(quarter)
-    ]
+    """Our pre-activation column for torch's row g * H + c * H/4 + q (gate g, component c, quaternion q),
+    by the layout's definition (module docstring of qlayers.functional.recurrent)."""
+    quarter, gates, slots = layer.hidden_size // 4, layer.gates, layer.gate_slots
+
+    def column(g, c, q):
+        block = slots[g] * 4 + c if layer.gate_major else c * gates + slots[g]
+        return block * quarter + q
+
+    return [column(g, c, q) for g in range(gates) for c in range(4) for q in range(quarter)]
+
+
+class SpeechBrainOrderQLSTM(qlayers.QLSTM):
+    """Whole gates as the outer blocks, in the order (input, forget, output, cell)."""
+
+    gate_major = True
+    gate_slots = (0, 1, 3, 2)
+
+
+class GateMajorQRNN(qlayers.QRNN):
+    gate_major = True
+
+
+LAYOUT_PEERS = PEERS + [(SpeechBrainOrderQLSTM, nn.LSTM), (GateMajorQRNN, nn.RNN)]
+LAYOUT_IDS = ["QLSTM", "QRNN", "QLSTM-gate-major-permuted", "QRNN-gate-major"]
 
 
 def input_permutation(layer, index):
@@ -59,7 +78,9 @@ def torch_twin(layer, torch_cls):
             suffix = f"_l{index // layer.directions}" + ("_reverse" if index % layer.directions else "")
             w_in = reference.hamilton_matrix(*components(cell.input))[input_permutation(layer, index)]
             getattr(twin, "weight_ih" + suffix).copy_(w_in[:, columns].t())
-            getattr(twin, "weight_hh" + suffix).copy_(reference.hamilton_matrix(*components(cell.recurrent))[:, columns].t())
+            getattr(twin, "weight_hh" + suffix).copy_(
+                reference.hamilton_matrix(*components(cell.recurrent))[:, columns].t()
+            )
             bias = cell.input.bias
             getattr(twin, "bias_ih" + suffix).copy_(bias[columns] if bias is not None else 0)
             getattr(twin, "bias_hh" + suffix).zero_()
@@ -96,7 +117,13 @@ def twin_grads(layer, twin):
             torch.autograd.backward(matrix[:, columns].t(), getattr(twin, name + suffix).grad)
             grads.append([p.grad for p in parts])
             if linear is cell.input and linear.bias is not None:
-                grads.append([torch.zeros_like(linear.bias).index_copy(0, torch.tensor(columns), getattr(twin, "bias_ih" + suffix).grad)])
+                grads.append(
+                    [
+                        torch.zeros_like(linear.bias).index_copy(
+                            0, torch.tensor(columns), getattr(twin, "bias_ih" + suffix).grad
+                        )
+                    ]
+                )
     return grads
 
 
@@ -115,7 +142,7 @@ def ordered(grads):
     return [g for group in grads for g in group]
 
 
-@pytest.mark.parametrize("cls,torch_cls", PEERS, ids=["QLSTM", "QRNN"])
+@pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize(
     "options,hidden,dtype",
     [
@@ -138,7 +165,7 @@ def test_engine_equals_torch_layer(cls, torch_cls, options, hidden, dtype):
     x = torch.randn(shape, dtype=dtype)
     states = layer.num_layers * layer.directions, batch, hidden
     h0 = torch.randn(states, dtype=dtype)
-    hx = (h0, torch.randn(states, dtype=dtype)) if cls is qlayers.QLSTM else h0
+    hx = (h0, torch.randn(states, dtype=dtype)) if issubclass(cls, qlayers.QLSTM) else h0
     tolerance = F64 if dtype == torch.float64 else F32
     outs = []
     for module in (layer, twin):
@@ -158,7 +185,7 @@ def test_engine_equals_torch_layer(cls, torch_cls, options, hidden, dtype):
         torch.testing.assert_close(got, want, **tolerance)
 
 
-@pytest.mark.parametrize("cls,torch_cls", PEERS, ids=["QLSTM", "QRNN"])
+@pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("memory_efficient", [True, False], ids=["engine", "plain"])
 def test_packed_sequence_equals_torch_layer(cls, torch_cls, memory_efficient):
     # Unsorted lengths (enforce_sorted=False), two layers, both directions: the reverse direction must
@@ -171,7 +198,7 @@ def test_packed_sequence_equals_torch_layer(cls, torch_cls, memory_efficient):
     lengths = torch.tensor([3, 6, 1, 4])
     padded = torch.randn(6, 4, 8, dtype=torch.float64)
     h0 = torch.randn(4, 4, 12, dtype=torch.float64)
-    hx = (h0, torch.randn_like(h0)) if cls is qlayers.QLSTM else h0
+    hx = (h0, torch.randn_like(h0)) if issubclass(cls, qlayers.QLSTM) else h0
     results = []
     for module in (layer, twin):
         x = padded.clone().requires_grad_()
@@ -235,15 +262,16 @@ def test_engine_equals_step_loop(cls):
     h0 = torch.randn(3, hidden, dtype=torch.float64)
     c0 = torch.randn(3, hidden, dtype=torch.float64) if cls is qlayers.QLSTM else None
     matrix = reference.hamilton_matrix(*weight)
+    slots = tuple(reversed(cls.gate_slots))
     for batch_sizes in (None, [3, 3, 2, 2, 1]):
         for reverse in (False, True):
-            got = engine.recurrent_scan(projected, weight, h0, c0, cls.cell_kind, cls.gate_slots, batch_sizes, reverse)
-            want = engine.step_loop(
-                projected, lambda h: h @ matrix, h0, c0, cls.cell_kind, cls.gate_slots, batch_sizes, reverse
-            )
-            for g, w in zip(got, want):
-                if w is not None:
-                    torch.testing.assert_close(g, w, **F64)
+            for gate_major in (False, True):
+                layout = (cls.cell_kind, slots, batch_sizes, reverse, gate_major)
+                got = engine.recurrent_scan(projected, weight, h0, c0, *layout)
+                want = engine.step_loop(projected, lambda h: h @ matrix, h0, c0, *layout)
+                for g, w in zip(got, want):
+                    if w is not None:
+                        torch.testing.assert_close(g, w, **F64)
 
 
 def test_gate_slots_are_a_free_permutation():
@@ -260,7 +288,9 @@ def test_gate_slots_are_a_free_permutation():
     component_columns = [order[b] * quarter + q for b in range(gates) for q in range(quarter)]
     with torch.no_grad():
         for src, dst in zip(ours.cells, theirs.cells):
-            for a, b in zip(components(src.input) + components(src.recurrent), components(dst.input) + components(dst.recurrent)):
+            for a, b in zip(
+                components(src.input) + components(src.recurrent), components(dst.input) + components(dst.recurrent)
+            ):
                 b.copy_(a[:, component_columns])
             dst.input.bias.copy_(src.input.bias[columns])
     x = torch.randn(5, 2, 8, dtype=torch.float64)
@@ -335,7 +365,9 @@ def test_hx_of_the_wrong_kind_raises_type_errors():
     x = torch.randn(3, 2, 8)
     h = torch.zeros(1, 2, 12)
     for cls in (qlayers.QRNN, qlayers.QLiGRU):
-        with pytest.raises(TypeError, match=r"expected hx to be a Tensor h_0 \(only QLSTM takes a tuple\), got a tuple of 2"):
+        with pytest.raises(
+            TypeError, match=r"expected hx to be a Tensor h_0 \(only QLSTM takes a tuple\), got a tuple of 2"
+        ):
             cls(8, 12)(x, (h, h))
     with pytest.raises(TypeError, match=r"expected hx to be a tuple \(h_0, c_0\) of two Tensors, got Tensor"):
         qlayers.QLSTM(8, 12)(x, h)

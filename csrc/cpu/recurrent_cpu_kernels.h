@@ -65,7 +65,7 @@ struct ScalarIo {
   static void store(scalar_t* to, Value value) { *to = static_cast<scalar_t>(value); }
 };
 
-// Elements [begin, end) of one (row, component) run: `index` is the state offset, `base` gate 0's.
+// Elements [begin, end) of one (row, component) run: `index` is the state offset, `base` slot 0's.
 template <typename Io, typename scalar_t>
 int64_t forward_run(const GatesForwardParams<scalar_t>& p, int64_t index, int64_t base, int64_t begin, int64_t end) {
   using V = typename Io::Value;
@@ -73,7 +73,7 @@ int64_t forward_run(const GatesForwardParams<scalar_t>& p, int64_t index, int64_
   for (; q + Io::width <= end; q += Io::width) {
     V pre[kMaxGates];
     for (int g = 0; g < p.gates; ++g) {
-      const int64_t at = base + p.slots[g] * p.quarter + q;
+      const int64_t at = base + p.slots[g] * kernels::gate_stride(p) + q;
       pre[g] = Io::load(p.projected + at) + Io::load(p.recurrent + at);
     }
     V cell = p.kind == kLstm ? Io::load(p.cell + index + q) : V(0);
@@ -96,7 +96,7 @@ int64_t backward_run(const GatesBackwardParams<scalar_t>& p, int64_t index, int6
   int64_t q = begin;
   for (; q + Io::width <= end; q += Io::width) {
     V pre[kMaxGates], grad_pre[kMaxGates];
-    for (int g = 0; g < p.gates; ++g) pre[g] = Io::load(p.pre + base + p.slots[g] * p.quarter + q);
+    for (int g = 0; g < p.gates; ++g) pre[g] = Io::load(p.pre + base + p.slots[g] * kernels::gate_stride(p) + q);
     const int64_t at = index + q;
     V grad_hidden = Io::load(p.grad_hidden + at);
     if (p.grad_output != nullptr) grad_hidden = grad_hidden + Io::load(p.grad_output + at);
@@ -106,7 +106,7 @@ int64_t backward_run(const GatesBackwardParams<scalar_t>& p, int64_t index, int6
     const V cell = lstm ? Io::load(p.cell + at) : V(0);
     V grad_cell = lstm ? Io::load(p.grad_cell + at) : V(0);
     const V direct = cell_backward(p.kind, pre, hidden_prev, cell_prev, cell, grad_hidden, grad_cell, grad_pre);
-    for (int g = 0; g < p.gates; ++g) Io::store(p.pre + base + p.slots[g] * p.quarter + q, grad_pre[g]);
+    for (int g = 0; g < p.gates; ++g) Io::store(p.pre + base + p.slots[g] * kernels::gate_stride(p) + q, grad_pre[g]);
     if (p.kind == kLiGru) Io::store(p.grad_hidden + at, direct);
     if (lstm) Io::store(p.grad_cell + at, grad_cell);
   }
@@ -121,7 +121,7 @@ void for_each_run(const Params& p, int64_t states, Vector vector_run, Scalar sca
   const int64_t grain = std::max<int64_t>(1, 16384 / (p.quarter * p.gates));
   at::parallel_for(0, runs, grain, [&](int64_t first, int64_t last) {
     for (int64_t run = first; run < last; ++run) {
-      const int64_t index = run * p.quarter, base = run * p.gates * p.quarter;
+      const int64_t index = run * p.quarter, base = kernels::gate_offset(p, index);
       int64_t done = 0;
       if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
         done = vector_run(p, index, base, 0, p.quarter);

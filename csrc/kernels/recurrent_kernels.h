@@ -2,10 +2,13 @@
 // device, as csrc/kernels/hamilton_kernels.h is for the Hamilton kernels.
 //
 // One step of a layer is a GEMM (the recurrent product) and then one of these: the gate activations
-// and the state update of every (row, hidden feature), fused. Gate g of quaternion q in component
-// block c of a row sits at column (c * gates + slot[g]) * quarter + q of the pre-activations: the
-// gate-major layout of csrc/layers/recurrent.cpp, with `slot` the layout's gate permutation. Each
-// thread takes a pack of consecutive q, whose gate values are runs of the same length in every gate.
+// and the state update of every (row, hidden feature), fused. The gate layout of a row of
+// pre-activations, for gate g of quaternion q in component block c (`slot` the layout's gate
+// permutation):
+//   qlayers' (component blocks outermost):   column (c * gates + slot[g]) * quarter + q
+//   gate_major (whole gates, SpeechBrain's): column (slot[g] * 4 + c) * quarter + q
+// Each thread takes a pack of consecutive q, whose gate values are runs of the same length in
+// every gate.
 // The math is csrc/recurrent_cells.h, in opmath.
 #pragma once
 
@@ -28,6 +31,7 @@ struct GatesForwardParams {
   int64_t quarter;
   KernelArray<int, kMaxGates> slots;
   int kind, gates;
+  bool gate_major;
   int64_t packs;
 };
 
@@ -43,13 +47,23 @@ struct GatesBackwardParams {
   int64_t quarter;
   KernelArray<int, kMaxGates> slots;
   int kind, gates;
+  bool gate_major;
   int64_t packs;
 };
 
-// Element `index` of a state row set -> the offset of its gate 0 in slot 0 of the pre-activations.
-QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t gate_offset(int64_t index, int64_t quarter, int gates) {
-  const int64_t block = index / quarter;  // row * 4 + component
-  return block * gates * quarter + (index - block * quarter);
+// Element `index` of a set of state rows -> its column in gate slot 0 of the pre-activations; slot s
+// is gate_stride * s further.
+template <typename Params>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t gate_offset(const Params& p, int64_t index) {
+  const int64_t block = index / p.quarter;  // row * 4 + component
+  const int64_t row = block / 4, component = block - 4 * row;
+  return (4 * row * p.gates + (p.gate_major ? component : component * p.gates)) * p.quarter +
+         (index - block * p.quarter);
+}
+
+template <typename Params>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE int64_t gate_stride(const Params& p) {
+  return p.gate_major ? 4 * p.quarter : p.quarter;
 }
 
 template <typename T, int Width>
@@ -62,12 +76,12 @@ template <typename scalar_t, int Width>
 QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_forward_pack(const GatesForwardParams<scalar_t>& p, int64_t pack) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t index = pack * Width;
-  const int64_t base = gate_offset(index, p.quarter, p.gates);
+  const int64_t base = gate_offset(p, index), stride = gate_stride(p);
   opmath_t pre[kMaxGates][Width] = {}, projected[Width], recurrent[Width];
 #pragma unroll
   for (int g = 0; g < kMaxGates; ++g) {
     if (g >= p.gates) break;
-    const int64_t at = base + p.slots[g] * p.quarter;
+    const int64_t at = base + p.slots[g] * stride;
     widen(load_pack<Width>(p.projected + at), projected);
     widen(load_pack<Width>(p.recurrent + at), recurrent);
 #pragma unroll
@@ -97,12 +111,12 @@ template <typename scalar_t, int Width>
 QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardParams<scalar_t>& p, int64_t pack) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t index = pack * Width;
-  const int64_t base = gate_offset(index, p.quarter, p.gates);
+  const int64_t base = gate_offset(p, index), stride = gate_stride(p);
   opmath_t pre[kMaxGates][Width] = {};
 #pragma unroll
   for (int g = 0; g < kMaxGates; ++g) {
     if (g >= p.gates) break;
-    widen(load_pack<Width>(p.pre + base + p.slots[g] * p.quarter), pre[g]);
+    widen(load_pack<Width>(p.pre + base + p.slots[g] * stride), pre[g]);
   }
   opmath_t grad_hidden[Width], from_output[Width], hidden_prev[Width] = {}, cell_prev[Width] = {}, cell[Width] = {},
       grad_cell[Width] = {};
@@ -132,7 +146,7 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
 #pragma unroll
   for (int g = 0; g < kMaxGates; ++g) {
     if (g >= p.gates) break;
-    store_pack(p.pre + base + p.slots[g] * p.quarter, rounded_pack<scalar_t>(grad_pre[g]));
+    store_pack(p.pre + base + p.slots[g] * stride, rounded_pack<scalar_t>(grad_pre[g]));
   }
   if (p.kind == kLiGru) store_pack(p.grad_hidden + index, rounded_pack<scalar_t>(grad_hidden));
   if (p.kind == kLstm) store_pack(p.grad_cell + index, rounded_pack<scalar_t>(grad_cell));
@@ -141,8 +155,9 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
 // ---- Host side: the launch plans, shared by the CUDA launcher and the emulation. ----
 
 template <typename Params, typename scalar_t>
-void fill_gate_layout(Params& p, int kind, int64_t quarter, at::IntArrayRef slots) {
+void fill_gate_layout(Params& p, int kind, int64_t quarter, at::IntArrayRef slots, bool gate_major) {
   p.kind = kind;
+  p.gate_major = gate_major;
   p.gates = cell_gates(kind);
   p.quarter = quarter;
   for (int g = 0; g < kMaxGates; ++g) p.slots[g] = g < p.gates ? static_cast<int>(slots[g]) : 0;
@@ -162,7 +177,8 @@ template <typename scalar_t>
 Launch<GatesForwardParams<scalar_t>> plan_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent,
                                                         const at::Tensor& hidden, const at::Tensor& cell,
                                                         const at::Tensor& output, const at::Tensor& cells_out,
-                                                        int kind, at::IntArrayRef slots, int64_t resident) {
+                                                        int kind, at::IntArrayRef slots, int64_t resident,
+                                                        bool gate_major = false) {
   auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
   GatesForwardParams<scalar_t> p{};
   p.projected = projected.const_data_ptr<scalar_t>();
@@ -171,7 +187,7 @@ Launch<GatesForwardParams<scalar_t>> plan_gates_forward(const at::Tensor& projec
   p.cell = pointer(cell);
   p.output = output.data_ptr<scalar_t>();
   p.cells_out = pointer(cells_out);
-  fill_gate_layout<GatesForwardParams<scalar_t>, scalar_t>(p, kind, hidden.size(1) / 4, slots);
+  fill_gate_layout<GatesForwardParams<scalar_t>, scalar_t>(p, kind, hidden.size(1) / 4, slots, gate_major);
   return plan_gates(p, {p.projected, p.recurrent, p.hidden, p.cell, p.output, p.cells_out}, hidden.numel(),
                     pack_width<scalar_t>(), resident);
 }
@@ -181,7 +197,7 @@ Launch<GatesBackwardParams<scalar_t>> plan_gates_backward(const at::Tensor& pre,
                                                           const at::Tensor& grad_hidden, const at::Tensor& grad_cell,
                                                           const at::Tensor& hidden_prev, const at::Tensor& cell_prev,
                                                           const at::Tensor& cell, int kind, at::IntArrayRef slots,
-                                                          int64_t resident) {
+                                                          int64_t resident, bool gate_major = false) {
   auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
   GatesBackwardParams<scalar_t> p{};
   p.pre = pre.data_ptr<scalar_t>();
@@ -191,7 +207,7 @@ Launch<GatesBackwardParams<scalar_t>> plan_gates_backward(const at::Tensor& pre,
   p.hidden_prev = pointer(hidden_prev);
   p.cell_prev = pointer(cell_prev);
   p.cell = pointer(cell);
-  fill_gate_layout<GatesBackwardParams<scalar_t>, scalar_t>(p, kind, grad_hidden.size(1) / 4, slots);
+  fill_gate_layout<GatesBackwardParams<scalar_t>, scalar_t>(p, kind, grad_hidden.size(1) / 4, slots, gate_major);
   return plan_gates(p, {p.pre, p.grad_output, p.grad_hidden, p.grad_cell, p.hidden_prev, p.cell_prev, p.cell},
                     grad_hidden.numel(), pack_width<scalar_t>(), resident);
 }

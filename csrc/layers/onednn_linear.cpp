@@ -4,6 +4,7 @@
 #include <ATen/core/stack.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
 #include <optional>
 #include <vector>
 
@@ -15,14 +16,28 @@ struct Ops {
   std::optional<c10::OperatorHandle> reorder, pointwise;
 };
 
-// Looked up once; a build without oneDNN leaves both empty. Called boxed, by schema: the C++
-// signatures of these internal ops have changed between torch releases, their schemas have not.
+// Whether an op takes exactly these arguments, by name, in this order.
+bool takes(const c10::OperatorHandle& op, std::initializer_list<const char*> names) {
+  const auto& arguments = op.schema().arguments();
+  if (arguments.size() != names.size()) return false;
+  size_t index = 0;
+  for (const char* name : names) {
+    if (arguments[index++].name() != name) return false;
+  }
+  return true;
+}
+
+// Looked up once; a build without oneDNN, or a torch whose schemas differ from the ones called
+// here, leaves both empty (and the callers use their other formulations). Called boxed, by schema:
+// the C++ signatures of these internal ops have changed between torch releases.
 const Ops& ops() {
   static const Ops found = [] {
     auto& dispatcher = c10::Dispatcher::singleton();
     Ops result{dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""}),
                dispatcher.findSchema({"mkldnn::_linear_pointwise", ""})};
-    return result.reorder && result.pointwise ? result : Ops{};
+    const bool usable = result.reorder && result.pointwise && takes(*result.reorder, {"self", "batch_size"}) &&
+                        takes(*result.pointwise, {"X", "W", "B", "attr", "scalars", "algorithm"});
+    return usable ? result : Ops{};
   }();
   return found;
 }

@@ -186,7 +186,7 @@ class StepProduct {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
     const at::Tensor& projected_in, const at::Tensor& r, const at::Tensor& i, const at::Tensor& j, const at::Tensor& k,
     const at::Tensor& h0, const c10::optional<at::Tensor>& c0_in, int64_t kind, at::IntArrayRef slots,
-    c10::optional<at::IntArrayRef> batch_sizes, bool reverse, bool keep) {
+    c10::optional<at::IntArrayRef> batch_sizes, bool reverse, bool keep, bool gate_major) {
   const at::Tensor c0 = defined_or_empty(c0_in);
   const Scan scan = check_scan(projected_in, {r, i, j, k}, h0, c0, kind, slots, batch_sizes, reverse);
   const at::Tensor projected = projected_in.contiguous();
@@ -209,7 +209,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
                                  scan.has_cell() ? c10::optional<at::Tensor>(cell.narrow(0, 0, rows)) : c10::nullopt,
                                  output[t].narrow(0, 0, rows),
                                  keep_cells ? c10::optional<at::Tensor>(cells[t].narrow(0, 0, rows)) : c10::nullopt,
-                                 kind, slots);
+                                 kind, slots, gate_major);
   }
   return {output, hidden, cell, cells};
 }
@@ -220,7 +220,8 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
                         const at::Tensor& i, const at::Tensor& j, const at::Tensor& k, const at::Tensor& h0_in,
                         const c10::optional<at::Tensor>& c0_in, const at::Tensor& output_in,
                         const at::Tensor& cells_in, int64_t kind, at::IntArrayRef slots,
-                        c10::optional<at::IntArrayRef> batch_sizes, bool reverse, std::array<bool, 4> output_mask) {
+                        c10::optional<at::IntArrayRef> batch_sizes, bool reverse, std::array<bool, 4> output_mask,
+                        bool gate_major) {
   const at::Tensor c0 = defined_or_empty(c0_in);
   const Scan scan = check_scan(projected, {r, i, j, k}, h0_in, c0, kind, slots, batch_sizes, reverse);
   const std::vector<int64_t> states{scan.steps, scan.batch, scan.hidden};
@@ -264,7 +265,7 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
         scan.has_cell() ? rows_of(grad_cell) : c10::nullopt,
         kind == kLiGru ? c10::optional<at::Tensor>(previous_rows(scan, output, h0, t)) : c10::nullopt,
         scan.has_cell() ? c10::optional<at::Tensor>(previous_rows(scan, cells, c0, t)) : c10::nullopt,
-        scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots);
+        scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots, gate_major);
     // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
     if (kind == kLiGru) {
       grad_hidden_rows.add_(step_product.apply(pre_rows, through_weight.narrow(0, 0, rows)));

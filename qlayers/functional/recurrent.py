@@ -14,7 +14,9 @@ Two implementations of one computation, the scan ``h_t = cell(projected_t + h_{t
 
 Gate layout: pre-activations ``(rows, G * H)`` hold, in each ``[r | i | j | k]`` component block,
 ``G`` gate blocks of ``H/4`` quaternions; gate ``g`` of the cell (canonical order: QLSTM input, forget,
-cell, output; QLiGRU update, candidate) sits in block ``slots[g]``.
+cell, output; QLiGRU update, candidate) sits in block ``slots[g]``. With ``gate_major`` the blocks
+nest the other way: ``G`` whole gates, each an ``[r | i | j | k]`` vector of ``H`` (SpeechBrain's
+layout), gate ``g`` in block ``slots[g]``. Both cost the same.
 """
 
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -71,6 +73,7 @@ def step_loop(
     slots: Sequence[int],
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
+    gate_major: bool = False,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """The scan by differentiable torch ops, a step at a time. ``recurrent(h)`` is ``h @ W``.
 
@@ -87,9 +90,13 @@ def step_loop(
         rows = batch if batch_sizes is None else batch_sizes[t]
         active = [s[:rows] for s in state]
         pre = projected[t, :rows] + recurrent(active[0])
-        # (rows, 4 components, G gate blocks, H/4); explicit sizes, as -1 is ambiguous for rows = 0.
-        blocks = pre.view(rows, 4, gates, quarter)
-        new = CELLS[cell]([blocks[:, :, slot] for slot in slots], [s.view(rows, 4, quarter) for s in active])
+        # (rows, 4 components, G gate blocks, H/4) or (rows, G, 4, H/4); explicit sizes, as -1 is
+        # ambiguous for rows = 0.
+        if gate_major:
+            gate_values = [pre.view(rows, gates, 4, quarter)[:, slot] for slot in slots]
+        else:
+            gate_values = [pre.view(rows, 4, gates, quarter)[:, :, slot] for slot in slots]
+        new = CELLS[cell](gate_values, [s.view(rows, 4, quarter) for s in active])
         new = [n.reshape(rows, hidden_size) for n in new]
         if rows < batch:
             state = [torch.cat([n, s[rows:]]) for n, s in zip(new, state)]
@@ -109,6 +116,7 @@ def recurrent_scan(
     slots: Sequence[int],
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
+    gate_major: bool = False,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer and direction by the engine: ``h_t = cell(projected_t + h_{t-1} @ W, state)``.
 
@@ -120,6 +128,7 @@ def recurrent_scan(
         slots: the gate layout, ``slots[g]`` the block of gate ``g``.
         batch_sizes: a PackedSequence's rows per step (sorted sequences), or None.
         reverse: run from the last step to the first (the backward direction).
+        gate_major: whole gates as the outer blocks (see the module docstring).
 
     Returns ``(output (T, B, H), h_n, c_n or None)``. Under autocast it computes in ``projected``'s
     dtype (the autocast dtype the input projection gave), as torch.nn.LSTM does. Under torch.func
@@ -128,11 +137,11 @@ def recurrent_scan(
     *weight, h0, c0 = _in_compute_dtype("recurrent_scan", projected, (*weight, h0, c0))
     if not torch.compiler.is_compiling() and _transforms_active():
         matrix = hamilton_expand(*weight)
-        return step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots, batch_sizes, reverse)
+        return step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots, batch_sizes, reverse, gate_major)
     tensors = (projected, *weight, h0) if c0 is None else (projected, *weight, h0, c0)
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     sizes = None if batch_sizes is None else list(batch_sizes)
-    output, h_n, c_n, _ = _SCAN(projected, *weight, h0, c0, cell, list(slots), sizes, reverse, keep)
+    output, h_n, c_n, _ = _SCAN(projected, *weight, h0, c0, cell, list(slots), sizes, reverse, keep, gate_major)
     return output, h_n, c_n if cell == LSTM else None
 
 
@@ -140,8 +149,10 @@ def recurrent_scan(
 
 
 @torch.library.register_fake("qlayers::recurrent_scan")
-def _scan_fake(projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, keep):
-    torch._check_value(projected.dim() == 3 and h0.dim() == 2, lambda: "recurrent_scan: expected (T, B, G*H) and (B, H)")
+def _scan_fake(projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, keep, gate_major=False):
+    torch._check_value(
+        projected.dim() == 3 and h0.dim() == 2, lambda: "recurrent_scan: expected (T, B, G*H) and (B, H)"
+    )
     steps, batch = projected.shape[:2]
     hidden_size = h0.shape[1]
     has_cell = cell == LSTM
@@ -156,7 +167,24 @@ def _scan_fake(projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse,
 
 @torch.library.register_fake("qlayers::recurrent_scan_backward")
 def _scan_backward_fake(
-    grad_output, grad_h_n, grad_c_n, projected, r, i, j, k, h0, c0, output, cells, cell, slots, batch_sizes, reverse, mask
+    grad_output,
+    grad_h_n,
+    grad_c_n,
+    projected,
+    r,
+    i,
+    j,
+    k,
+    h0,
+    c0,
+    output,
+    cells,
+    cell,
+    slots,
+    batch_sizes,
+    reverse,
+    mask,
+    gate_major=False,
 ):
     empty = projected.new_empty((0,))
     like = [projected, r, i, j, k, h0, c0 if c0 is not None else empty]
@@ -165,32 +193,51 @@ def _scan_backward_fake(
 
 
 def _scan_setup_context(ctx, inputs, output):
-    projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, _ = inputs
+    projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, _, gate_major = inputs
     out, _, _, cells = output
     ctx.save_for_backward(projected, r, i, j, k, h0, c0, out, cells)
-    ctx.layout = (cell, slots, batch_sizes, reverse)
+    ctx.layout = (cell, slots, batch_sizes, reverse, gate_major)
 
 
 def _scan_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_cells):
     projected, r, i, j, k, h0, c0, output, cells = ctx.saved_tensors
-    cell, slots, batch_sizes, reverse = ctx.layout
+    cell, slots, batch_sizes, reverse, gate_major = ctx.layout
     needs = ctx.needs_input_grad[:7]
     if torch.is_grad_enabled():
         # A graph of the gradients is asked for (double backward): re-run the scan by
         # differentiable ops from the kept inputs, and differentiate that.
-        return (*_differentiable_gradients(ctx.saved_tensors[:7], (grad_output, grad_h_n, grad_c_n), needs, ctx.layout), *[None] * 5)
+        return (
+            *_differentiable_gradients(ctx.saved_tensors[:7], (grad_output, grad_h_n, grad_c_n), needs, ctx.layout),
+            *[None] * 6,
+        )
     mask = [needs[0], any(needs[1:5]), needs[5], needs[6]]
     grads = _SCAN_BACKWARD(
-        grad_output, grad_h_n, grad_c_n, projected, r, i, j, k, h0, c0, output, cells, cell, slots, batch_sizes, reverse, mask
+        grad_output,
+        grad_h_n,
+        grad_c_n,
+        projected,
+        r,
+        i,
+        j,
+        k,
+        h0,
+        c0,
+        output,
+        cells,
+        cell,
+        slots,
+        batch_sizes,
+        reverse,
+        mask,
+        gate_major,
     )
-    return (*(g if need else None for g, need in zip(grads, needs)), *[None] * 5)
+    return (*(g if need else None for g, need in zip(grads, needs)), *[None] * 6)
 
 
 def _differentiable_gradients(inputs, grads, needs, layout):
     projected, r, i, j, k, h0, c0 = inputs
-    cell, slots, batch_sizes, reverse = layout
     matrix = hamilton_expand(r, i, j, k)
-    results = step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots, batch_sizes, reverse)
+    results = step_loop(projected, lambda h: h @ matrix, h0, c0, *layout)
     pairs = [(result, grad) for result, grad in zip(results, grads) if result is not None and grad is not None]
     wanted = [n for n, need in enumerate(needs) if need]
     found = torch.autograd.grad(

@@ -18,7 +18,8 @@ quaternions run gate-major: quaternion ``g * hidden_size/4 + q`` is quaternion `
 So every gate is itself a quaternion vector in the ``[r | i | j | k]`` layout. Gate activations are
 split (per real component). Gate order: QLSTM (input, forget, cell, output), as torch.nn.LSTM;
 QLiGRU (update, candidate); QRNN has one. A subclass may set ``gate_slots`` to place gate ``g`` in
-block ``gate_slots[g]`` instead, at no cost.
+block ``gate_slots[g]`` instead, and ``gate_major = True`` to nest the blocks the other way (whole
+gates, each an ``[r | i | j | k]`` vector: SpeechBrain's layout), at no cost.
 
 Bidirectional outputs and the input of the next layer join the two directions per component
 block, ``[r_fwd r_bwd | i_fwd i_bwd | ...]``, so they stay quaternion vectors. Dropout between
@@ -63,8 +64,10 @@ class _QRecurrent(nn.Module):
     cell_kind: int
     gates: int
     has_cell_state = False
-    # Where each gate sits among the projection's gate blocks (see the module docstring).
+    # Where each gate sits among the projection's gate blocks, and which way the blocks nest (see
+    # the module docstring).
     gate_slots: Tuple[int, ...]
+    gate_major = False
 
     def __init__(
         self,
@@ -117,10 +120,10 @@ class _QRecurrent(nn.Module):
         if self.memory_efficient:
             weight = quaternion_parameters(cell.recurrent)[:4]
             return engine.recurrent_scan(
-                projected, weight, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse
+                projected, weight, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse, self.gate_major
             )
         return engine.step_loop(
-            projected, cell.recurrent, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse
+            projected, cell.recurrent, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse, self.gate_major
         )
 
     def forward(self, input, hx=None):
