@@ -410,3 +410,53 @@ def test_engine_keeps_less_than_the_step_loop_and_torch():
     assert kept["engine"] <= 50 * 2**20
     assert kept["engine"] <= 13 * quantum + 4 * batch * hidden * 4 * 2
     assert kept["engine"] < kept["torch"]
+
+
+def kernels_per_step(layer, x, device_type, names=None):
+    """Kernels (CUDA) or compute ops (CPU, those in `names`) a forward step runs: the difference
+    between sequences of 2T and T steps, over T, so that what runs once per sequence drops out."""
+    counts = []
+    for steps in (x.shape[0] // 2, x.shape[0]):
+        activities = [
+            torch.profiler.ProfilerActivity.CUDA if device_type == "cuda" else torch.profiler.ProfilerActivity.CPU
+        ]
+        with torch.no_grad():
+            layer(x[:steps])  # warm up
+            with torch.profiler.profile(activities=activities) as prof:
+                layer(x[:steps])
+                if device_type == "cuda":
+                    torch.cuda.synchronize()
+        if device_type == "cuda":
+            counts.append(sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA))
+        else:
+            counts.append(sum(1 for e in prof.events() if e.name in names))
+    return (counts[1] - counts[0]) / (x.shape[0] - x.shape[0] // 2)
+
+
+COMPUTE_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "qlayers::block_mix_into"}
+GATE_OPS = {"qlayers::recurrent_gates_forward"}
+
+
+@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
+@pytest.mark.parametrize(
+    "hidden,dtype,products",
+    [(12, torch.float64, 1), (256, torch.float32, 1), (256, torch.float64, 3)],
+    ids=["matrix", "onednn-or-eight", "eight"],
+)
+def test_cpu_step_is_one_product_and_one_gate_kernel(cls, hidden, dtype, products):
+    # The step product (mm with W, oneDNN's linear, or the eight-product form: two block mixes and
+    # one bmm) and one fused gate kernel; nothing else computes per step.
+    layer = cls(hidden, hidden, dtype=dtype)
+    x = torch.randn(20, 2, hidden, dtype=dtype)
+    if products == 1 and dtype == torch.float32 and not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        products = 3  # a torch without oneDNN takes the eight-product form
+    assert kernels_per_step(layer, x, "cpu", GATE_OPS) == 1
+    assert kernels_per_step(layer, x, "cpu", COMPUTE_OPS) == products
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
+def test_cuda_forward_launches_at_most_three_kernels_per_step(cls):
+    layer = cls(64, 64, num_layers=2).cuda()
+    x = torch.randn(40, 4, 64, device="cuda")
+    assert kernels_per_step(layer, x, "cuda") <= 3 * 2  # two layers

@@ -19,7 +19,7 @@ nest the other way: ``G`` whole gates, each an ``[r | i | j | k]`` vector of ``H
 layout), gate ``g`` in block ``slots[g]``. Both cost the same.
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor
@@ -80,7 +80,8 @@ def step_loop(
     Returns ``(output (T, B, H), h_n, c_n or None)``; rows a packed sequence has no step for keep
     their state and output zeros, as in the engine.
     """
-    h0, c0 = _in_compute_dtype("step_loop", projected, (h0, c0))
+    states = _in_compute_dtype("step_loop", projected, (h0, c0))
+    h0, c0 = cast(Tensor, states[0]), states[1]
     steps, batch = projected.shape[:2]
     hidden_size = h0.shape[-1]
     quarter, gates = hidden_size // 4, len(slots)
@@ -134,7 +135,8 @@ def recurrent_scan(
     dtype (the autocast dtype the input projection gave), as torch.nn.LSTM does. Under torch.func
     transforms or forward-mode AD it runs :func:`step_loop` instead.
     """
-    *weight, h0, c0 = _in_compute_dtype("recurrent_scan", projected, (*weight, h0, c0))
+    *weight_in_dtype, h0_in_dtype, c0 = _in_compute_dtype("recurrent_scan", projected, (*weight, h0, c0))
+    weight, h0 = [cast(Tensor, w) for w in weight_in_dtype], cast(Tensor, h0_in_dtype)
     if not torch.compiler.is_compiling() and _transforms_active():
         matrix = hamilton_expand(*weight)
         return step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots, batch_sizes, reverse, gate_major)
