@@ -179,11 +179,18 @@ def test_both_algorithms_keep_only_the_input(algorithm):
 # --- the automatic choice -----------------------------------------------------------------------
 
 
+# The rule's condition for oneDNN's GEMM (csrc/layers/onednn_linear.cpp): torch has both ops.
+ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
 def test_choose_algorithm_rule():
     # The measured rule (csrc/layers/linear_choice.cpp): components while memory-bound, eight for
-    # large float32/float64 products, never eight in 16-bit, hamilton otherwise.
+    # large float32/float64 products, never eight in 16-bit, hamilton otherwise; on the CPU in
+    # float32 with oneDNN, hamilton once rows >= n (its W no larger than components' temporaries).
     assert choose_algorithm("auto", rows=8, n=512) == "components"
-    assert choose_algorithm("auto", rows=4096, n=256) == "eight"
+    assert choose_algorithm("auto", rows=4096, n=256) == ("hamilton" if ONEDNN else "eight")
+    assert choose_algorithm("auto", rows=4096, n=256, device="cuda") == "eight"
+    assert choose_algorithm("auto", rows=200, n=256) == "eight"  # n/2 <= rows < n: eight either way
     assert choose_algorithm("auto", rows=4096, n=256, dtype=torch.float64) == "eight"
     for dtype in (torch.float16, torch.bfloat16):
         assert choose_algorithm("auto", rows=4096, n=256, dtype=dtype) == "hamilton"
@@ -214,10 +221,14 @@ def test_auto_picks_by_batch_size():
     layer = qlayers.QLinear(512, 512)  # n = 128
     small = ops_called(layer, torch.randn(4, 512, requires_grad=True))
     medium = ops_called(qlayers.QLinear(256, 256), torch.randn(1024, 256, requires_grad=True))
+    between = ops_called(qlayers.QLinear(1024, 1024), torch.randn(192, 1024, requires_grad=True))  # n = 256
     large = ops_called(layer, torch.randn(1024, 512, requires_grad=True))
+    hamilton = {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
+    eight = {"qlayers::block_mix", "qlayers::block_mix_into"}
     assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
-    assert medium == {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
-    assert large == {"qlayers::block_mix", "qlayers::block_mix_into"}
+    assert medium == hamilton
+    assert between == eight
+    assert large == (hamilton if ONEDNN else eight)
 
 
 def test_bad_algorithm_name():

@@ -67,8 +67,13 @@ def test_block_mix_bad_arguments(device):
 
 
 def products(x, weights, bias, grad, algorithm):
+    """The three products (and the bias gradient) by one algorithm; "dense" is plain torch: torch's
+    own GEMMs on the Hamilton matrix (qlayers.reference), through autograd."""
     leaves = [t.clone().requires_grad_() for t in (x, *weights, bias)]
-    out = quaternion_linear(*leaves, algorithm=algorithm)
+    if algorithm == "dense":
+        out = reference.quaternion_linear(*leaves)
+    else:
+        out = quaternion_linear(*leaves, algorithm=algorithm)
     out.backward(grad)
     return [out.detach()] + [t.grad for t in leaves]
 
@@ -108,10 +113,12 @@ def relative_error(got, want):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_eight_error_against_hamilton_by_dtype(dtype):
     # What algorithm="auto" relies on (csrc/layers/linear_choice.cpp), against a float64 oracle, for
-    # each of the three products. Measured (seeds 0-2): float32 1.05-1.43x the hamilton product's
-    # error; float16 and bfloat16 1.55-1.81x (block_mix sums in float and rounds once). Within 2x
-    # everywhere, but thinly in 16-bit, where float16 sums can also overflow: auto keeps eight to
-    # float32 and float64. (float64 rounds like float32, with no wider oracle to measure it.)
+    # each of the three products. Measured (seeds 0-2): float32 1.05-1.43x the error of a dense
+    # product by torch's own GEMMs; float16 and bfloat16 1.55-1.81x (block_mix sums in float and
+    # rounds once). Within 2x everywhere, but thinly in 16-bit, where float16 sums can also
+    # overflow: auto keeps eight to float32 and float64. (float64 rounds like float32, with no wider
+    # oracle to measure it.) The hamilton formulation in float32 runs oneDNN's GEMM where torch has
+    # it, whose long accumulation chains give 1.9-2.1x torch's (MKL's) error here, about 3e-7.
     torch.manual_seed(0)
     n = m = 64
     x = torch.randn(256, 4 * n, dtype=torch.float64)
@@ -120,15 +127,19 @@ def test_eight_error_against_hamilton_by_dtype(dtype):
     grad = torch.randn(256, 4 * m, dtype=torch.float64)
     oracle = products(x, weights, bias, grad, "hamilton")
     low = [t.to(dtype) for t in (x, *weights, bias, grad)]
-    by = {alg: products(low[0], low[1:5], low[5], low[6], alg) for alg in ("hamilton", "eight")}
-    ratios = [
-        relative_error(e, want) / relative_error(h, want)
-        for e, h, want in zip(by["eight"][:5], by["hamilton"][:5], oracle[:5])
-    ]
-    assert max(ratios) <= (1.6 if dtype == torch.float32 else 2.0), ratios
-    assert min(ratios) >= 1.0, ratios  # the sums do cost accuracy: the measurement is real
+    by = {alg: products(low[0], low[1:5], low[5], low[6], alg) for alg in ("dense", "hamilton", "eight")}
+
+    def ratios(algorithm):
+        return [
+            relative_error(e, want) / relative_error(d, want)
+            for e, d, want in zip(by[algorithm][:5], by["dense"][:5], oracle[:5])
+        ]
+
+    assert max(ratios("eight")) <= (1.6 if dtype == torch.float32 else 2.0), ratios("eight")
+    assert min(ratios("eight")) >= 1.0, ratios("eight")  # the sums do cost accuracy: the measurement is real
+    assert max(ratios("hamilton")) <= (2.5 if dtype == torch.float32 else 1.0), ratios("hamilton")
     wants_eight = dtype == torch.float32
-    assert (choose_algorithm("auto", rows=4096, n=512, dtype=dtype) == "eight") == wants_eight
+    assert (choose_algorithm("auto", rows=300, n=512, dtype=dtype) == "eight") == wants_eight
 
 
 @pytest.mark.parametrize("frozen", [(), ("r_weight", "k_weight")])

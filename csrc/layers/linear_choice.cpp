@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "onednn_linear.h"
+
 namespace qlayers {
 namespace linear {
 
@@ -45,6 +47,19 @@ constexpr int64_t kEightMinRows = 64;
 constexpr int64_t kEightMinFeatures = 128;
 constexpr double kEightMinRowsPerFeature = 0.5;
 
+// With oneDNN's GEMM (CPU float32, where torch has oneDNN: linear_hamilton.cpp) hamilton runs at
+// about twice the speed of torch's mm here and won every cell from 64 rows up (rows 8-4096, 256-2048
+// features, all three phases; benchmarks/results/choose-linear-cpu-2026-11-28-onednn.md) but three
+// within 5% (eight at 64 x 2048 forward, components at 64 and 128 x 256 component gradients). It
+// takes over where its W (16 n m) is no larger than the components formulation's block products
+// (16 rows m), so a step's peak memory does not rise; components keeps the smallest batches, where
+// it won at 8 rows.
+constexpr int64_t kDenseGemmMinRows = 17;
+
+bool fast_dense_gemm(at::ScalarType dtype, bool on_cpu) {
+  return on_cpu && dtype == at::kFloat && onednn::available();
+}
+
 // eight rounds its operand sums and its eight products in the operands' dtype. Against a float64
 // oracle (tests/test_eight_product.py, all three products) its error was 1.05-1.43x the hamilton
 // product's in float32 (float64 rounds alike) and 1.55-1.81x in float16 and bfloat16: within the
@@ -70,6 +85,7 @@ Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, in
   }
   if (on_cpu && rows * n <= kDirectMaxRowsTimesFeatures) return Formulation::kDirect;
   (void)phase;  // one rule serves every phase today; each phase was measured on its own
+  if (fast_dense_gemm(dtype, on_cpu) && rows >= n && rows >= kDenseGemmMinRows) return Formulation::kHamilton;
   if (eight_is_accurate(dtype) && rows >= kEightMinRows && n >= kEightMinFeatures && m >= kEightMinFeatures &&
       static_cast<double>(rows) >= kEightMinRowsPerFeature * static_cast<double>(n)) {
     return Formulation::kEight;

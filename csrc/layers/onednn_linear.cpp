@@ -51,16 +51,19 @@ at::Tensor call(const c10::OperatorHandle& op, torch::jit::Stack stack) {
 
 bool available() { return ops().reorder.has_value(); }
 
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  TORCH_INTERNAL_ASSERT(available(), "oneDNN linear used without oneDNN");
+  // (X, W, B, attr, scalars, algorithm): no fused activation.
+  return call(*ops().pointwise, {x, weight, bias.defined() ? c10::IValue(bias) : c10::IValue(), "none",
+                                 c10::List<std::optional<at::Scalar>>(), c10::IValue()});
+}
+
 Linear::Linear(const at::Tensor& weight, int64_t rows) {
   TORCH_INTERNAL_ASSERT(available(), "oneDNN linear used without oneDNN");
   packed_ = call(*ops().reorder, {weight.contiguous(), rows});
 }
 
-at::Tensor Linear::operator()(const at::Tensor& x) const {
-  // (X, W, B, attr, scalars, algorithm): no bias, no fused activation.
-  return call(*ops().pointwise, {x, packed_, c10::IValue(), "none", c10::List<std::optional<at::Scalar>>(),
-                                 c10::IValue()});
-}
+at::Tensor Linear::operator()(const at::Tensor& x) const { return linear(x, packed_); }
 
 }  // namespace onednn
 }  // namespace qlayers

@@ -6,6 +6,7 @@
 // (16 x 512) @ (512 x 2048) product in 270 us where oneDNN takes 118 us, and 82 us with the weight
 // reordered once (torch.utils.benchmark, 2 threads). A call costs about 10 us more than a small mm, so
 // it is for large weights only. Absent from torch builds without oneDNN: available() says so.
+// Float32 only: the callers keep other dtypes on their own GEMMs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -17,6 +18,10 @@ namespace onednn {
 
 // Whether this torch has the two ops (with the signatures used here).
 bool available();
+
+// x @ weight^T (+ bias): one call, the weight reordered inside it. x and weight may be transposed
+// views: oneDNN reads them strided, faster than a copy.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
 
 // y = x @ weight^T for float32 CPU tensors, weight (out, in), x (rows, in) with up to `rows` rows.
 class Linear {
