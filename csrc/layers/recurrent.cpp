@@ -151,9 +151,11 @@ class StepProduct {
     const at::ScalarType dtype = w[0].scalar_type();
     const bool cpu = w[0].device().is_cpu(), large = n >= kMinQuaternions;
     if (cpu && large && dtype == at::kFloat && onednn::available()) {
-      const at::Tensor weight = ops::hamilton_expand(w[0], w[1], w[2], w[3]);  // (4n, 4m) = (in, out)
-      // oneDNN's linear multiplies by its weight transposed: (out, in) is W^T forward, W backward.
-      onednn_.emplace(adjoint ? weight : weight.t(), batch);
+      // oneDNN's linear multiplies by its weight transposed: (out, in) is W backward, W^T forward,
+      // built as it is (W^T is the Hamilton matrix of r^T, -i^T, -j^T, -k^T) rather than copied.
+      onednn_.emplace(adjoint ? ops::hamilton_expand(w[0], w[1], w[2], w[3])
+                              : ops::hamilton_expand(w[0].t(), w[1].t().neg(), w[2].t().neg(), w[3].t().neg()),
+                      batch);
     } else if (cpu && large && (dtype == at::kFloat || dtype == at::kDouble)) {
       sums_ = adjoint ? linear::eight::adjoint_sums(w) : linear::eight::product_sums(w);
       space_ = linear::eight::workspace(batch, adjoint ? m : n, adjoint ? n : m, w[0].options());
