@@ -19,6 +19,7 @@ import baselines  # noqa: E402
 import choose_linear  # noqa: E402
 import compare  # noqa: E402
 import per_call  # noqa: E402
+import recurrent  # noqa: E402
 
 
 @pytest.mark.parametrize("input_requires_grad", [True, False])
@@ -185,3 +186,15 @@ def test_per_call_reports_both_layers(capsys):
     per_call.main(["--features", "8", "--min-run-time", "0.001"])
     out = capsys.readouterr().out
     assert "| qlayers |" in out and "| dense |" in out and "| qlayers / dense |" in out
+
+
+def test_recurrent_benchmark_runs_the_three_recurrent_workloads(tmp_path):
+    path = tmp_path / "recurrent.md"
+    records = recurrent.main(["--size", "tiny", "--device", "cpu", "--markdown", str(path)])
+    assert {r.workload.split(":")[0] for r in records} == {"QLSTM", "QRNN", "QLiGRU"}
+    assert {r.impl for r in records} == {"qlayers", "autograd", "dense"}
+    assert all(r.inference_ms is not None and r.inference_ms > 0 for r in records)
+    kept = {(r.workload, r.impl): r.retained_bytes for r in records}
+    for workload in {r.workload for r in records}:  # the plain path keeps a Hamilton matrix per step
+        assert kept[(workload, "autograd")] > kept[(workload, "qlayers")]
+    assert "| workload | impl | inference ms |" in path.read_text()

@@ -202,7 +202,6 @@ def _scan_setup_context(ctx, inputs, output):
 
 
 def _scan_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_cells):
-    projected, r, i, j, k, h0, c0, output, cells = ctx.saved_tensors
     cell, slots, batch_sizes, reverse, gate_major = ctx.layout
     needs = ctx.needs_input_grad[:7]
     if torch.is_grad_enabled():
@@ -213,26 +212,9 @@ def _scan_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_cells):
             *[None] * 6,
         )
     mask = [needs[0], any(needs[1:5]), needs[5], needs[6]]
-    grads = _SCAN_BACKWARD(
-        grad_output,
-        grad_h_n,
-        grad_c_n,
-        projected,
-        r,
-        i,
-        j,
-        k,
-        h0,
-        c0,
-        output,
-        cells,
-        cell,
-        slots,
-        batch_sizes,
-        reverse,
-        mask,
-        gate_major,
-    )
+    # The kept tensors are the op's (projected, r, i, j, k, h0, c0, output, cells), in its order.
+    layout = (cell, slots, batch_sizes, reverse, mask, gate_major)
+    grads = _SCAN_BACKWARD(grad_output, grad_h_n, grad_c_n, *ctx.saved_tensors, *layout)
     return (*(g if need else None for g, need in zip(grads, needs)), *[None] * 6)
 
 
