@@ -1,7 +1,7 @@
 // The recurrent cells' per-element math, written once for every place that runs it: the CUDA gate
 // kernels (csrc/kernels/recurrent_kernels.h), their host emulation, and the CPU kernels, where the
 // value type V is at::vec::Vectorized<T> (csrc/cpu/recurrent_cpu.cpp supplies its cell_exp,
-// cell_tanh and cell_where_positive overloads).
+// cell_tanh and cell_select_positive overloads).
 //
 // A cell maps its gates' pre-activations (in the canonical order below) and the previous state to
 // the new state. Backward takes the same pre-activations again (the engine recomputes them rather
@@ -19,12 +19,24 @@
 namespace qlayers {
 
 // The cells, numbered as the operators' `cell` argument. Canonical gate order: QLSTM (input,
-// forget, cell, output) as torch.nn.LSTM; QLiGRU (update, candidate); QRNN one gate.
-enum CellKind : int { kRnnTanh = 0, kLstm = 1, kLiGru = 2 };
-constexpr int kCellKinds = 3;
+// forget, cell, output) as torch.nn.LSTM; QLiGRU (update, candidate); QRNN one gate. The RNN and the
+// light GRU come with several activations (of the state, resp. the candidate): the numbers after 2
+// were added later, so each keeps its meaning.
+enum CellKind : int {
+  kRnnTanh = 0,
+  kLstm = 1,
+  kLiGru = 2,  // ReLU candidate
+  kRnnRelu = 3,
+  kLiGruLeakyRelu = 4,  // torch.nn.LeakyReLU's default slope, SpeechBrain's default light GRU
+  kLiGruTanh = 5,
+};
+constexpr int kCellKinds = 6;
 constexpr int kMaxGates = 4;
 
-QLAYERS_HOST_DEVICE constexpr int cell_gates(int kind) { return kind == kLstm ? 4 : kind == kLiGru ? 2 : 1; }
+QLAYERS_HOST_DEVICE constexpr bool cell_is_light_gru(int kind) {
+  return kind == kLiGru || kind == kLiGruLeakyRelu || kind == kLiGruTanh;
+}
+QLAYERS_HOST_DEVICE constexpr int cell_gates(int kind) { return kind == kLstm ? 4 : cell_is_light_gru(kind) ? 2 : 1; }
 QLAYERS_HOST_DEVICE constexpr bool cell_has_cell_state(int kind) { return kind == kLstm; }
 
 // Scalar primitives (host and device); the vector ones live beside the vector kernels.
@@ -32,11 +44,20 @@ QLAYERS_HOST_DEVICE static inline float cell_exp(float x) { return ::expf(x); }
 QLAYERS_HOST_DEVICE static inline double cell_exp(double x) { return ::exp(x); }
 QLAYERS_HOST_DEVICE static inline float cell_tanh(float x) { return ::tanhf(x); }
 QLAYERS_HOST_DEVICE static inline double cell_tanh(double x) { return ::tanh(x); }
-// `value` where x > 0, else 0: ReLU's derivative applied (0 at NaN, as torch's threshold_backward).
+// `positive` where x > 0, else `otherwise` (NaN takes `otherwise`, as in torch's ReLU and leaky ReLU
+// backward).
 template <typename T>
-QLAYERS_HOST_DEVICE static inline T cell_where_positive(T x, T value) {
-  return x > T(0) ? value : T(0);
+QLAYERS_HOST_DEVICE static inline T cell_select_positive(T x, T positive, T otherwise) {
+  return x > T(0) ? positive : otherwise;
 }
+
+template <typename V>
+QLAYERS_HOST_DEVICE static inline V cell_where_positive(V x, V value) {
+  return cell_select_positive(x, value, V(0));
+}
+
+// The slope torch.nn.LeakyReLU() takes by default.
+constexpr double kLeakySlope = 0.01;
 
 template <typename V>
 QLAYERS_HOST_DEVICE static inline V cell_sigmoid(V x) {
@@ -49,6 +70,22 @@ QLAYERS_HOST_DEVICE static inline V cell_relu(V x) {
   return x - cell_where_positive(V(0) - x, x);  // x minus itself where x < 0
 }
 
+// The activations chosen by the cell kind (RNN: of the state; light GRU: of the candidate), and
+// their backward, given the pre-activation x, the activation y and dL/dy.
+template <typename V>
+QLAYERS_HOST_DEVICE static inline V cell_activation(int kind, V x) {
+  if (kind == kRnnTanh || kind == kLiGruTanh) return cell_tanh(x);
+  if (kind == kLiGruLeakyRelu) return cell_select_positive(x, x, V(kLeakySlope) * x);
+  return cell_relu(x);
+}
+
+template <typename V>
+QLAYERS_HOST_DEVICE static inline V cell_activation_backward(int kind, V x, V y, V grad) {
+  if (kind == kRnnTanh || kind == kLiGruTanh) return grad * (V(1) - y * y);
+  if (kind == kLiGruLeakyRelu) return cell_select_positive(x, grad, grad * V(kLeakySlope));
+  return cell_where_positive(x, grad);
+}
+
 // One element of one step. `pre` holds the cell's gates; `cell` is read (c_{t-1}) and written (c_t)
 // by the LSTM only; `hidden_prev` is read by the light GRU only.
 template <typename V>
@@ -59,11 +96,11 @@ QLAYERS_HOST_DEVICE static inline V cell_forward(int kind, const V* pre, V hidde
     cell = forget * cell + input * candidate;
     return output * cell_tanh(cell);
   }
-  if (kind == kLiGru) {
+  if (cell_is_light_gru(kind)) {
     const V update = cell_sigmoid(pre[0]);
-    return update * hidden_prev + (V(1) - update) * cell_relu(pre[1]);
+    return update * hidden_prev + (V(1) - update) * cell_activation(kind, pre[1]);
   }
-  return cell_tanh(pre[0]);
+  return cell_activation(kind, pre[0]);
 }
 
 // Backward of one element of one step: `grad_hidden` is dL/dh_t (output and carried), `grad_cell`
@@ -85,14 +122,14 @@ QLAYERS_HOST_DEVICE static inline V cell_backward(int kind, const V* pre, V hidd
     grad_cell = grad_c * forget;
     return V(0);
   }
-  if (kind == kLiGru) {
+  if (cell_is_light_gru(kind)) {
     const V update = cell_sigmoid(pre[0]);
-    grad_pre[0] = grad_hidden * (hidden_prev - cell_relu(pre[1])) * update * (one - update);
-    grad_pre[1] = cell_where_positive(pre[1], grad_hidden * (one - update));
+    const V candidate = cell_activation(kind, pre[1]);
+    grad_pre[0] = grad_hidden * (hidden_prev - candidate) * update * (one - update);
+    grad_pre[1] = cell_activation_backward(kind, pre[1], candidate, grad_hidden * (one - update));
     return grad_hidden * update;
   }
-  const V hidden = cell_tanh(pre[0]);
-  grad_pre[0] = grad_hidden * (one - hidden * hidden);
+  grad_pre[0] = cell_activation_backward(kind, pre[0], cell_activation(kind, pre[0]), grad_hidden);
   return V(0);
 }
 

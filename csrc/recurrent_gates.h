@@ -16,7 +16,7 @@
 namespace qlayers {
 
 inline void check_cell_layout(const char* op, int64_t kind, at::IntArrayRef slots) {
-  TORCH_CHECK_VALUE(kind >= 0 && kind < kCellKinds, op, ": expected cell 0 (RNN tanh), 1 (LSTM) or 2 (light GRU), got ",
+  TORCH_CHECK_VALUE(kind >= 0 && kind < kCellKinds, op, ": expected cell 0 (RNN tanh), 1 (LSTM), 2 (light GRU, ReLU), 3 (RNN ReLU), 4 (light GRU, leaky ReLU) or 5 (light GRU, tanh), got ",
                     kind);
   const int gates = cell_gates(static_cast<int>(kind));
   bool permutation = static_cast<int64_t>(slots.size()) == gates;
@@ -79,7 +79,7 @@ inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_o
   if (cell_has_cell_state(static_cast<int>(kind))) {
     require(op, grad_cell.defined() && cell_prev.defined() && cell.defined(), "grad_cell, cell_prev and cell");
   }
-  if (kind == kLiGru) require(op, hidden_prev.defined(), "hidden_prev");
+  if (cell_is_light_gru(kind)) require(op, hidden_prev.defined(), "hidden_prev");
 }
 
 inline at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }

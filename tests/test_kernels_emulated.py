@@ -424,8 +424,17 @@ def test_cuda_kernels_match_the_emulation(emu, dtype):
 
 # ---- The recurrent engine's gate kernels (csrc/kernels/recurrent_kernels.h). ----
 
-RNN_TANH, LSTM, LIGRU = 0, 1, 2
-GATE_COUNT = {RNN_TANH: 1, LSTM: 4, LIGRU: 2}
+RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH = 0, 1, 2, 3, 4, 5
+LIGHT_GRUS = (LIGRU, LIGRU_LEAKY_RELU, LIGRU_TANH)
+GATE_COUNT = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2}
+# Each cell's activation (of the state, or of the light GRU's candidate), in plain torch.
+ACTIVATION = {
+    RNN_TANH: torch.tanh,
+    RNN_RELU: torch.relu,
+    LIGRU: torch.relu,
+    LIGRU_LEAKY_RELU: lambda x: torch.nn.functional.leaky_relu(x, 0.01),
+    LIGRU_TANH: torch.tanh,
+}
 
 
 class GateMajor(list):
@@ -446,8 +455,22 @@ CELL_LAYOUTS = [
     (LIGRU, [1, 0]),
     (LSTM, GateMajor([0, 1, 3, 2])),
     (LIGRU, GateMajor([1, 0])),
+    (RNN_RELU, [0]),
+    (LIGRU_LEAKY_RELU, GateMajor([1, 0])),
+    (LIGRU_TANH, GateMajor([1, 0])),
 ]
-CELL_IDS = ["rnn", "lstm", "lstm-0132", "ligru", "ligru-10", "lstm-gate-major-0132", "ligru-gate-major-10"]
+CELL_IDS = [
+    "rnn",
+    "lstm",
+    "lstm-0132",
+    "ligru",
+    "ligru-10",
+    "lstm-gate-major-0132",
+    "ligru-gate-major-10",
+    "rnn-relu",
+    "ligru-leaky-gate-major-10",
+    "ligru-tanh-gate-major-10",
+]
 # rtol and atol against float64: the dtype's rounding of the result (half an ulp of float16 is 4.9e-4,
 # of bfloat16 3.9e-3) plus a few ulps of float32 or float64 math.
 GATE_TOLERANCE = {torch.float64: 1e-13, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -484,10 +507,10 @@ def cell_reference(cell, gates, hidden, cell_state, cell_after=None):
         if cell_after is not None:
             c = c + (cell_after - c).detach()
         return o * torch.tanh(c), c
-    if cell == LIGRU:
+    if cell in LIGHT_GRUS:
         z = torch.sigmoid(gates[0])
-        return z * hidden + (1 - z) * torch.relu(gates[1]), None
-    return torch.tanh(gates[0]), None
+        return z * hidden + (1 - z) * ACTIVATION[cell](gates[1]), None
+    return ACTIVATION[cell](gates[0]), None
 
 
 def assert_near(actual, expected, context):
@@ -533,7 +556,7 @@ def backward_inputs(cell, slots, rows, quarter, dtype, with_output):
         random((rows, h), dtype) if with_output else None,
         random((rows, h), dtype),
         random((rows, h), dtype) if lstm else None,
-        random((rows, h), dtype) if cell == LIGRU else None,
+        random((rows, h), dtype) if cell in LIGHT_GRUS else None,
         cell_prev,
         cell_after,
     )
@@ -600,7 +623,7 @@ def test_gates_backward(emu, dtype, cell, slots):
                 )
                 record("gates_backward", dtype, used, iterations)
                 assert_near(pre, expected_pre, context)
-                if cell == LIGRU:
+                if cell in LIGHT_GRUS:
                     assert_near(grad_h, expected_h, context)
                 else:  # only the recurrent GEMM adds to it, outside the kernel
                     assert bits_equal(grad_h, grad_hidden), context
@@ -669,7 +692,7 @@ FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell", "output", "cell
         ({"slots": [0, 1, 2]}, ValueError, "permutation of 0..3"),
         ({"slots": [0, 1, 1, 2]}, ValueError, "permutation of 0..3"),
         ({"slots": [0, 1, 2, 4]}, ValueError, "permutation of 0..3"),
-        ({"kind": 3}, ValueError, "expected cell 0"),
+        ({"kind": 6}, ValueError, "expected cell 0"),
         ({"cell": None}, ValueError, "needs a cell state"),
         ({"projected": torch.zeros(3, 24)}, ValueError, r"expected shape \(3, 32\)"),
         ({"recurrent": torch.zeros(2, 32)}, ValueError, r"expected shape \(3, 32\)"),
@@ -752,7 +775,7 @@ def test_cuda_gates_match_the_reference(dtype, cell, slots):
             gate_major=gate_major(slots),
         )
         assert_near(pre.cpu(), expected_pre, (rows, quarter))
-        if cell == LIGRU:
+        if cell in LIGHT_GRUS:
             assert_near(grad_h.cpu(), expected_grad_h, (rows, quarter))
         if cell == LSTM:
             assert_near(grad_c.cpu(), expected_grad_c, (rows, quarter))

@@ -50,8 +50,13 @@ class GateMajorQRNN(qlayers.QRNN):
     gate_major = True
 
 
-LAYOUT_PEERS = PEERS + [(SpeechBrainOrderQLSTM, nn.LSTM), (GateMajorQRNN, nn.RNN)]
-LAYOUT_IDS = ["QLSTM", "QRNN", "QLSTM-gate-major-permuted", "QRNN-gate-major"]
+class ReluQRNN(qlayers.QRNN):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, nonlinearity="relu", **kwargs)
+
+
+LAYOUT_PEERS = PEERS + [(SpeechBrainOrderQLSTM, nn.LSTM), (GateMajorQRNN, nn.RNN), (ReluQRNN, nn.RNN)]
+LAYOUT_IDS = ["QLSTM", "QRNN", "QLSTM-gate-major-permuted", "QRNN-gate-major", "QRNN-relu"]
 
 
 def input_permutation(layer, index):
@@ -71,6 +76,7 @@ def torch_twin(layer, torch_cls):
         batch_first=layer.batch_first,
         bidirectional=layer.bidirectional,
         dtype=layer.cells[0].input.r_weight.dtype,
+        **({"nonlinearity": "relu"} if layer.nonlinearity == "relu" else {}),
     )
     columns = gate_permutation(layer)
     with torch.no_grad():
@@ -252,26 +258,38 @@ def test_gradcheck_and_gradgradcheck(cls, packed):
     assert gradgradcheck(run, (x, *params))
 
 
-@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
-def test_engine_equals_step_loop(cls):
-    # The two implementations of one scan, on every cell, packed and in reverse.
+CELL_CHOICES = [(cls, name) for cls in (qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU) for name in cls.cell_kinds]
+
+
+@pytest.mark.parametrize("cls,nonlinearity", CELL_CHOICES, ids=[f"{c.__name__}-{n}" for c, n in CELL_CHOICES])
+def test_engine_equals_step_loop(cls, nonlinearity):
+    # The two implementations of one scan, on every cell and activation, packed and in reverse.
     torch.manual_seed(3)
     hidden, gates = 8, cls.gates
     projected = torch.randn(5, 3, gates * hidden, dtype=torch.float64)
     weight = [torch.randn(hidden // 4, gates * hidden // 4, dtype=torch.float64) * 0.4 for _ in range(4)]
     h0 = torch.randn(3, hidden, dtype=torch.float64)
     c0 = torch.randn(3, hidden, dtype=torch.float64) if cls is qlayers.QLSTM else None
-    matrix = reference.hamilton_matrix(*weight)
     slots = tuple(reversed(cls.gate_slots))
+    leaves = [t for t in (projected, *weight, h0, c0) if t is not None]
+    for t in leaves:
+        t.requires_grad_()
+
+    def results_and_gradients(outputs):
+        outputs = [o for o in outputs if o is not None]
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view(o.shape)).sum() for o in outputs)
+        return [o.detach() for o in outputs] + list(torch.autograd.grad(loss, leaves))
+
     for batch_sizes in (None, [3, 3, 2, 2, 1]):
         for reverse in (False, True):
             for gate_major in (False, True):
-                layout = (cls.cell_kind, slots, batch_sizes, reverse, gate_major)
-                got = engine.recurrent_scan(projected, weight, h0, c0, *layout)
-                want = engine.step_loop(projected, lambda h: h @ matrix, h0, c0, *layout)
+                layout = (cls.cell_kinds[nonlinearity], slots, batch_sizes, reverse, gate_major)
+                got = results_and_gradients(engine.recurrent_scan(projected, weight, h0, c0, *layout))
+                want = results_and_gradients(
+                    engine.step_loop(projected, lambda h: h @ reference.hamilton_matrix(*weight), h0, c0, *layout)
+                )
                 for g, w in zip(got, want):
-                    if w is not None:
-                        torch.testing.assert_close(g, w, **F64)
+                    torch.testing.assert_close(g, w, **F64)
 
 
 def test_gate_slots_are_a_free_permutation():

@@ -30,10 +30,11 @@ static inline at::vec::Vectorized<T> cell_tanh(const at::vec::Vectorized<T>& x) 
 }
 
 template <typename T>
-static inline at::vec::Vectorized<T> cell_where_positive(const at::vec::Vectorized<T>& x,
-                                                         const at::vec::Vectorized<T>& value) {
+static inline at::vec::Vectorized<T> cell_select_positive(const at::vec::Vectorized<T>& x,
+                                                          const at::vec::Vectorized<T>& positive,
+                                                          const at::vec::Vectorized<T>& otherwise) {
   using Vec = at::vec::Vectorized<T>;
-  return Vec::blendv(Vec(T(0)), value, x > Vec(T(0)));
+  return Vec::blendv(otherwise, positive, x > Vec(T(0)));
 }
 
 }  // namespace qlayers
@@ -77,7 +78,7 @@ int64_t forward_run(const GatesForwardParams<scalar_t>& p, int64_t index, int64_
       pre[g] = Io::load(p.projected + at) + Io::load(p.recurrent + at);
     }
     V cell = p.kind == kLstm ? Io::load(p.cell + index + q) : V(0);
-    const V hidden_prev = p.kind == kLiGru ? Io::load(p.hidden + index + q) : V(0);
+    const V hidden_prev = cell_is_light_gru(p.kind) ? Io::load(p.hidden + index + q) : V(0);
     const V hidden = cell_forward(p.kind, pre, hidden_prev, cell);
     Io::store(p.hidden + index + q, hidden);
     Io::store(p.output + index + q, hidden);
@@ -101,13 +102,13 @@ int64_t backward_run(const GatesBackwardParams<scalar_t>& p, int64_t index, int6
     V grad_hidden = Io::load(p.grad_hidden + at);
     if (p.grad_output != nullptr) grad_hidden = grad_hidden + Io::load(p.grad_output + at);
     const bool lstm = p.kind == kLstm;
-    const V hidden_prev = p.kind == kLiGru ? Io::load(p.hidden_prev + at) : V(0);
+    const V hidden_prev = cell_is_light_gru(p.kind) ? Io::load(p.hidden_prev + at) : V(0);
     const V cell_prev = lstm ? Io::load(p.cell_prev + at) : V(0);
     const V cell = lstm ? Io::load(p.cell + at) : V(0);
     V grad_cell = lstm ? Io::load(p.grad_cell + at) : V(0);
     const V direct = cell_backward(p.kind, pre, hidden_prev, cell_prev, cell, grad_hidden, grad_cell, grad_pre);
     for (int g = 0; g < p.gates; ++g) Io::store(p.pre + base + p.slots[g] * kernels::gate_stride(p) + q, grad_pre[g]);
-    if (p.kind == kLiGru) Io::store(p.grad_hidden + at, direct);
+    if (cell_is_light_gru(p.kind)) Io::store(p.grad_hidden + at, direct);
     if (lstm) Io::store(p.grad_cell + at, grad_cell);
   }
   return q;

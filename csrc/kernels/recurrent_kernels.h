@@ -88,7 +88,7 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_forward_pack(const GatesForwardPar
     for (int e = 0; e < Width; ++e) pre[g][e] = projected[e] + recurrent[e];
   }
   opmath_t hidden[Width] = {}, cell[Width] = {};
-  if (p.kind == kLiGru) widen(load_pack<Width>(p.hidden + index), hidden);
+  if (cell_is_light_gru(p.kind)) widen(load_pack<Width>(p.hidden + index), hidden);
   if (p.kind == kLstm) widen(load_pack<Width>(p.cell + index), cell);
 #pragma unroll
   for (int e = 0; e < Width; ++e) {
@@ -126,7 +126,7 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
 #pragma unroll
     for (int e = 0; e < Width; ++e) grad_hidden[e] += from_output[e];
   }
-  if (p.kind == kLiGru) widen(load_pack<Width>(p.hidden_prev + index), hidden_prev);
+  if (cell_is_light_gru(p.kind)) widen(load_pack<Width>(p.hidden_prev + index), hidden_prev);
   if (p.kind == kLstm) {
     widen(load_pack<Width>(p.cell_prev + index), cell_prev);
     widen(load_pack<Width>(p.cell + index), cell);
@@ -148,7 +148,7 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
     if (g >= p.gates) break;
     store_pack(p.pre + base + p.slots[g] * stride, rounded_pack<scalar_t>(grad_pre[g]));
   }
-  if (p.kind == kLiGru) store_pack(p.grad_hidden + index, rounded_pack<scalar_t>(grad_hidden));
+  if (cell_is_light_gru(p.kind)) store_pack(p.grad_hidden + index, rounded_pack<scalar_t>(grad_hidden));
   if (p.kind == kLstm) store_pack(p.grad_cell + index, rounded_pack<scalar_t>(grad_cell));
 }
 

@@ -257,7 +257,7 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
   }
   const StepProduct step_product(weight, /*adjoint=*/true, scan.batch);
   // The light GRU adds its direct part of dL/dh_{t-1} to the product's.
-  at::Tensor through_weight = kind == kLiGru ? at::empty({scan.batch, scan.hidden}, options) : at::Tensor();
+  at::Tensor through_weight = cell_is_light_gru(kind) ? at::empty({scan.batch, scan.hidden}, options) : at::Tensor();
   for (int64_t s = scan.steps - 1; s >= 0; --s) {
     const int64_t t = scan.time(s), rows = scan.rows(t);
     at::Tensor pre_rows = pre[t].narrow(0, 0, rows), grad_hidden_rows = grad_hidden.narrow(0, 0, rows);
@@ -265,11 +265,11 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
     ops::recurrent_gates_backward(
         pre_rows, grad_output.defined() ? rows_of(grad_output[t]) : c10::nullopt, grad_hidden_rows,
         scan.has_cell() ? rows_of(grad_cell) : c10::nullopt,
-        kind == kLiGru ? c10::optional<at::Tensor>(previous_rows(scan, output, h0, t)) : c10::nullopt,
+        cell_is_light_gru(kind) ? c10::optional<at::Tensor>(previous_rows(scan, output, h0, t)) : c10::nullopt,
         scan.has_cell() ? c10::optional<at::Tensor>(previous_rows(scan, cells, c0, t)) : c10::nullopt,
         scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots, gate_major);
     // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
-    if (kind == kLiGru) {
+    if (cell_is_light_gru(kind)) {
       grad_hidden_rows.add_(step_product.apply(pre_rows, through_weight.narrow(0, 0, rows)));
     } else if (const at::Tensor product = step_product.apply(pre_rows, grad_hidden_rows);
                !product.is_same(grad_hidden_rows)) {

@@ -19,7 +19,7 @@ nest the other way: ``G`` whole gates, each an ``[r | i | j | k]`` vector of ``H
 layout), gate ``g`` in block ``slots[g]``. Both cost the same.
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple, cast
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor
@@ -27,28 +27,44 @@ from torch import Tensor
 from qlayers.functional._hamilton_ops import hamilton_expand
 from qlayers.functional.linear import _transforms_active
 
-RNN_TANH, LSTM, LIGRU = 0, 1, 2  # csrc/recurrent_cells.h's CellKind
-GATES = {RNN_TANH: 1, LSTM: 4, LIGRU: 2}
+# csrc/recurrent_cells.h's CellKind: the RNN and the light GRU come with several activations (of the
+# state, resp. the candidate).
+RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH = 0, 1, 2, 3, 4, 5
+GATES = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2}
+ACTIVATIONS: Dict[int, Callable[[Tensor], Tensor]] = {
+    RNN_TANH: torch.tanh,
+    RNN_RELU: torch.relu,
+    LIGRU: torch.relu,
+    LIGRU_LEAKY_RELU: torch.nn.functional.leaky_relu,  # slope 0.01, as the kernels
+    LIGRU_TANH: torch.tanh,
+}
 _SCAN = torch.ops.qlayers.recurrent_scan.default
 _SCAN_BACKWARD = torch.ops.qlayers.recurrent_scan_backward.default
 
 
-def _lstm_cell(gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+def _lstm_cell(cell: int, gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
     input_gate, forget_gate, cell_gate, output_gate = gates
-    cell = torch.sigmoid(forget_gate) * state[1] + torch.sigmoid(input_gate) * torch.tanh(cell_gate)
-    return [torch.sigmoid(output_gate) * torch.tanh(cell), cell]
+    cell_state = torch.sigmoid(forget_gate) * state[1] + torch.sigmoid(input_gate) * torch.tanh(cell_gate)
+    return [torch.sigmoid(output_gate) * torch.tanh(cell_state), cell_state]
 
 
-def _ligru_cell(gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+def _ligru_cell(cell: int, gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
     update = torch.sigmoid(gates[0])
-    return [update * state[0] + (1 - update) * torch.relu(gates[1])]
+    return [update * state[0] + (1 - update) * ACTIVATIONS[cell](gates[1])]
 
 
-def _rnn_tanh_cell(gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
-    return [torch.tanh(gates[0])]
+def _rnn_cell(cell: int, gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+    return [ACTIVATIONS[cell](gates[0])]
 
 
-CELLS = {RNN_TANH: _rnn_tanh_cell, LSTM: _lstm_cell, LIGRU: _ligru_cell}
+CELLS = {
+    RNN_TANH: _rnn_cell,
+    RNN_RELU: _rnn_cell,
+    LSTM: _lstm_cell,
+    LIGRU: _ligru_cell,
+    LIGRU_LEAKY_RELU: _ligru_cell,
+    LIGRU_TANH: _ligru_cell,
+}
 
 
 def _in_compute_dtype(name: str, projected: Tensor, tensors: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
@@ -97,7 +113,7 @@ def step_loop(
             gate_values = [pre.view(rows, gates, 4, quarter)[:, slot] for slot in slots]
         else:
             gate_values = [pre.view(rows, 4, gates, quarter)[:, :, slot] for slot in slots]
-        new = CELLS[cell](gate_values, [s.view(rows, 4, quarter) for s in active])
+        new = CELLS[cell](cell, gate_values, [s.view(rows, 4, quarter) for s in active])
         new = [n.reshape(rows, hidden_size) for n in new]
         if rows < batch:
             state = [torch.cat([n, s[rows:]]) for n, s in zip(new, state)]
@@ -125,7 +141,8 @@ def recurrent_scan(
         projected: ``(T, B, G * H)``, the input projection of every step.
         weight: the recurrent weight's components ``(r, i, j, k)``, each ``(H/4, G * H/4)``.
         h0, c0: ``(B, H)`` initial states (``c0`` for the LSTM cell only, else None).
-        cell: ``RNN_TANH``, ``LSTM`` or ``LIGRU``.
+        cell: ``RNN_TANH``, ``RNN_RELU``, ``LSTM``, ``LIGRU`` (ReLU candidate), ``LIGRU_LEAKY_RELU``
+            or ``LIGRU_TANH``.
         slots: the gate layout, ``slots[g]`` the block of gate ``g``.
         batch_sizes: a PackedSequence's rows per step (sorted sequences), or None.
         reverse: run from the last step to the first (the backward direction).

@@ -31,7 +31,7 @@ last element); an empty batch (``B = 0``) gives empty outputs and states of the 
 empty sequence (``T = 0``) raises a ``ValueError``.
 """
 
-from typing import List, Optional, Sequence, Tuple, cast
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +61,8 @@ class _Cell(nn.Module):
 
 
 class _QRecurrent(nn.Module):
-    cell_kind: int
+    # The activation choices (``nonlinearity``, the first the default) and their engine cells.
+    cell_kinds: Dict[str, int]
     gates: int
     has_cell_state = False
     # Where each gate sits among the projection's gate blocks, and which way the blocks nest (see
@@ -79,12 +80,18 @@ class _QRecurrent(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
+        nonlinearity: Optional[str] = None,
         memory_efficient: bool = True,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        choices = list(self.cell_kinds)
+        self.nonlinearity = choices[0] if nonlinearity is None else nonlinearity
+        if self.nonlinearity not in self.cell_kinds:
+            raise ValueError(f"{name}: nonlinearity must be one of {choices}, got {nonlinearity!r}")
+        self.cell_kind = self.cell_kinds[self.nonlinearity]
         for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or value <= 0 or value % 4 != 0:
                 raise ValueError(
@@ -226,7 +233,8 @@ class _QRecurrent(nn.Module):
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-        for label, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+        defaults = (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False))
+        for label, default in (*defaults, ("nonlinearity", next(iter(self.cell_kinds)))):
             if getattr(self, label) != default:
                 text += f", {label}={getattr(self, label)}"
         return text + f", memory_efficient={self.memory_efficient}"
@@ -239,9 +247,10 @@ def _kind(value) -> str:
 
 
 class QRNN(_QRecurrent):
-    """Quaternion Elman RNN: ``h_t = tanh(W x_t + U h_{t-1} + b)``. Returns ``(output, h_n)``."""
+    """Quaternion Elman RNN: ``h_t = tanh(W x_t + U h_{t-1} + b)``, or ReLU with
+    ``nonlinearity="relu"`` (as torch.nn.RNN). Returns ``(output, h_n)``."""
 
-    cell_kind = engine.RNN_TANH
+    cell_kinds = {"tanh": engine.RNN_TANH, "relu": engine.RNN_RELU}
     gates = 1
     gate_slots = (0,)
 
@@ -249,7 +258,7 @@ class QRNN(_QRecurrent):
 class QLSTM(_QRecurrent):
     """Quaternion LSTM, torch.nn.LSTM's gates with split activations. Returns ``(output, (h_n, c_n))``."""
 
-    cell_kind = engine.LSTM
+    cell_kinds = {"tanh": engine.LSTM}  # torch.nn.LSTM's activations, the only choice
     gates = 4
     gate_slots = (0, 1, 2, 3)
     has_cell_state = True
@@ -258,8 +267,9 @@ class QLSTM(_QRecurrent):
 class QLiGRU(_QRecurrent):
     """Quaternion light GRU (Ravanelli et al.): ``z = σ(a_z)``, ``h̃ = ReLU(a_h)``,
     ``h_t = z h_{t-1} + (1 - z) h̃``, without the batch normalisation of the input projection.
-    Returns ``(output, h_n)``."""
+    ``nonlinearity`` takes ``"relu"`` (the default), ``"leaky_relu"`` (slope 0.01) or ``"tanh"`` for
+    the candidate. Returns ``(output, h_n)``."""
 
-    cell_kind = engine.LIGRU
+    cell_kinds = {"relu": engine.LIGRU, "leaky_relu": engine.LIGRU_LEAKY_RELU, "tanh": engine.LIGRU_TANH}
     gates = 2
     gate_slots = (0, 1)
