@@ -1,0 +1,33 @@
+"""SpeechBrain's quaternion layers on qlayers: change one import, keep the checkpoints.
+
+``from qlayers.compat.speechbrain import QLiGRU`` in place of
+``from speechbrain.nnet.quaternion_networks.q_RNN import QLiGRU``. Each layer here has the
+SpeechBrain 1.1.2 layer's constructor signature, defaults, calling convention (channels last,
+SpeechBrain's shapes) and state_dict keys, so a SpeechBrain checkpoint loads strictly and gives
+SpeechBrain's outputs and gradients. They run on qlayers' memory-efficient products and its fused
+recurrent engine, which keep no Hamilton matrix for backward.
+
+Faithfulness: these layers compute what SpeechBrain computes, its bugs included where a trained
+checkpoint depends on them (each one is named in the layer's docstring and warned about when it
+takes effect). What cannot be reproduced is refused with a ValueError: ``spinor=True`` (all
+layers), convolutions with ``groups > 1``, ``QConv2d(skip_transpose=True)``. Initial weights follow
+SpeechBrain's schemes but not its random draws.
+"""
+
+from qlayers.compat.speechbrain.conv import QConv1d, QConv2d
+from qlayers.compat.speechbrain.linear import QLinear
+from qlayers.compat.speechbrain.norm import QBatchNorm
+from qlayers.compat.speechbrain.recurrent import QLSTM, QRNN, QLiGRU, QLiGRU_Layer, QLSTM_Layer, QRNN_Layer
+
+__all__ = [
+    "QBatchNorm",
+    "QConv1d",
+    "QConv2d",
+    "QLSTM",
+    "QLSTM_Layer",
+    "QLiGRU",
+    "QLiGRU_Layer",
+    "QLinear",
+    "QRNN",
+    "QRNN_Layer",
+]

@@ -1,0 +1,105 @@
+"""What SpeechBrain's quaternion layers share: their weights' shapes, initialisation and max-norm."""
+
+import math
+import warnings
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from qlayers.nn._parameters import COMPONENT_NAMES
+
+WEIGHT_INITS = ("quaternion", "unitary")
+INIT_CRITERIA = ("glorot", "he")
+
+
+def real_features(input_shape: Union[int, Sequence[int]], layer: str, dims: Optional[int] = None) -> int:
+    """The last entry of ``input_shape`` (an int is the feature count itself), checked to be a
+    multiple of 4; ``dims``, when given, is the number of entries SpeechBrain requires."""
+    shape = [input_shape] if isinstance(input_shape, int) else input_shape
+    if shape is None or not isinstance(shape, (list, tuple, torch.Size)) or len(shape) == 0:
+        raise TypeError(f"{layer}: expected input_shape, a tuple such as (batch, time, features), got {input_shape!r}")
+    if dims is not None and len(shape) != dims:
+        raise ValueError(f"{layer}: expected an input_shape of {dims} entries, got {tuple(shape)}")
+    features = shape[-1]
+    if not isinstance(features, int) or features <= 0 or features % 4 != 0:
+        raise ValueError(
+            f"{layer}: expected a feature count that is a positive multiple of 4 (input_shape[-1]), got {features!r}"
+        )
+    return features
+
+
+def register_components(module: nn.Module, shape: Sequence[int]) -> None:
+    for name in COMPONENT_NAMES:
+        module.register_parameter(name, nn.Parameter(torch.empty(*shape)))
+
+
+def components(module: nn.Module) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    r, i, j, k = (getattr(module, name) for name in COMPONENT_NAMES)
+    return r, i, j, k
+
+
+def check_init(layer: str, weight_init: str, init_criterion: str) -> None:
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"{layer}: weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+    if init_criterion not in INIT_CRITERIA:
+        raise ValueError(f"{layer}: init_criterion must be one of {INIT_CRITERIA}, got {init_criterion!r}")
+
+
+@torch.no_grad()
+def initialise(module: nn.Module, fan_in: int, fan_out: int, weight_init: str, init_criterion: str) -> None:
+    """Fill the components as SpeechBrain's schemes describe them (not its random draws).
+
+    ``"quaternion"``: modulus chi(4)-distributed with scale ``1/sqrt(2 (fan_in + fan_out))``
+    (glorot) or ``1/sqrt(2 fan_in)`` (he), a uniform phase in ``[-pi, pi)`` and a random unit axis;
+    ``"unitary"``: random unit quaternions. Fans count quaternions times the receptive field.
+    """
+    r, i, j, k = components(module)
+    shape = r.shape
+    if weight_init == "unitary":
+        values = torch.randn(4, *shape, dtype=torch.float64)
+        values = values / torch.linalg.vector_norm(values, dim=0).clamp_min(1e-12)
+    else:
+        scale = 1.0 / math.sqrt(2.0 * (fan_in + fan_out) if init_criterion == "glorot" else 2.0 * fan_in)
+        modulus = scale * torch.linalg.vector_norm(torch.randn(4, *shape, dtype=torch.float64), dim=0)
+        axis = torch.randn(3, *shape, dtype=torch.float64)
+        axis = axis / torch.linalg.vector_norm(axis, dim=0).clamp_min(1e-12)
+        phase = (torch.rand(*shape, dtype=torch.float64) * 2 - 1) * math.pi
+        values = torch.cat([(modulus * phase.cos()).unsqueeze(0), modulus * phase.sin() * axis])
+    for component, value in zip((r, i, j, k), values):
+        component.copy_(value)
+
+
+@torch.no_grad()
+def renorm_(module: nn.Module, max_norm: float) -> None:
+    """SpeechBrain's max-norm, in place before each forward: the quaternions' moduli, each slice
+    along dim 0 rescaled to an L2 norm of at most ``max_norm`` (``torch.renorm``)."""
+    parts = components(module)
+    modulus = torch.sqrt(parts[0] ** 2 + parts[1] ** 2 + parts[2] ** 2 + parts[3] ** 2)
+    factor = torch.renorm(modulus, p=2, dim=0, maxnorm=max_norm) / modulus
+    for p in parts:
+        p.mul_(factor)
+
+
+def bias_in_use(module: nn.Module, bias: Optional[Tensor]) -> Optional[Tensor]:
+    """The bias SpeechBrain's QLinear adds: none once it no longer requires grad.
+
+    Its linear op tests ``bias.requires_grad`` to tell a real bias from the zeros it holds for
+    ``bias=False``, so a frozen bias is dropped from the output. Reproduced, with a warning.
+    """
+    if bias is None or bias.requires_grad:
+        return bias
+    warnings.warn(
+        f"{type(module).__name__}: its bias does not require grad, and SpeechBrain's QLinear then leaves "
+        "the bias out of the output; reproduced here so that checkpoints compute as they did",
+        stacklevel=3,
+    )
+    return None
+
+
+def refuse_spinor(layer: str, spinor: bool) -> None:
+    if spinor:
+        raise ValueError(
+            f"{layer}: spinor=True is not supported by qlayers.compat.speechbrain (its rotation layers "
+            "are not reproduced yet); expected spinor=False"
+        )

@@ -1,0 +1,93 @@
+"""SpeechBrain's ``QBatchNorm``: quaternion batch normalisation by the mean squared modulus."""
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class QBatchNorm(nn.Module):
+    """``speechbrain.nnet.quaternion_networks.q_normalization.QBatchNorm``.
+
+    Same signature, defaults and state_dict keys (``gamma`` ``(input_size/4,)``, ``beta``
+    ``(input_size,)``, ``running_mean``, ``running_var``, ``num_batches_tracked``). ``input_size``
+    counts real features, in ``[r | i | j | k]`` blocks along ``dim``.
+
+    It computes what SpeechBrain's computes, which differs from ``torch.nn.BatchNorm`` and from
+    :class:`qlayers.nn.QBatchNorm`:
+
+    - statistics are taken over dim 0 only: on ``(batch, time, features)`` input each time step
+      has its own mean and variance (and the running statistics take that shape);
+    - the variance of a quaternion feature is the batch mean of ``|x - mean|^2`` over its four
+      components (biased), shared by the four components;
+    - the first training batch's statistics replace the running statistics; later ones are
+      averaged in by ``momentum`` (or cumulatively with ``momentum=None``);
+    - ``eps`` (1e-4 by default) is added to that variance.
+
+    Running statistics are stored without autograd history (SpeechBrain's keep the graph of the
+    batch that set them; the values are the same). With ``track_running_stats=False``,
+    SpeechBrain's eval mode fails (it reads a running variance it does not have); this layer then
+    normalises by the batch's statistics, as ``torch.nn.BatchNorm`` does.
+    """
+
+    running_mean: Optional[Tensor]
+    running_var: Optional[Tensor]
+    num_batches_tracked: Optional[Tensor]
+
+    def __init__(
+        self,
+        input_size: int,
+        dim: int = -1,
+        gamma_init: float = 1.0,
+        beta_param: bool = True,
+        momentum: Optional[float] = 0.1,
+        eps: float = 1e-4,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(input_size, int) or input_size <= 0 or input_size % 4 != 0:
+            raise ValueError(f"QBatchNorm: input_size must be a positive multiple of 4, got {input_size!r}")
+        self.num_features = input_size // 4
+        self.gamma_init, self.beta_param, self.momentum, self.dim, self.eps = gamma_init, beta_param, momentum, dim, eps
+        self.track_running_stats = track_running_stats
+        self.gamma = nn.Parameter(torch.full([self.num_features], float(gamma_init)))
+        self.beta = nn.Parameter(torch.zeros(input_size), requires_grad=beta_param)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(input_size))
+            self.register_buffer("running_var", torch.ones(self.num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def _tiled(self, per_quaternion: Tensor, input: Tensor) -> Tensor:
+        """A per-quaternion tensor repeated 4 times along ``dim``, one copy per component block."""
+        return per_quaternion.repeat([4 if d == self.dim % input.dim() else 1 for d in range(input.dim())])
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.training or self.running_var is None:
+            mean = input.mean(dim=0)
+            centred = input - mean
+            r, i, j, k = centred.chunk(4, dim=self.dim)
+            variance = (r * r + i * i + j * j + k * k).mean(dim=0)
+            normalised = centred * self._tiled(torch.rsqrt(variance + self.eps), input)
+            if self.training and self.running_var is not None:
+                self._update_running(mean.detach(), variance.detach())
+        else:
+            assert self.running_mean is not None
+            normalised = (input - self.running_mean) * self._tiled(torch.rsqrt(self.running_var + self.eps), input)
+        return self._tiled(self.gamma, input) * normalised + self.beta
+
+    def _update_running(self, mean: Tensor, variance: Tensor) -> None:
+        assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+        self.num_batches_tracked.add_(1)
+        if int(self.num_batches_tracked) == 1:
+            self.running_mean, self.running_var = mean, variance
+            return
+        factor = 1.0 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean = (1 - factor) * self.running_mean + factor * mean
+        self.running_var = (1 - factor) * self.running_var + factor * variance
+
+    def extra_repr(self) -> str:
+        return f"{4 * self.num_features}, dim={self.dim}, eps={self.eps}, momentum={self.momentum}"
