@@ -16,9 +16,11 @@ Refused rather than loaded into a layer that computes something else:
 
 - convolutions with ``groups > 1``: both peers build one kernel across all groups, so a group mixes
   the components of different quaternions; a qlayers group is a quaternion convolution of its own;
-- recurrent layers (QRNN, QLSTM, QLiGRU): the peers lay their gates out differently (each
-  SpeechBrain QLSTM gate is one whole component block of the projection's output, where qlayers runs
-  the gates within each block) and name and split their weights differently.
+- recurrent checkpoints into qlayers.nn's QRNN, QLSTM, QLiGRU: the peers lay their gates out
+  differently (each SpeechBrain QLSTM gate is one whole component block of the projection's output,
+  where qlayers runs the gates within each block) and name and split their weights differently.
+  SpeechBrain's load into :mod:`qlayers.compat.speechbrain`, whose layers compute as SpeechBrain's
+  do (on the same engine).
 
 Everything qlayers reads from disk goes through ``torch.load(weights_only=True)``.
 """
@@ -88,6 +90,12 @@ def _refuse_other_meanings(module: nn.Module, state_dict: Mapping[str, Tensor], 
                 f"{source} checkpoint: {name or 'the module'} is a qlayers {type(child).__name__}, and no "
                 f"{source} recurrent checkpoint carries over (the gate layouts differ); expected a module "
                 "without recurrent layers: load the other submodules one by one"
+                + (
+                    ", or build the model from qlayers.compat.speechbrain, whose QRNN, QLSTM and QLiGRU "
+                    "load SpeechBrain's checkpoints as they are"
+                    if source == "speechbrain"
+                    else ""
+                )
             )
         prefix = f"{name}." if name else ""
         if isinstance(child, _CONVOLUTIONS) and child.groups > 1 and any(key.startswith(prefix) for key in state_dict):

@@ -1,9 +1,68 @@
 """SpeechBrain's ``QBatchNorm``: quaternion batch normalisation by the mean squared modulus."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from qlayers.functional.linear import _transforms_active
+
+
+def _per_quaternion(x: Tensor) -> Tensor:
+    """The sum of a tensor's four component blocks along its last dim: ``(..., C) -> (..., C/4)``."""
+    r, i, j, k = x.chunk(4, dim=-1)
+    return r + i + j + k
+
+
+def _tile(per_quaternion: Tensor) -> Tensor:
+    return per_quaternion.repeat(*([1] * (per_quaternion.dim() - 1)), 4)
+
+
+class _TrainingNorm(torch.autograd.Function):
+    """SpeechBrain's training-mode normalisation along the last dim, keeping for backward only its
+    output (``x_hat = (y - beta) / gamma``; the next layer usually keeps ``y`` anyway) and the
+    per-quaternion scale, where autograd of the plain ops keeps three input-sized tensors.
+
+    Returns ``(y, mean, variance)``; the statistics feed the running averages and have no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+        mean = input.mean(dim=0)
+        centred = input - mean
+        variance = _modulus_squared(centred).mean(dim=0)
+        scale = torch.rsqrt(variance + eps)
+        output = _tile(gamma) * (centred * _tile(scale)) + beta
+        ctx.save_for_backward(output, gamma, beta, scale)
+        ctx.mark_non_differentiable(mean, variance)
+        return output, mean, variance
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor, _grad_mean, _grad_variance):
+        output, gamma, beta, scale = ctx.saved_tensors
+        gamma_tiled = _tile(gamma)
+        normalised = (output - beta) / gamma_tiled
+        grad_input = grad_gamma = grad_beta = None
+        if ctx.needs_input_grad[0]:
+            grad_normalised = grad_output * gamma_tiled
+            # Through the scale: each quaternion's share of d(variance), averaged over dim 0.
+            projection = _per_quaternion(grad_normalised * normalised).mean(dim=0)
+            grad_centred = _tile(scale) * (grad_normalised - normalised * _tile(projection))
+            grad_input = grad_centred - grad_centred.mean(dim=0)
+        summed = list(range(grad_output.dim() - 1))
+        if ctx.needs_input_grad[1]:
+            grad_gamma = _per_quaternion((grad_output * normalised).sum(dim=summed))
+        if ctx.needs_input_grad[2]:
+            grad_beta = grad_output.sum(dim=summed)
+        return grad_input, grad_gamma, grad_beta, None
+
+
+def _modulus_squared(centred: Tensor) -> Tensor:
+    """``|x|^2`` of each quaternion, summed in SpeechBrain's order (r, i, j, k)."""
+    r, i, j, k = centred.chunk(4, dim=-1)
+    return r * r + i * i + j * j + k * k
 
 
 class QBatchNorm(nn.Module):
@@ -65,12 +124,26 @@ class QBatchNorm(nn.Module):
         """A per-quaternion tensor repeated 4 times along ``dim``, one copy per component block."""
         return per_quaternion.repeat([4 if d == self.dim % input.dim() else 1 for d in range(input.dim())])
 
+    def _lean(self, input: Tensor) -> bool:
+        """Whether the lean function serves: quaternions along the last dim, a gamma it can divide
+        by, and plain autograd (not a torch.func transform or forward-mode AD)."""
+        return (
+            self.dim % input.dim() == input.dim() - 1
+            and input.dim() >= 2
+            and not _transforms_active()
+            and bool((self.gamma != 0).all())
+        )
+
     def forward(self, input: Tensor) -> Tensor:
         if self.training or self.running_var is None:
+            if self._lean(input):
+                output, mean, variance = _TrainingNorm.apply(input, self.gamma, self.beta, self.eps)
+                if self.training and self.running_var is not None:
+                    self._update_running(mean, variance)
+                return output
             mean = input.mean(dim=0)
             centred = input - mean
-            r, i, j, k = centred.chunk(4, dim=self.dim)
-            variance = (r * r + i * i + j * j + k * k).mean(dim=0)
+            variance = _modulus_squared(centred.movedim(self.dim, -1)).movedim(-1, self.dim).mean(dim=0)
             normalised = centred * self._tiled(torch.rsqrt(variance + self.eps), input)
             if self.training and self.running_var is not None:
                 self._update_running(mean.detach(), variance.detach())
