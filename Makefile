@@ -22,8 +22,13 @@ export QLAYERS_CUDA MAX_JOBS
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 DEV_PACKAGES := setuptools wheel numpy pytest pytest-benchmark hypothesis tqdm matplotlib ruff mypy
+# The peer tests/test_speechbrain.py and examples/speechbrain_dropin.py run against. Its import needs
+# torchaudio, which declares no torch dependency: pip adds it beside this torch (installed with the
+# torch spec pinned, so nothing replaces torch). The oldest torch's venv goes without it
+# (PEER_PACKAGES=), and there those tests skip, saying why; here a missing peer fails them.
+PEER_PACKAGES ?= speechbrain==1.1.2
 # One stamp per torch spec and package list: changing either reinstalls and rebuilds qlayers.
-DEPS_STAMP := $(VENV)/.deps-$(shell printf '%s' '$(TORCH_SPEC) $(DEV_PACKAGES)' | cksum | cut -d' ' -f1)
+DEPS_STAMP := $(VENV)/.deps-$(shell printf '%s' '$(TORCH_SPEC) $(DEV_PACKAGES) $(PEER_PACKAGES)' | cksum | cut -d' ' -f1)
 BUILD_STAMP := $(VENV)/.built
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 # The library this venv built, if it is still there: newer than the stamp when another venv rebuilt
@@ -39,6 +44,7 @@ LINTED := qlayers benchmarks tests examples setup.py
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install "$(TORCH_SPEC)" $(DEV_PACKAGES)
+	$(if $(PEER_PACKAGES),$(BIN)/pip install "$(TORCH_SPEC)" $(PEER_PACKAGES))
 	rm -f $(VENV)/.deps-*
 	touch $@
 
@@ -58,11 +64,11 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(PY) -m pytest tests
+	QLAYERS_REQUIRE_SPEECHBRAIN=$(if $(PEER_PACKAGES),1,0) $(PY) -m pytest tests
 
 test-oldest:
 	test -n "$(TORCH_OLDEST)" || { echo "no torch>= dependency found in pyproject.toml"; exit 1; }
-	$(MAKE) test VENV=.venv-oldest TORCH_SPEC=torch==$(TORCH_OLDEST) QLAYERS_CUDA=0
+	$(MAKE) test VENV=.venv-oldest TORCH_SPEC=torch==$(TORCH_OLDEST) QLAYERS_CUDA=0 PEER_PACKAGES=
 
 # The emulated CUDA kernels (tests/test_kernels_emulated.py) built with AddressSanitizer and UBSan.
 # python itself is not instrumented, so the ASan runtime is preloaded, with libstdc++ beside it: ASan

@@ -1,6 +1,7 @@
 """Packaging behaviour: the compiled library, its error when missing, and the build switch."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -59,3 +60,16 @@ def test_cpu_only_switch_builds_cpu_kernels():
     result = run_setup("0")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "qlayers"
+
+
+def test_pyproject_lists_every_package():
+    # A package missing from the list is missing from a built wheel (the editable install hides it).
+    root = ROOT
+    text = open(os.path.join(root, "pyproject.toml")).read()
+    listed = set(re.search(r"^packages = \[(.*)\]$", text, re.M).group(1).replace('"', "").replace(" ", "").split(","))
+    found = {
+        os.path.relpath(folder, root).replace(os.sep, ".")
+        for folder, _, files in os.walk(os.path.join(root, "qlayers"))
+        if "__init__.py" in files
+    }
+    assert listed == found

@@ -3,37 +3,28 @@ type and option set loads SpeechBrain's state dict strictly and gives its output
 gradient (input, initial state, each parameter) to 1e-10 relative; SpeechBrain's known bugs are
 reproduced with a warning; what cannot be reproduced is refused.
 
-`make` installs speechbrain==1.1.2 into .venv (its import needs torchaudio, which pip installs
-beside the torch there without replacing it). Where it is not installed (the oldest-torch venv,
-whose torch its torchaudio does not serve) these tests skip, saying so; with
-QLAYERS_REQUIRE_SPEECHBRAIN=1 (set by `make test` in .venv) a missing package fails instead.
+`make` installs speechbrain==1.1.2 into .venv (see the Makefile); where it is not installed (the
+oldest-torch venv) these tests skip, saying so (tests/conftest.py).
 """
 
-import os
 import types
 import warnings
 
 import pytest
 import torch
+from conftest import DEVICES, SPEECHBRAIN_MISSING, needs_speechbrain
 
 import qlayers.compat.speechbrain as ours
 from qlayers.memory import SavedTensorBytes
 
-try:
+pytestmark = needs_speechbrain
+if SPEECHBRAIN_MISSING is None:
     import speechbrain
     from speechbrain.nnet.quaternion_networks import q_CNN, q_linear, q_normalization, q_RNN
 
-    MISSING = None
-except ImportError as error:  # the package, or its torchaudio
-    MISSING = f"speechbrain 1.1.2 cannot be imported here ({error}); `make` installs it into .venv"
-
-if MISSING is not None and os.environ.get("QLAYERS_REQUIRE_SPEECHBRAIN") == "1":
-    raise ImportError(MISSING)
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
-
 THEIRS = (
     None
-    if MISSING
+    if SPEECHBRAIN_MISSING
     else types.SimpleNamespace(
         QLinear=q_linear.QLinear,
         QConv1d=q_CNN.QConv1d,
@@ -55,16 +46,16 @@ def test_the_peer_is_speechbrain_1_1_2():
     assert speechbrain.__version__ == "1.1.2"
 
 
-def build(make, library, dtype=torch.float64):
+def build(make, library, dtype=torch.float64, device="cpu"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the known-bug warnings, tested on their own below
         torch.manual_seed(0)
-        module = make(library).to(dtype)
+        module = make(library).to(device, dtype)
     for m in module.modules():
         # SpeechBrain's layers without a bias hold zeros in a plain attribute, which .to() leaves in float32.
         bias = m.__dict__.get("bias")
         if isinstance(bias, torch.Tensor):
-            m.bias = bias.to(dtype)
+            m.bias = bias.to(device, dtype)
     return module
 
 
@@ -100,9 +91,9 @@ def run(module, inputs):
     return [o.detach() for o in outputs], list(grads[: len(inputs)]), dict(zip(params, grads[len(inputs) :]))
 
 
-def assert_matches(make, inputs, train=False, steps=1, dtype=torch.float64, tolerance=SAME, prepare=None):
+def assert_matches(make, inputs, train=False, steps=1, dtype=torch.float64, tolerance=SAME, prepare=None, device="cpu"):
     """Build both layers, load SpeechBrain's state into ours strictly, and compare `steps` calls."""
-    theirs, mine = build(make, THEIRS, dtype), build(make, ours, dtype)
+    theirs, mine = build(make, THEIRS, dtype, device), build(make, ours, dtype, device)
     randomise(theirs)
     if prepare is not None:
         prepare(theirs, mine)
@@ -111,7 +102,7 @@ def assert_matches(make, inputs, train=False, steps=1, dtype=torch.float64, tole
     mine.train(train)
     for step in range(steps):
         detach_buffers(theirs)
-        inputs_now = [t.to(dtype) + step for t in inputs]
+        inputs_now = [t.to(device, dtype) + step for t in inputs]
         want, got = run(theirs, inputs_now), run(mine, inputs_now)
         for w, g in zip(want[0] + want[1], got[0] + got[1]):
             torch.testing.assert_close(g, w, **tolerance)
@@ -328,6 +319,17 @@ def test_float32_at_the_engine_s_large_sizes():
 
     x = torch.randn(4, 20, 32)
     assert_matches(make, [x], train=True, dtype=torch.float32, tolerance=dict(rtol=1e-4, atol=1e-4), prepare=scale_down)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,train", [("QRNN", False), ("QLSTM", False), ("QLiGRU", False), ("QLiGRU", True)])
+def test_recurrent_on_each_device(name, train, device):
+    # On CUDA the engine's step is one mm and the CUDA gate kernel. SpeechBrain's QRNN and QLSTM
+    # keep their training mask bank on the CPU, so those run in eval mode there.
+    def make(L):
+        return getattr(L, name)(4, input_shape=(B, T, 8), num_layers=2, bidirectional=True)
+
+    assert_matches(make, [x3()], train=train, steps=2, device=device)
 
 
 # ---- checkpoints, refusals, memory --------------------------------------------------------------
