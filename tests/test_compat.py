@@ -182,8 +182,18 @@ def test_recurrent_checkpoints_are_refused(recurrent, source):
         compat.load_state_dict(model, state, source, strict=False)
 
 
-def test_migration_table_says_recurrent_checkpoints_do_not_carry_over():
+def test_migration_table_tells_each_speechbrain_layer_s_path():
+    # One row per SpeechBrain layer type: recurrent checkpoints do not carry over into qlayers.nn,
+    # and every layer has its qlayers.compat.speechbrain class.
     api = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "API.md")
     migration = open(api).read().split("## Migration from the best-known implementations")[1]
-    rows = [line for line in migration.splitlines() if line.startswith("|") and "QLSTM" in line]
-    assert rows and all("checkpoints do not carry over" in row for row in rows), rows
+    table = migration.split("| SpeechBrain | into `qlayers.nn`")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `Q")]
+    from qlayers.compat import speechbrain
+
+    layers = [name for name in speechbrain.__all__ if not name.endswith("_Layer")]
+    for name in layers:
+        row = next(r for r in rows if f"`{name}" in r.split("|")[1])
+        assert f"`{name}" in row.split("|")[3], row  # the compat column names its class
+    recurrent = [r for r in rows if "QLSTM" in r.split("|")[1]]
+    assert recurrent and "checkpoints do not carry over" in recurrent[0].split("|")[2]
