@@ -14,6 +14,10 @@
 # layers, hidden 1024, 200 steps, batch 16): the engine against torch's own layers (cuDNN) and the
 # plain path, with peak memory, training and inference time. tests/test_recurrent_engine.py counts
 # the engine's kernel launches per step there (at most three in forward).
+# tests/test_speechbrain.py compares qlayers.compat.speechbrain with SpeechBrain 1.1.2 on the GPU too
+# (test_recurrent_on_each_device), where speechbrain imports: the GPU machine reaches no index, so
+# give PEER_WHEELS, a folder of wheels for speechbrain==1.1.2 and its dependencies (`pip download
+# speechbrain==1.1.2 -d DIR`, about 60 MB with scipy and torchaudio), or those tests skip, saying so.
 # Sized to finish within 8 minutes on one H100/H200. Each step has its own time limit, so a hang
 # in one still leaves the others' results; the exit status is non-zero if any step failed.
 #
@@ -44,6 +48,9 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, remember a 
 cat "$out_dir/env.txt"
 
 step build 240 "$python" -m pip install -v --no-build-isolation --no-deps -e .
+if [ -n "${PEER_WHEELS:-}" ]; then
+  step peers 120 "$python" -m pip install --no-index --find-links "$PEER_WHEELS" speechbrain==1.1.2
+fi
 step tests 180 "$python" -m pytest tests -q -rs --junitxml="$out_dir/tests.xml"
 step compare 240 "$python" benchmarks/compare.py --device "$device" \
   --json "$out_dir/compare.json" --plot "$out_dir/compare.png" --markdown "$out_dir/compare.md"

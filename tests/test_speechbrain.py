@@ -140,6 +140,20 @@ def test_linear(case):
     assert_matches(make, inputs, steps=2)
 
 
+class Twice(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x) + self.layer(2 * x)
+
+
+def test_max_norm_layer_called_twice_before_backward():
+    # SpeechBrain renormalises through .data, unseen by autograd: a second call does not raise.
+    assert_matches(lambda L: Twice(L.QLinear(2, input_shape=8, max_norm=0.5)), [torch.randn(4, 8)])
+
+
 def test_linear_frozen_bias_is_left_out_as_in_speechbrain():
     # SpeechBrain's linear op adds the bias only while it requires grad: a known bug, reproduced.
     def freeze(theirs, mine):
@@ -367,6 +381,11 @@ def test_a_saved_checkpoint_loads_strictly_and_computes_the_same(tmp_path):
         (lambda: ours.QLSTM(2, input_shape=8), "expected input_shape"),
         (lambda: ours.QLinear(4, 8, weight_init="xavier"), "weight_init must be one of"),
         (lambda: ours.QBatchNorm(input_size=6), "multiple of 4"),
+        (
+            lambda: ours.QLSTM(2, (B, T, 8))(torch.randn(B, T, 8), torch.randn(1, B, 5)),
+            r"expected hx of shape \(3, 8\)",
+        ),
+        (lambda: ours.QLiGRU_Layer(8, 8, 1, B)(torch.randn(B, 8)), r"expected input of shape \(batch, time"),
     ],
 )
 def test_what_cannot_be_reproduced_is_refused(make, message):

@@ -73,8 +73,10 @@ def initialise(module: nn.Module, fan_in: int, fan_out: int, weight_init: str, i
 @torch.no_grad()
 def renorm_(module: nn.Module, max_norm: float) -> None:
     """SpeechBrain's max-norm, in place before each forward: the quaternions' moduli, each slice
-    along dim 0 rescaled to an L2 norm of at most ``max_norm`` (``torch.renorm``)."""
-    parts = components(module)
+    along dim 0 rescaled to an L2 norm of at most ``max_norm`` (``torch.renorm``). Through
+    ``.data``, as there: autograd does not see the change, so a layer called twice before
+    backward does not raise."""
+    parts = [p.data for p in components(module)]
     modulus = torch.sqrt(parts[0] ** 2 + parts[1] ** 2 + parts[2] ** 2 + parts[3] ** 2)
     factor = torch.renorm(modulus, p=2, dim=0, maxnorm=max_norm) / modulus
     for p in parts:

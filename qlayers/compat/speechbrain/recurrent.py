@@ -62,6 +62,7 @@ class _Layer(nn.Module):
     h_init: Tensor
     gates: int
     slots: Tuple[int, ...]  # the engine's slot of each canonical gate, in SpeechBrain's layout
+    kind: int  # the engine's cell
     input_bias = True
     masks_in_state_dict = False
 
@@ -140,7 +141,7 @@ class _Layer(nn.Module):
         u_bias = _weights.bias_in_use(self.u, self.u.bias)
         if u_bias is not None:
             projected = projected + u_bias
-        h0 = (self.h_init if hx is None else hx).expand(rows, self.hidden_size * 4)
+        h0 = self._initial_hidden(hx, rows)
         if self._masked():
             output = self._step_loop(projected, h0, self._sample_mask(projected))
         else:
@@ -150,11 +151,20 @@ class _Layer(nn.Module):
             output = torch.cat([forward, backward.flip(1)], dim=2)
         return output
 
+    def _initial_hidden(self, hx: Optional[Tensor], rows: int) -> Tensor:
+        """``h_init``, or ``hx`` broadcast over the rows as SpeechBrain's first step broadcasts it."""
+        if hx is None:
+            return self.h_init.expand(rows, self.hidden_size * 4)
+        try:
+            return hx.expand(rows, self.hidden_size * 4)
+        except RuntimeError:
+            raise ValueError(
+                f"{type(self).__name__}: expected hx of shape ({rows}, {self.hidden_size * 4}) (both directions' "
+                f"rows when bidirectional), or one that broadcasts to it, got {tuple(hx.shape)}"
+            ) from None
+
     def _initial_cell(self, rows: int) -> Optional[Tensor]:
         return None
-
-    def _cell_kind(self) -> int:
-        raise NotImplementedError
 
     def _engine(self, projected: Tensor, h0: Tensor) -> Tensor:
         rows = projected.shape[0]
@@ -163,7 +173,7 @@ class _Layer(nn.Module):
             _weights.components(self.u),
             h0.contiguous(),
             self._initial_cell(rows),
-            self._cell_kind(),
+            self.kind,
             self.slots,
             gate_major=True,
         )
@@ -211,9 +221,6 @@ class QRNN_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
         self.kind = _activation_kind("QRNN", nonlinearity, kinds, engine.RNN_RELU)
         self.act: Callable[[Tensor], Tensor] = engine.ACTIVATIONS[self.kind]
 
-    def _cell_kind(self) -> int:
-        return self.kind
-
     def _masked_cell(self, gates, state, mask):
         return [self.act(gates[0]) * mask, None]
 
@@ -223,9 +230,7 @@ class QLSTM_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
 
     gates = 4
     slots = (0, 1, 3, 2)  # the engine's order is (input, forget, cell, output)
-
-    def _cell_kind(self) -> int:
-        return engine.LSTM
+    kind = engine.LSTM
 
     def _initial_cell(self, rows: int) -> Optional[Tensor]:
         return self.h_init.expand(rows, self.hidden_size * 4).contiguous()
@@ -267,9 +272,6 @@ class QLiGRU_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
         # SpeechBrain builds the normalisation either way; it runs for "batchnorm" only.
         self.normalize = normalization == "batchnorm"
         self.norm = QBatchNorm(input_size=int(hidden_size) * 2, dim=-1)
-
-    def _cell_kind(self) -> int:
-        return self.kind
 
     def _project(self, x: Tensor) -> Tensor:
         projected = super()._project(x)
