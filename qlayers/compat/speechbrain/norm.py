@@ -15,6 +15,12 @@ def _per_quaternion(x: Tensor) -> Tensor:
     return r + i + j + k
 
 
+def _modulus_squared(centred: Tensor) -> Tensor:
+    """``|x|^2`` of each quaternion, summed in SpeechBrain's order (r, i, j, k)."""
+    r, i, j, k = centred.chunk(4, dim=-1)
+    return r * r + i * i + j * j + k * k
+
+
 def _tile(per_quaternion: Tensor) -> Tensor:
     return per_quaternion.repeat(*([1] * (per_quaternion.dim() - 1)), 4)
 
@@ -57,12 +63,6 @@ class _TrainingNorm(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_beta = grad_output.sum(dim=summed)
         return grad_input, grad_gamma, grad_beta, None
-
-
-def _modulus_squared(centred: Tensor) -> Tensor:
-    """``|x|^2`` of each quaternion, summed in SpeechBrain's order (r, i, j, k)."""
-    r, i, j, k = centred.chunk(4, dim=-1)
-    return r * r + i * i + j * j + k * k
 
 
 class QBatchNorm(nn.Module):
