@@ -131,6 +131,8 @@ LINEAR_CASES = {
     "custom-backward": (lambda L: L.QLinear(5, input_shape=(B, T, 8), autograd=False), [x3()]),
     "unitary-he": (lambda L: L.QLinear(5, (B, T, 8), weight_init="unitary", init_criterion="he"), [x3()]),
     "max-norm": (lambda L: L.QLinear(5, input_shape=(B, T, 8), max_norm=0.5), [x3()]),
+    "spinor": (lambda L: L.QLinear(5, input_shape=(B, T, 8), spinor=True), [x3()]),
+    "spinor-vector-scale-2d": (lambda L: L.QLinear(5, input_shape=8, spinor=True, vector_scale=True), [x3()[0]]),
 }
 
 
@@ -180,10 +182,20 @@ CONV_CASES = {
     "1d-valid": (lambda L: L.QConv1d(2, 3, input_shape=(B, T, 8), padding="valid"), [x3()]),
     "1d-causal": (lambda L: L.QConv1d(2, 3, input_shape=(B, T, 8), padding="causal", dilation=2), [x3()]),
     "1d-max-norm": (lambda L: L.QConv1d(2, 3, input_shape=(B, T, 8), max_norm=0.3), [x3()]),
+    "1d-spinor": (lambda L: L.QConv1d(2, 3, input_shape=(B, T, 8), spinor=True), [x3()]),
+    "1d-spinor-vector-scale": (
+        lambda L: L.QConv1d(2, 3, input_shape=(B, T, 8), spinor=True, vector_scale=True, padding="valid"),
+        [x3()],
+    ),
+    "1d-groups-2": (lambda L: L.QConv1d(4, 3, input_shape=(B, T, 16), groups=2), [x3(16)]),
     "2d-same": (lambda L: L.QConv2d(3, (3, 5), input_shape=(B, T, 7, 8)), [torch.randn(B, T, 7, 8)]),
     "2d-valid-no-bias": (
         lambda L: L.QConv2d(2, 3, input_shape=(B, T, 7, 8), padding="valid", bias=False),
         [torch.randn(B, T, 7, 8)],
+    ),
+    "2d-groups-2": (
+        lambda L: L.QConv2d(2, 3, input_shape=(B, T, 7, 16), groups=2, bias=False),
+        [torch.randn(B, T, 7, 16)],
     ),
     "2d-stride-2": (lambda L: L.QConv2d(2, 3, input_shape=(B, 8, 7, 8), stride=2), [torch.randn(B, 8, 7, 8)]),
     "2d-swap-replicate": (
@@ -371,9 +383,8 @@ def test_a_saved_checkpoint_loads_strictly_and_computes_the_same(tmp_path):
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: ours.QLinear(4, 8, spinor=True), "spinor=True"),
-        (lambda: ours.QConv1d(2, 3, input_shape=(B, T, 8), spinor=True), "spinor=True"),
-        (lambda: ours.QConv1d(2, 3, input_shape=(B, T, 8), groups=2), "groups must be 1"),
+        (lambda: ours.QConv2d(2, 3, input_shape=(B, T, 4, 8), spinor=True), "calls conv1d"),
+        (lambda: ours.QConv1d(3, 3, input_shape=(B, T, 16), groups=2), "divisible by groups=2"),
         (lambda: ours.QConv2d(2, 3, input_shape=(B, T, 4, 8), skip_transpose=True), "returns None"),
         (lambda: ours.QConv1d(2, 4, input_shape=(B, T, 8)), "odd"),
         (lambda: ours.QConv1d(2, 3, input_shape=(B, T, 6)), "multiple of 4"),

@@ -9,9 +9,11 @@ recurrent engine, which keep no Hamilton matrix for backward.
 
 Faithfulness: these layers compute what SpeechBrain computes, its bugs included where a trained
 checkpoint depends on them (each one is named in the layer's docstring and warned about when it
-takes effect). What cannot be reproduced is refused with a ValueError: ``spinor=True`` (all
-layers), convolutions with ``groups > 1``, ``QConv2d(skip_transpose=True)``. Initial weights follow
-SpeechBrain's schemes but not its random draws.
+takes effect). What never ran in SpeechBrain is refused with a ValueError:
+``QConv2d(skip_transpose=True)`` (it returns None) and ``QConv2d(spinor=True)`` (it fails). Spinor
+layers (``QLinear``, ``QConv1d``) and grouped convolutions run on plain autograd ops with
+SpeechBrain's real kernel (a rotation; the Hamilton pattern across groups), which no quaternion
+product computes. Initial weights follow SpeechBrain's schemes but not its random draws.
 """
 
 from qlayers.compat.speechbrain.conv import QConv1d, QConv2d

@@ -99,9 +99,52 @@ def bias_in_use(module: nn.Module, bias: Optional[Tensor]) -> Optional[Tensor]:
     return None
 
 
-def refuse_spinor(layer: str, spinor: bool) -> None:
-    if spinor:
-        raise ValueError(
-            f"{layer}: spinor=True is not supported by qlayers.compat.speechbrain (its rotation layers "
-            "are not reproduced yet); expected spinor=False"
-        )
+def grouped_kernel(module: nn.Module) -> Tensor:
+    """The real kernel SpeechBrain's grouped convolutions use: the Hamilton pattern built once over
+    all groups, ``(4 out, 4 in / groups, *kernel)``, output component blocks along dim 0 and input
+    component blocks along dim 1. Each group of ``F.conv`` then sees a slice of the component blocks,
+    so a group mixes the components of different quaternions, unlike qlayers' grouped convolution.
+    """
+    r, i, j, k = components(module)
+    rows = [[r, -i, -j, -k], [i, r, -k, j], [j, k, r, -i], [k, -j, i, r]]
+    return torch.cat([torch.cat(row, dim=1) for row in rows], dim=0)
+
+
+def register_spinor(module: nn.Module, vector_scale: bool) -> None:
+    """A spinor layer's extra parameters, as SpeechBrain registers them: ``zero_kernel`` (zeros,
+    no gradient) and, with ``vector_scale``, ``scale_param`` (Xavier-uniform)."""
+    shape = components(module)[0].shape
+    module.zero_kernel = nn.Parameter(torch.zeros(shape), requires_grad=False)
+    if vector_scale:
+        module.scale_param = nn.Parameter(nn.init.xavier_uniform_(torch.empty(shape)))
+
+
+def rotation_kernel(module: nn.Module, eps_inside_root: bool) -> Tensor:
+    """The real kernel of SpeechBrain's spinor layers: each weight quaternion, normalised, acts on
+    the input's vector part as the rotation ``x -> q x q^-1`` (its 3x3 matrix), optionally scaled
+    entry-wise by ``scale_param``; the real part maps to nothing.
+
+    Blocks are concatenated along dim 1 within each of four row blocks along dim 0, which for the
+    linear layer's ``(in, out)`` weights gives ``(4 in, 4 out)`` and for a convolution's ``(out,
+    in, k)`` weights ``(4 out, 4 in, k)``. The normalisation adds 1e-4 to the modulus (linear) or
+    to its square (convolutions), as SpeechBrain does.
+    """
+    r, i, j, k = components(module)
+    squared = r * r + i * i + j * j + k * k
+    modulus = torch.sqrt(squared + 1e-4) if eps_inside_root else torch.sqrt(squared) + 1e-4
+    r, i, j, k = r / modulus, i / modulus, j / modulus, k / modulus
+    ii, jj, kk = 2.0 * (i * i), 2.0 * (j * j), 2.0 * (k * k)
+    ri, rj, rk = 2.0 * r * i, 2.0 * r * j, 2.0 * r * k
+    ij, ik, jk = 2.0 * i * j, 2.0 * i * k, 2.0 * j * k
+    rows = [
+        [1.0 - (jj + kk), ij - rk, ik + rj],
+        [ij + rk, 1.0 - (ii + kk), jk - ri],
+        [ik - rj, jk + ri, 1.0 - (ii + jj)],
+    ]
+    scale = module._parameters.get("scale_param")
+    if scale is not None:
+        rows = [[scale * entry for entry in row] for row in rows]
+    zero = module._parameters["zero_kernel"]
+    assert zero is not None
+    blocks = [torch.cat([zero] * 4, dim=1)] + [torch.cat([zero, *row], dim=1) for row in rows]
+    return torch.cat(blocks, dim=0)

@@ -3,6 +3,12 @@
 Both take channels last, as SpeechBrain's layers do, and pad with ``F.pad`` the way SpeechBrain
 pads (its ``get_padding_elem``): for ``padding="same"``, ``kernel_size // 2`` on each side along a
 dim whose stride is above 1, else ``dilation * (kernel_size - 1) // 2``.
+
+Two options have no quaternion convolution behind them, and run on plain autograd ops that keep
+their real kernel for backward, as SpeechBrain's do: ``groups > 1`` (SpeechBrain builds the Hamilton
+pattern once over all groups, so a group mixes the components of different quaternions; qlayers'
+own grouped convolution keeps each group a quaternion convolution) and ``spinor=True`` (a rotation
+kernel; see :class:`~qlayers.compat.speechbrain.QLinear`).
 """
 
 import warnings
@@ -25,18 +31,22 @@ def same_padding(kernel_size: int, stride: int, dilation: int) -> List[int]:
     return [each, each]
 
 
-def _check_common(layer: str, out_channels, padding: str, paddings, groups: int, spinor: bool, weight_init, criterion):
+def _check_common(layer: str, out_channels, padding: str, paddings, groups: int, weight_init, criterion):
     if not isinstance(out_channels, int) or out_channels <= 0:
         raise ValueError(f"{layer}: out_channels must be a positive integer (quaternions), got {out_channels!r}")
     if padding not in paddings:
         raise ValueError(f"{layer}: padding must be one of {paddings}, got {padding!r}")
-    if groups != 1:
-        raise ValueError(
-            f"{layer}: groups must be 1, got {groups!r}: SpeechBrain builds one kernel across all groups, so a "
-            "group mixes the components of different quaternions, which qlayers' quaternion convolution does not do"
-        )
-    _weights.refuse_spinor(layer, spinor)
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{layer}: groups must be a positive integer, got {groups!r}")
     _weights.check_init(layer, weight_init, criterion)
+
+
+def _check_groups(layer: str, in_quaternions: int, out_channels: int, groups: int) -> None:
+    if in_quaternions % groups or out_channels % groups:
+        raise ValueError(
+            f"{layer}: expected in and out quaternions divisible by groups={groups}, "
+            f"got {in_quaternions} in and {out_channels} out"
+        )
 
 
 class QConv1d(nn.Module):
@@ -45,7 +55,8 @@ class QConv1d(nn.Module):
     Same signature, defaults and state_dict keys; ``out_channels`` counts quaternions (``4 *
     out_channels`` real channels out), ``input_shape`` is required (``(batch, time, channels)``),
     the kernel size odd. ``padding`` is ``"same"`` (with ``padding_mode``, F.pad's modes),
-    ``"valid"`` or ``"causal"`` (zeros on the left). ``groups > 1`` and ``spinor=True`` are refused.
+    ``"valid"`` or ``"causal"`` (zeros on the left). ``groups > 1`` and ``spinor=True`` run on plain
+    ops (see the module docstring).
     """
 
     def __init__(
@@ -67,19 +78,23 @@ class QConv1d(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        _check_common(name, out_channels, padding, PADDINGS_1D, groups, spinor, weight_init, init_criterion)
+        _check_common(name, out_channels, padding, PADDINGS_1D, groups, weight_init, init_criterion)
         if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
             raise ValueError(f"{name}: kernel_size must be an odd positive integer, got {kernel_size!r}")
         in_channels = _weights.real_features(input_shape, name, dims=3)  # type: ignore[arg-type]
+        _check_groups(name, in_channels // 4, out_channels, groups)
         self.input_shape, self.out_channels, self.kernel_size = input_shape, out_channels, kernel_size
         self.stride, self.dilation, self.padding, self.groups = stride, dilation, padding, groups
         self.padding_mode, self.init_criterion, self.weight_init = padding_mode, init_criterion, weight_init
         self.spinor, self.vector_scale, self.max_norm = spinor, vector_scale, max_norm
         self.in_channels = in_channels // 4
-        _weights.register_components(self, (out_channels, self.in_channels, kernel_size))
+        _weights.register_components(self, (out_channels, self.in_channels // groups, kernel_size))
+        if spinor:
+            _weights.register_spinor(self, vector_scale)
         self.bias: Optional[nn.Parameter] = nn.Parameter(torch.zeros(4 * out_channels)) if bias else None
         receptive = kernel_size
-        _weights.initialise(self, self.in_channels * receptive, out_channels * receptive, weight_init, init_criterion)
+        fans = (self.in_channels // groups * receptive, out_channels * receptive)
+        _weights.initialise(self, *fans, weight_init, init_criterion)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.transpose(1, -1)
@@ -89,9 +104,16 @@ class QConv1d(nn.Module):
             x = F.pad(x, same_padding(self.kernel_size, self.stride, self.dilation), mode=self.padding_mode)
         elif self.padding == "causal":
             x = F.pad(x, ((self.kernel_size - 1) * self.dilation, 0))
-        out = quaternion_conv(
-            x, *_weights.components(self), self.bias, stride=self.stride, padding=0, dilation=self.dilation
-        )
+        if self.spinor or self.groups > 1:  # no quaternion convolution: plain ops (see the module docstring)
+            if self.spinor:
+                kernel = _weights.rotation_kernel(self, eps_inside_root=True)
+            else:
+                kernel = _weights.grouped_kernel(self)
+            out = F.conv1d(x, kernel, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
+        else:
+            out = quaternion_conv(
+                x, *_weights.components(self), self.bias, stride=self.stride, padding=0, dilation=self.dilation
+            )
         return out.transpose(1, -1)
 
 
@@ -104,8 +126,9 @@ class QConv2d(nn.Module):
     Known SpeechBrain bug, reproduced so that a checkpoint computes what it computed: the
     convolution strides and dilates both dims by ``stride[0]`` and ``dilation[0]``, while
     ``"same"`` pads each dim by its own stride and dilation. A warning says so when the two
-    entries differ. ``skip_transpose=True`` is refused: SpeechBrain 1.1.2 then returns None.
-    ``groups > 1`` and ``spinor=True`` are refused.
+    entries differ. ``groups > 1`` runs on plain ops (see the module docstring). Refused:
+    ``skip_transpose=True`` (SpeechBrain 1.1.2 then returns None) and ``spinor=True`` (it then calls
+    conv1d on 4-d input and fails).
     """
 
     def __init__(
@@ -129,7 +152,12 @@ class QConv2d(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        _check_common(name, out_channels, padding, PADDINGS_2D, groups, spinor, weight_init, init_criterion)
+        _check_common(name, out_channels, padding, PADDINGS_2D, groups, weight_init, init_criterion)
+        if spinor:
+            raise ValueError(
+                f"{name}: spinor=True is refused: SpeechBrain 1.1.2's QConv2d then calls conv1d on its 4-d input and "
+                "fails, so no model computed with it; expected spinor=False"
+            )
         if skip_transpose:
             raise ValueError(
                 f"{name}: skip_transpose=True is refused: SpeechBrain 1.1.2's QConv2d then returns None, so "
@@ -140,18 +168,20 @@ class QConv2d(nn.Module):
         if any(k <= 0 or k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"{name}: kernel_size must be odd, got {self.kernel_size}")
         in_channels = _weights.real_features(input_shape, name, dims=4)  # type: ignore[arg-type]
+        _check_groups(name, in_channels // 4, out_channels, groups)
         self.input_shape, self.out_channels, self.padding, self.groups = input_shape, out_channels, padding, groups
         self.padding_mode, self.init_criterion, self.weight_init = padding_mode, init_criterion, weight_init
         self.spinor, self.vector_scale, self.max_norm = spinor, vector_scale, max_norm
         self.swap, self.skip_transpose = swap, skip_transpose
         self.in_channels = in_channels // 4
-        _weights.register_components(self, (out_channels, self.in_channels, *self.kernel_size))
+        _weights.register_components(self, (out_channels, self.in_channels // groups, *self.kernel_size))
         if bias:
             self.bias = nn.Parameter(torch.zeros(4 * out_channels))
         else:
             self.register_buffer("bias", torch.zeros(4 * out_channels))
         receptive = self.kernel_size[0] * self.kernel_size[1]
-        _weights.initialise(self, self.in_channels * receptive, out_channels * receptive, weight_init, init_criterion)
+        fans = (self.in_channels // groups * receptive, out_channels * receptive)
+        _weights.initialise(self, *fans, weight_init, init_criterion)
         if self.stride[0] != self.stride[1] or self.dilation[0] != self.dilation[1]:
             warnings.warn(
                 f"{name}: stride {self.stride} and dilation {self.dilation}: SpeechBrain's QConv2d convolves both "
@@ -170,8 +200,12 @@ class QConv2d(nn.Module):
             # F.pad lists the last dim first: time (the last dim here), then frequency.
             pads = [same_padding(k, s, d) for k, s, d in zip(self.kernel_size, self.stride, self.dilation)]
             x = F.pad(x, pads[1] + pads[0], mode=self.padding_mode)
-        out = quaternion_conv(
-            x, *_weights.components(self), self.bias, stride=self.stride[0], padding=0, dilation=self.dilation[0]
-        )
+        if self.groups > 1:  # no quaternion convolution: plain ops (see the module docstring)
+            kernel = _weights.grouped_kernel(self)
+            out = F.conv2d(x, kernel, self.bias, stride=self.stride[0], dilation=self.dilation[0], groups=self.groups)
+        else:
+            out = quaternion_conv(
+                x, *_weights.components(self), self.bias, stride=self.stride[0], padding=0, dilation=self.dilation[0]
+            )
         out = out.transpose(1, -1)
         return out.transpose(1, 2) if self.swap else out

@@ -19,7 +19,12 @@ class QLinear(nn.Module):
     its custom backward) compute the same product; this layer keeps only the input and the
     components for backward either way. As in SpeechBrain, a bias that no longer requires grad
     is left out of the output (with a warning), and ``max_norm`` renormalises the weights in place
-    before each forward. ``spinor=True`` is refused.
+    before each forward.
+
+    ``spinor=True`` rotates the input's vector part by each normalised weight quaternion
+    (``_weights.rotation_kernel``; ``vector_scale`` scales each rotation by a learned factor). That
+    kernel is no Hamilton matrix, so a spinor layer runs on plain autograd ops and keeps its
+    kernel for backward, as SpeechBrain's does.
     """
 
     def __init__(
@@ -38,7 +43,6 @@ class QLinear(nn.Module):
         name = type(self).__name__
         if not isinstance(n_neurons, int) or n_neurons <= 0:
             raise ValueError(f"{name}: n_neurons must be a positive integer (quaternions), got {n_neurons!r}")
-        _weights.refuse_spinor(name, spinor)
         _weights.check_init(name, weight_init, init_criterion)
         if isinstance(input_shape, (list, tuple, torch.Size)) and len(input_shape) not in (1, 2, 3):
             raise ValueError(f"{name}: expected an input_shape of 1 to 3 entries, got {tuple(input_shape)}")
@@ -47,6 +51,8 @@ class QLinear(nn.Module):
         self.in_features = _weights.real_features(input_shape, name) // 4  # quaternions, as there
         self.out_features = n_neurons
         _weights.register_components(self, (self.in_features, n_neurons))
+        if spinor:
+            _weights.register_spinor(self, vector_scale)
         self.bias: Optional[nn.Parameter] = nn.Parameter(torch.zeros(4 * n_neurons)) if bias else None
         _weights.initialise(self, self.in_features, n_neurons, weight_init, init_criterion)
 
@@ -54,6 +60,9 @@ class QLinear(nn.Module):
         if self.max_norm is not None:
             _weights.renorm_(self, self.max_norm)
         bias = _weights.bias_in_use(self, self.bias)
+        if self.spinor:
+            out = torch.matmul(x, _weights.rotation_kernel(self, eps_inside_root=False))
+            return out if bias is None else out + bias
         return quaternion_linear(x, *_weights.components(self), bias)
 
     def extra_repr(self) -> str:
