@@ -360,6 +360,27 @@ def test_compile_fullgraph_matches_eager(cls):
         torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_with_a_strided_projection_matches_eager(backend):
+    # A batch-first projection handed over transposed (as qlayers.compat.speechbrain does): the fake
+    # kernels must give the gradients' real (contiguous) strides, or inductor's stride asserts fail.
+    torch.manual_seed(6)
+    projected = torch.randn(3, 5, 2 * 8, requires_grad=True)  # (B, T, G * H)
+    weight = [(0.3 * torch.randn(2, 4)).requires_grad_() for _ in range(4)]
+    h0 = torch.randn(3, 8, requires_grad=True)
+
+    def run(projected, *weight_and_h0):
+        *weight, h0 = weight_and_h0
+        out, h_n, _ = engine.recurrent_scan(projected.transpose(0, 1), weight, h0, None, engine.LIGRU, (1, 0))
+        return out.pow(2).sum() + h_n.sum()
+
+    leaves = [projected, *weight, h0]
+    want = torch.autograd.grad(run(*leaves), leaves)
+    got = torch.autograd.grad(torch.compile(run, fullgraph=True, backend=backend)(*leaves), leaves)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOLERANCES[torch.float32])
+
+
 @pytest.mark.parametrize("cls,torch_cls", [(qlayers.QLSTM, nn.LSTM), (qlayers.QRNN, nn.RNN), (qlayers.QLiGRU, nn.LSTM)])
 @pytest.mark.parametrize("memory_efficient", [True, False], ids=["engine", "plain"])
 def test_autocast_dtypes_follow_torch(cls, torch_cls, memory_efficient):

@@ -259,6 +259,13 @@ def test_batch_norm_train_then_eval(case):
             torch.testing.assert_close(g, w, **SAME)
 
 
+def test_batch_norm_running_statistics_keep_their_dtype_under_autocast():
+    layer = ours.QBatchNorm(input_size=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(10, 8).bfloat16())
+    assert layer.running_mean.dtype == layer.running_var.dtype == torch.float32
+
+
 def test_batch_norm_without_running_statistics_uses_the_batch_in_eval():
     layer = ours.QBatchNorm(input_size=8, track_running_stats=False).double().eval()
     x = torch.randn(10, 8, dtype=torch.float64)

@@ -208,7 +208,8 @@ def _scan_backward_fake(
     empty = projected.new_empty((0,))
     like = [projected, r, i, j, k, h0, c0 if c0 is not None else empty]
     needs = [mask[0], mask[1], mask[1], mask[1], mask[1], mask[2], mask[3] and cell == LSTM]
-    return tuple(torch.empty_like(t) if need else projected.new_empty((0,)) for t, need in zip(like, needs))
+    # The C++ backward returns new contiguous tensors, whatever the inputs' strides.
+    return tuple(t.new_empty(t.shape) if need else projected.new_empty((0,)) for t, need in zip(like, needs))
 
 
 def _scan_setup_context(ctx, inputs, output):

@@ -84,7 +84,8 @@ class QBatchNorm(nn.Module):
     - ``eps`` (1e-4 by default) is added to that variance.
 
     Running statistics are stored without autograd history (SpeechBrain's keep the graph of the
-    batch that set them; the values are the same). With ``track_running_stats=False``,
+    batch that set them; the values are the same), and in the buffers' dtype (under autocast,
+    SpeechBrain's first batch turns them into float16/bfloat16). With ``track_running_stats=False``,
     SpeechBrain's eval mode fails (it reads a running variance it does not have); this layer then
     normalises by the batch's statistics, as ``torch.nn.BatchNorm`` does.
     """
@@ -155,6 +156,8 @@ class QBatchNorm(nn.Module):
     def _update_running(self, mean: Tensor, variance: Tensor) -> None:
         assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
+        # Kept in the buffers' dtype: under autocast the batch statistics come in float16/bfloat16.
+        mean, variance = mean.to(self.running_mean.dtype), variance.to(self.running_var.dtype)
         if int(self.num_batches_tracked) == 1:
             self.running_mean, self.running_var = mean, variance
             return
