@@ -51,30 +51,34 @@ TORCH_LIBRARY(qlayers, m) {
   // fused, after the step's recurrent GEMM: pre-activations projected + recurrent (rows, gates * H),
   // gate g of the cell in gate block slots[g] of each component block, or with gate_major in
   // component block c of gate block slots[g] (kernels/recurrent_kernels.h); states (rows, H) updated
-  // in place. cell_kind: 0 RNN tanh, 1 LSTM, 2 light GRU (recurrent_cells.h).
+  // in place. cell_kind: recurrent_cells.h's CellKind. mask (rows, H): a dropout mask on the
+  // candidate (LSTM, light GRU) or the new state (RNN), as SpeechBrain applies it; None for none.
   m.def(
       "recurrent_gates_forward(Tensor projected, Tensor recurrent, Tensor(a!) hidden, Tensor(b!)? cell, "
-      "Tensor(c!) output, Tensor(d!)? cells_out, int cell_kind, int[] slots, bool gate_major=False) -> ()");
+      "Tensor(c!) output, Tensor(d!)? cells_out, int cell_kind, int[] slots, bool gate_major=False, "
+      "Tensor? mask=None) -> ()");
   // Its backward for one step: pre holds the pre-activations and receives their gradients;
   // grad_hidden / grad_cell carry dL/dh and dL/dc from step t to step t - 1.
   m.def(
       "recurrent_gates_backward(Tensor(a!) pre, Tensor? grad_output, Tensor(b!) grad_hidden, Tensor(c!)? grad_cell, "
-      "Tensor? hidden_prev, Tensor? cell_prev, Tensor? cell, int cell_kind, int[] slots, bool gate_major=False) -> ()");
+      "Tensor? hidden_prev, Tensor? cell_prev, Tensor? cell, int cell_kind, int[] slots, bool gate_major=False, "
+      "Tensor? mask=None) -> ()");
   // A whole layer and direction over a sequence: projected (T, B, gates * H) is the input
   // projection, r, i, j, k the recurrent weight's components, h0 / c0 (B, H) the initial state.
   // batch_sizes: a PackedSequence's active rows per step (non-increasing); reverse: run from the
-  // last step. keep: keep the cell states for backward. Returns (output (T, B, H), h_n, c_n, cells);
-  // c_n and cells are empty where the cell has none or nothing is kept.
+  // last step. keep: keep the cell states for backward. mask (B, H): the cells' dropout mask, the
+  // same at every step. Returns (output (T, B, H), h_n, c_n, cells); c_n and cells are empty where
+  // the cell has none or nothing is kept.
   m.def(
       "recurrent_scan(Tensor projected, Tensor r, Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, "
-      "int cell_kind, int[] slots, int[]? batch_sizes, bool reverse, bool keep, bool gate_major=False) -> (Tensor, Tensor, "
-      "Tensor, Tensor)",
+      "int cell_kind, int[] slots, int[]? batch_sizes, bool reverse, bool keep, bool gate_major=False, "
+      "Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   // Its gradients (projected, r, i, j, k, h0, c0); output_mask: (projected, the weight, h0, c0).
   m.def(
       "recurrent_scan_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor projected, Tensor r, "
       "Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, Tensor output, Tensor cells, int cell_kind, int[] slots, "
-      "int[]? batch_sizes, bool reverse, bool[4] output_mask, bool gate_major=False) -> (Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor)",
+      "int[]? batch_sizes, bool reverse, bool[4] output_mask, bool gate_major=False, Tensor? mask=None) -> (Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 }

@@ -87,20 +87,21 @@ QLAYERS_HOST_DEVICE static inline V cell_activation_backward(int kind, V x, V y,
 }
 
 // One element of one step. `pre` holds the cell's gates; `cell` is read (c_{t-1}) and written (c_t)
-// by the LSTM only; `hidden_prev` is read by the light GRU only.
+// by the LSTM only; `hidden_prev` is read by the light GRU only. `mask` (1 without dropout) scales
+// the candidate (LSTM, light GRU) or the new state (RNN), SpeechBrain's dropout inside the cell.
 template <typename V>
-QLAYERS_HOST_DEVICE static inline V cell_forward(int kind, const V* pre, V hidden_prev, V& cell) {
+QLAYERS_HOST_DEVICE static inline V cell_forward(int kind, const V* pre, V hidden_prev, V& cell, V mask) {
   if (kind == kLstm) {
     const V input = cell_sigmoid(pre[0]), forget = cell_sigmoid(pre[1]);
     const V candidate = cell_tanh(pre[2]), output = cell_sigmoid(pre[3]);
-    cell = forget * cell + input * candidate;
+    cell = forget * cell + input * candidate * mask;
     return output * cell_tanh(cell);
   }
   if (cell_is_light_gru(kind)) {
     const V update = cell_sigmoid(pre[0]);
-    return update * hidden_prev + (V(1) - update) * cell_activation(kind, pre[1]);
+    return update * hidden_prev + (V(1) - update) * (cell_activation(kind, pre[1]) * mask);
   }
-  return cell_activation(kind, pre[0]);
+  return cell_activation(kind, pre[0]) * mask;
 }
 
 // Backward of one element of one step: `grad_hidden` is dL/dh_t (output and carried), `grad_cell`
@@ -108,16 +109,16 @@ QLAYERS_HOST_DEVICE static inline V cell_forward(int kind, const V* pre, V hidde
 // returns dL/dh_{t-1} not through the recurrent weight (non-zero for the light GRU only).
 template <typename V>
 QLAYERS_HOST_DEVICE static inline V cell_backward(int kind, const V* pre, V hidden_prev, V cell_prev, V cell, V grad_hidden,
-                                           V& grad_cell, V* grad_pre) {
+                                           V& grad_cell, V* grad_pre, V mask) {
   const V one(1);
   if (kind == kLstm) {
     const V input = cell_sigmoid(pre[0]), forget = cell_sigmoid(pre[1]);
     const V candidate = cell_tanh(pre[2]), output = cell_sigmoid(pre[3]);
     const V squashed = cell_tanh(cell);
     const V grad_c = grad_cell + grad_hidden * output * (one - squashed * squashed);
-    grad_pre[0] = grad_c * candidate * input * (one - input);
+    grad_pre[0] = grad_c * candidate * mask * input * (one - input);
     grad_pre[1] = grad_c * cell_prev * forget * (one - forget);
-    grad_pre[2] = grad_c * input * (one - candidate * candidate);
+    grad_pre[2] = grad_c * input * mask * (one - candidate * candidate);
     grad_pre[3] = grad_hidden * squashed * output * (one - output);
     grad_cell = grad_c * forget;
     return V(0);
@@ -125,11 +126,11 @@ QLAYERS_HOST_DEVICE static inline V cell_backward(int kind, const V* pre, V hidd
   if (cell_is_light_gru(kind)) {
     const V update = cell_sigmoid(pre[0]);
     const V candidate = cell_activation(kind, pre[1]);
-    grad_pre[0] = grad_hidden * (hidden_prev - candidate) * update * (one - update);
-    grad_pre[1] = cell_activation_backward(kind, pre[1], candidate, grad_hidden * (one - update));
+    grad_pre[0] = grad_hidden * (hidden_prev - candidate * mask) * update * (one - update);
+    grad_pre[1] = cell_activation_backward(kind, pre[1], candidate, grad_hidden * (one - update) * mask);
     return grad_hidden * update;
   }
-  grad_pre[0] = cell_activation_backward(kind, pre[0], cell_activation(kind, pre[0]), grad_hidden);
+  grad_pre[0] = cell_activation_backward(kind, pre[0], cell_activation(kind, pre[0]), grad_hidden * mask);
   return V(0);
 }
 

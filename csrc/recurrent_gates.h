@@ -62,20 +62,21 @@ inline void require(const char* op, bool present, const char* what) {
 
 inline void check_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
                                 const at::Tensor& cell, const at::Tensor& output, const at::Tensor& cells_out,
-                                int64_t kind, at::IntArrayRef slots) {
+                                const at::Tensor& mask, int64_t kind, at::IntArrayRef slots) {
   constexpr const char* op = "recurrent_gates_forward";
   check_cell_layout(op, kind, slots);
-  check_gate_tensors(op, kind, {&hidden, &cell, &output, &cells_out}, {&projected, &recurrent});
+  check_gate_tensors(op, kind, {&hidden, &cell, &output, &cells_out, &mask}, {&projected, &recurrent});
   require(op, !cell_has_cell_state(static_cast<int>(kind)) || cell.defined(), "a cell state");
 }
 
 inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_output, const at::Tensor& grad_hidden,
                                  const at::Tensor& grad_cell, const at::Tensor& hidden_prev,
-                                 const at::Tensor& cell_prev, const at::Tensor& cell, int64_t kind,
-                                 at::IntArrayRef slots) {
+                                 const at::Tensor& cell_prev, const at::Tensor& cell, const at::Tensor& mask,
+                                 int64_t kind, at::IntArrayRef slots) {
   constexpr const char* op = "recurrent_gates_backward";
   check_cell_layout(op, kind, slots);
-  check_gate_tensors(op, kind, {&grad_hidden, &grad_output, &grad_cell, &hidden_prev, &cell_prev, &cell}, {&pre});
+  check_gate_tensors(op, kind, {&grad_hidden, &grad_output, &grad_cell, &hidden_prev, &cell_prev, &cell, &mask},
+                     {&pre});
   if (cell_has_cell_state(static_cast<int>(kind))) {
     require(op, grad_cell.defined() && cell_prev.defined() && cell.defined(), "grad_cell, cell_prev and cell");
   }

@@ -495,22 +495,24 @@ def gate_columns(pre, cell, slots):
     return [blocks[:, :, slots[g], :].reshape(pre.shape[0], 4 * quarter) for g in range(gates)]
 
 
-def cell_reference(cell, gates, hidden, cell_state, cell_after=None):
+def cell_reference(cell, gates, hidden, cell_state, cell_after=None, mask=None):
     """(h_t, c_t) from the gates' pre-activations, in plain torch; c_t None but for the LSTM.
 
     cell_after: the c_t the backward kernel is given; tanh(c_t) then reads it, while the gradient
-    flows as through c_t.
+    flows as through c_t. mask: the dropout mask on the candidate (LSTM, light GRU) or the new
+    state (RNN), or None.
     """
+    m = 1.0 if mask is None else mask.double()
     if cell == LSTM:
         i, f, g, o = torch.sigmoid(gates[0]), torch.sigmoid(gates[1]), torch.tanh(gates[2]), torch.sigmoid(gates[3])
-        c = f * cell_state + i * g
+        c = f * cell_state + i * g * m
         if cell_after is not None:
             c = c + (cell_after - c).detach()
         return o * torch.tanh(c), c
     if cell in LIGHT_GRUS:
         z = torch.sigmoid(gates[0])
-        return z * hidden + (1 - z) * ACTIVATION[cell](gates[1]), None
-    return ACTIVATION[cell](gates[0]), None
+        return z * hidden + (1 - z) * ACTIVATION[cell](gates[1]) * m, None
+    return ACTIVATION[cell](gates[0]) * m, None
 
 
 def assert_near(actual, expected, context):
@@ -535,12 +537,17 @@ def forward_inputs(cell, rows, quarter, dtype, keep):
     )
 
 
-def forward_reference(cell, slots, projected, recurrent, hidden, cell_state):
+def forward_reference(cell, slots, projected, recurrent, hidden, cell_state, mask=None):
     gates = gate_columns(projected.double() + recurrent.double(), cell, slots)
-    return cell_reference(cell, gates, hidden.double(), None if cell_state is None else cell_state.double())
+    return cell_reference(cell, gates, hidden.double(), None if cell_state is None else cell_state.double(), None, mask)
 
 
-def backward_inputs(cell, slots, rows, quarter, dtype, with_output):
+def some_mask(n, rows, quarter, dtype):
+    """A dropout mask for every other shape (arbitrary values, so a misplaced factor shows), else None."""
+    return random((rows, 4 * quarter), dtype) if n % 2 else None
+
+
+def backward_inputs(cell, slots, rows, quarter, dtype, with_output, mask=None):
     """(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell) for the backward op;
     the LSTM's c_t is its forward from c_{t-1}, rounded."""
     h = 4 * quarter
@@ -549,7 +556,8 @@ def backward_inputs(cell, slots, rows, quarter, dtype, with_output):
     cell_prev = random((rows, h), dtype) if lstm else None
     cell_after = None
     if lstm:
-        cell_after = cell_reference(cell, gate_columns(pre.double(), cell, slots), None, cell_prev.double())[1]
+        gates = gate_columns(pre.double(), cell, slots)
+        cell_after = cell_reference(cell, gates, None, cell_prev.double(), None, mask)[1]
         cell_after = cell_after.to(dtype)
     return (
         pre,
@@ -562,14 +570,16 @@ def backward_inputs(cell, slots, rows, quarter, dtype, with_output):
     )
 
 
-def backward_reference(cell, slots, pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell_after):
+def backward_reference(
+    cell, slots, pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell_after, mask=None
+):
     """torch.autograd through cell_reference: (d pre, dL/dh_{t-1} not through the weight or None,
     dL/dc_{t-1} or None)."""
     a = pre.double().requires_grad_()
     h_prev = hidden_prev.double().requires_grad_() if hidden_prev is not None else None
     c_prev = cell_prev.double().requires_grad_() if cell_prev is not None else None
     after = cell_after.double() if cell_after is not None else None
-    h, c = cell_reference(cell, gate_columns(a, cell, slots), h_prev, c_prev, after)
+    h, c = cell_reference(cell, gate_columns(a, cell, slots), h_prev, c_prev, after, mask)
     grad_h = grad_hidden.double() + (grad_output.double() if grad_output is not None else 0.0)
     loss = (h * grad_h).sum()
     if c is not None:
@@ -586,14 +596,15 @@ def test_gates_forward(emu, dtype, cell, slots):
     for n, (rows, quarter) in enumerate(gate_shapes(dtype)):
         inputs = forward_inputs(cell, rows, quarter, dtype, keep=n % 2 == 0)
         projected, recurrent, hidden, cell_state, _, cells_out = inputs
-        expected_h, expected_c = forward_reference(cell, slots, projected, recurrent, hidden, cell_state)
-        planned = emu.gates_forward(*inputs, cell, slots, gate_major=gate_major(slots))[4]
+        mask = some_mask(n, rows, quarter, dtype)
+        expected_h, expected_c = forward_reference(cell, slots, projected, recurrent, hidden, cell_state, mask)
+        planned = emu.gates_forward(*inputs, cell, slots, gate_major=gate_major(slots), mask=mask)[4]
         assert planned == (width_of(dtype) if quarter % width_of(dtype) == 0 else 1)
         for width in widths_to_try(dtype, planned):
             for blocks, threads in GRIDS:
                 context = (rows, quarter, width, blocks, threads)
                 h, c, out, kept, used, iterations = emu.gates_forward(
-                    *inputs, cell, slots, gate_major=gate_major(slots), width=width, blocks=blocks, threads=threads
+                    *inputs, cell, slots, gate_major(slots), mask, width=width, blocks=blocks, threads=threads
                 )
                 record("gates_forward", dtype, used, iterations)
                 assert_near(out, expected_h, context)
@@ -610,16 +621,17 @@ def test_gates_forward(emu, dtype, cell, slots):
 def test_gates_backward(emu, dtype, cell, slots):
     torch.manual_seed(0)
     for n, (rows, quarter) in enumerate(gate_shapes(dtype)):
-        inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=n % 2 == 0)
-        expected_pre, expected_h, expected_c = backward_reference(cell, slots, *inputs)
+        mask = some_mask(n // 2, rows, quarter, dtype)  # with and without grad_output
+        inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=n % 2 == 0, mask=mask)
+        expected_pre, expected_h, expected_c = backward_reference(cell, slots, *inputs, mask=mask)
         grad_hidden = inputs[2]
-        planned = emu.gates_backward(*inputs, cell, slots, gate_major=gate_major(slots))[3]
+        planned = emu.gates_backward(*inputs, cell, slots, gate_major=gate_major(slots), mask=mask)[3]
         assert planned == (width_of(dtype) if quarter % width_of(dtype) == 0 else 1)
         for width in widths_to_try(dtype, planned):
             for blocks, threads in GRIDS:
                 context = (rows, quarter, width, blocks, threads)
                 pre, grad_h, grad_c, used, iterations = emu.gates_backward(
-                    *inputs, cell, slots, gate_major=gate_major(slots), width=width, blocks=blocks, threads=threads
+                    *inputs, cell, slots, gate_major(slots), mask, width=width, blocks=blocks, threads=threads
                 )
                 record("gates_backward", dtype, used, iterations)
                 assert_near(pre, expected_pre, context)
@@ -701,6 +713,8 @@ FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell", "output", "cell
         ({"recurrent": torch.zeros(3, 32, dtype=torch.float64)}, TypeError, "one dtype"),
         ({"hidden": torch.zeros(3, 6)}, ValueError, "H a multiple of 4"),
         ({"hidden": torch.zeros(3, 8, dtype=torch.int32)}, TypeError, "floating-point"),
+        ({"mask": torch.ones(3, 4)}, ValueError, r"expected shape \(3, 8\)"),
+        ({"mask": torch.ones(3, 8, dtype=torch.float64)}, TypeError, "one dtype"),
     ],
 )
 def test_gates_forward_rejects_bad_arguments(emu, change, error, message):
@@ -747,20 +761,21 @@ def test_cuda_gates_match_the_reference(dtype, cell, slots):
     ops = torch.ops.qlayers
     torch.manual_seed(0)
     cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
-    for rows, quarter in gate_shapes(dtype):
+    for n, (rows, quarter) in enumerate(gate_shapes(dtype)):
         inputs = forward_inputs(cell, rows, quarter, dtype, keep=True)
-        expected_h, expected_c = forward_reference(cell, slots, *inputs[:4])
+        mask = some_mask(n, rows, quarter, dtype)
+        expected_h, expected_c = forward_reference(cell, slots, *inputs[:4], mask)
         projected, recurrent, hidden, cell_state, output, cells_out = map(cuda, inputs)
         ops.recurrent_gates_forward(
-            projected, recurrent, hidden, cell_state, output, cells_out, cell, slots, gate_major=gate_major(slots)
+            projected, recurrent, hidden, cell_state, output, cells_out, cell, slots, gate_major(slots), cuda(mask)
         )
         assert_near(output.cpu(), expected_h, (rows, quarter))
         assert bits_equal(hidden.cpu(), output.cpu())
         if cell == LSTM:
             assert_near(cell_state.cpu(), expected_c, (rows, quarter))
             assert bits_equal(cells_out.cpu(), cell_state.cpu())
-        inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=True)
-        expected_pre, expected_grad_h, expected_grad_c = backward_reference(cell, slots, *inputs)
+        inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=True, mask=mask)
+        expected_pre, expected_grad_h, expected_grad_c = backward_reference(cell, slots, *inputs, mask=mask)
         pre, grad_output, grad_h, grad_c, hidden_prev, cell_prev, cell_after = map(cuda, inputs)
         ops.recurrent_gates_backward(
             pre,
@@ -772,7 +787,8 @@ def test_cuda_gates_match_the_reference(dtype, cell, slots):
             cell_after,
             cell,
             slots,
-            gate_major=gate_major(slots),
+            gate_major(slots),
+            cuda(mask),
         )
         assert_near(pre.cpu(), expected_pre, (rows, quarter))
         if cell in LIGHT_GRUS:

@@ -420,12 +420,17 @@ def test_unknown_activation_is_relu_as_in_speechbrain_with_a_warning():
     assert_matches(make, [x3()])
 
 
-@pytest.mark.parametrize("hidden,batch", [(32, 8), (64, 16)], ids=["eight-product-step", "onednn-step"])
-def test_the_engine_keeps_a_tenth_of_speechbrain_s_saved_bytes(hidden, batch):
-    # SpeechBrain keeps each step's Hamilton matrix for backward; the engine keeps none, and the
-    # normalisation keeps only its output, which the engine keeps anyway.
+@pytest.mark.parametrize(
+    "hidden,batch,dropout",
+    [(32, 8, 0.0), (64, 16, 0.0), (32, 8, 0.3)],
+    ids=["eight-product-step", "onednn-step", "dropout"],
+)
+def test_the_engine_keeps_a_tenth_of_speechbrain_s_saved_bytes(hidden, batch, dropout):
+    # SpeechBrain keeps each step's Hamilton matrix for backward; the engine keeps none (its dropout
+    # mask is one tensor per layer), and the normalisation keeps only its output, which the engine
+    # keeps anyway.
     def make(L):
-        return L.QLiGRU(hidden, input_shape=(batch, 50, 64), num_layers=2, bidirectional=True)
+        return L.QLiGRU(hidden, input_shape=(batch, 50, 64), num_layers=2, bidirectional=True, dropout=dropout)
 
     x = torch.randn(batch, 50, 64)
     saved = []

@@ -79,7 +79,8 @@ int64_t forward_run(const GatesForwardParams<scalar_t>& p, int64_t index, int64_
     }
     V cell = p.kind == kLstm ? Io::load(p.cell + index + q) : V(0);
     const V hidden_prev = cell_is_light_gru(p.kind) ? Io::load(p.hidden + index + q) : V(0);
-    const V hidden = cell_forward(p.kind, pre, hidden_prev, cell);
+    const V mask = p.mask != nullptr ? Io::load(p.mask + index + q) : V(1);
+    const V hidden = cell_forward(p.kind, pre, hidden_prev, cell, mask);
     Io::store(p.hidden + index + q, hidden);
     Io::store(p.output + index + q, hidden);
     if (p.kind == kLstm) {
@@ -106,7 +107,8 @@ int64_t backward_run(const GatesBackwardParams<scalar_t>& p, int64_t index, int6
     const V cell_prev = lstm ? Io::load(p.cell_prev + at) : V(0);
     const V cell = lstm ? Io::load(p.cell + at) : V(0);
     V grad_cell = lstm ? Io::load(p.grad_cell + at) : V(0);
-    const V direct = cell_backward(p.kind, pre, hidden_prev, cell_prev, cell, grad_hidden, grad_cell, grad_pre);
+    const V mask = p.mask != nullptr ? Io::load(p.mask + at) : V(1);
+    const V direct = cell_backward(p.kind, pre, hidden_prev, cell_prev, cell, grad_hidden, grad_cell, grad_pre, mask);
     for (int g = 0; g < p.gates; ++g) Io::store(p.pre + base + p.slots[g] * kernels::gate_stride(p) + q, grad_pre[g]);
     if (cell_is_light_gru(p.kind)) Io::store(p.grad_hidden + at, direct);
     if (lstm) Io::store(p.grad_cell + at, grad_cell);

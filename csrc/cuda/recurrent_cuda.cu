@@ -29,13 +29,14 @@ QLAYERS_GRID_STRIDE_KERNEL(gates_backward_kernel, GatesBackwardParams, gates_bac
 void recurrent_gates_forward_cuda(const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
                                   const std::optional<at::Tensor>& cell, const at::Tensor& output,
                                   const std::optional<at::Tensor>& cells_out, int64_t cell_kind,
-                                  at::IntArrayRef slots, bool gate_major) {
+                                  at::IntArrayRef slots, bool gate_major, const std::optional<at::Tensor>& mask) {
   const at::Tensor cell_ = defined_or_empty(cell), cells_out_ = defined_or_empty(cells_out);
-  check_gates_forward(projected, recurrent, hidden, cell_, output, cells_out_, cell_kind, slots);
+  const at::Tensor mask_ = defined_or_empty(mask);
+  check_gates_forward(projected, recurrent, hidden, cell_, output, cells_out_, mask_, cell_kind, slots);
   const c10::cuda::OptionalCUDAGuard guard(hidden.device());
   if (hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "recurrent_gates_forward", [&] {
-    launch(plan_gates_forward<scalar_t>(projected, recurrent, hidden, cell_, output, cells_out_,
+    launch(plan_gates_forward<scalar_t>(projected, recurrent, hidden, cell_, output, cells_out_, mask_,
                                         static_cast<int>(cell_kind), slots, resident_blocks(), gate_major),
            gates_forward_kernel<scalar_t, pack_width<scalar_t>()>, gates_forward_kernel<scalar_t, 1>);
   });
@@ -45,16 +46,18 @@ void recurrent_gates_backward_cuda(const at::Tensor& pre, const std::optional<at
                                    const at::Tensor& grad_hidden, const std::optional<at::Tensor>& grad_cell,
                                    const std::optional<at::Tensor>& hidden_prev,
                                    const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell,
-                                   int64_t cell_kind, at::IntArrayRef slots, bool gate_major) {
+                                   int64_t cell_kind, at::IntArrayRef slots, bool gate_major,
+                                   const std::optional<at::Tensor>& mask) {
   const at::Tensor grad_output_ = defined_or_empty(grad_output), grad_cell_ = defined_or_empty(grad_cell);
   const at::Tensor hidden_prev_ = defined_or_empty(hidden_prev), cell_prev_ = defined_or_empty(cell_prev);
-  const at::Tensor cell_ = defined_or_empty(cell);
-  check_gates_backward(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_, cell_kind, slots);
+  const at::Tensor cell_ = defined_or_empty(cell), mask_ = defined_or_empty(mask);
+  check_gates_backward(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_, mask_, cell_kind,
+                       slots);
   const c10::cuda::OptionalCUDAGuard guard(grad_hidden.device());
   if (grad_hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_hidden.scalar_type(), "recurrent_gates_backward", [&] {
     launch(plan_gates_backward<scalar_t>(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_,
-                                         static_cast<int>(cell_kind), slots, resident_blocks(), gate_major),
+                                         mask_, static_cast<int>(cell_kind), slots, resident_blocks(), gate_major),
            gates_backward_kernel<scalar_t, pack_width<scalar_t>()>, gates_backward_kernel<scalar_t, 1>);
   });
 }

@@ -28,6 +28,7 @@ struct GatesForwardParams {
   T* cell;             // LSTM: c_{t-1} in, c_t out; else null
   T* output;           // h_t again, into the layer's output
   T* cells_out;        // LSTM: c_t again, kept for backward; null when nothing is kept
+  const T* mask;       // the cell's dropout mask, as the states; null for none (all ones)
   int64_t quarter;
   KernelArray<int, kMaxGates> slots;
   int kind, gates;
@@ -44,6 +45,7 @@ struct GatesBackwardParams {
   const T* hidden_prev;  // the light GRU's h_{t-1}; else null
   const T* cell_prev;    // LSTM: c_{t-1} and c_t; else null
   const T* cell;
+  const T* mask;  // the forward's dropout mask; null for none
   int64_t quarter;
   KernelArray<int, kMaxGates> slots;
   int kind, gates;
@@ -72,6 +74,18 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void widen(const Pack<T, Width>& values, at::
   for (int e = 0; e < Width; ++e) out[e] = static_cast<at::opmath_type<T>>(values.v[e]);
 }
 
+// A pack of the dropout mask, or ones where there is none.
+template <typename scalar_t, int Width>
+QLAYERS_HOST_DEVICE QLAYERS_INLINE void load_mask(const scalar_t* mask, int64_t index,
+                                                  at::opmath_type<scalar_t> (&out)[Width]) {
+  if (mask != nullptr) {
+    widen(load_pack<Width>(mask + index), out);
+  } else {
+#pragma unroll
+    for (int e = 0; e < Width; ++e) out[e] = 1;
+  }
+}
+
 template <typename scalar_t, int Width>
 QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_forward_pack(const GatesForwardParams<scalar_t>& p, int64_t pack) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -87,15 +101,16 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_forward_pack(const GatesForwardPar
 #pragma unroll
     for (int e = 0; e < Width; ++e) pre[g][e] = projected[e] + recurrent[e];
   }
-  opmath_t hidden[Width] = {}, cell[Width] = {};
+  opmath_t hidden[Width] = {}, cell[Width] = {}, mask[Width];
   if (cell_is_light_gru(p.kind)) widen(load_pack<Width>(p.hidden + index), hidden);
   if (p.kind == kLstm) widen(load_pack<Width>(p.cell + index), cell);
+  load_mask(p.mask, index, mask);
 #pragma unroll
   for (int e = 0; e < Width; ++e) {
     opmath_t gates[kMaxGates];
 #pragma unroll
     for (int g = 0; g < kMaxGates; ++g) gates[g] = pre[g][e];
-    hidden[e] = cell_forward(p.kind, gates, hidden[e], cell[e]);
+    hidden[e] = cell_forward(p.kind, gates, hidden[e], cell[e], mask[e]);
   }
   const Pack<scalar_t, Width> new_hidden = rounded_pack<scalar_t>(hidden);
   store_pack(p.hidden + index, new_hidden);
@@ -132,14 +147,15 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
     widen(load_pack<Width>(p.cell + index), cell);
     widen(load_pack<Width>(p.grad_cell + index), grad_cell);
   }
-  opmath_t grad_pre[kMaxGates][Width];
+  opmath_t grad_pre[kMaxGates][Width], mask[Width];
+  load_mask(p.mask, index, mask);
 #pragma unroll
   for (int e = 0; e < Width; ++e) {
     opmath_t gates[kMaxGates], grads[kMaxGates];
 #pragma unroll
     for (int g = 0; g < kMaxGates; ++g) gates[g] = pre[g][e];
-    grad_hidden[e] =
-        cell_backward(p.kind, gates, hidden_prev[e], cell_prev[e], cell[e], grad_hidden[e], grad_cell[e], grads);
+    grad_hidden[e] = cell_backward(p.kind, gates, hidden_prev[e], cell_prev[e], cell[e], grad_hidden[e], grad_cell[e],
+                                   grads, mask[e]);
 #pragma unroll
     for (int g = 0; g < kMaxGates; ++g) grad_pre[g][e] = grads[g];
   }
@@ -177,8 +193,8 @@ template <typename scalar_t>
 Launch<GatesForwardParams<scalar_t>> plan_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent,
                                                         const at::Tensor& hidden, const at::Tensor& cell,
                                                         const at::Tensor& output, const at::Tensor& cells_out,
-                                                        int kind, at::IntArrayRef slots, int64_t resident,
-                                                        bool gate_major = false) {
+                                                        const at::Tensor& mask, int kind, at::IntArrayRef slots,
+                                                        int64_t resident, bool gate_major = false) {
   auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
   GatesForwardParams<scalar_t> p{};
   p.projected = projected.const_data_ptr<scalar_t>();
@@ -187,8 +203,9 @@ Launch<GatesForwardParams<scalar_t>> plan_gates_forward(const at::Tensor& projec
   p.cell = pointer(cell);
   p.output = output.data_ptr<scalar_t>();
   p.cells_out = pointer(cells_out);
+  p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
   fill_gate_layout<GatesForwardParams<scalar_t>, scalar_t>(p, kind, hidden.size(1) / 4, slots, gate_major);
-  return plan_gates(p, {p.projected, p.recurrent, p.hidden, p.cell, p.output, p.cells_out}, hidden.numel(),
+  return plan_gates(p, {p.projected, p.recurrent, p.hidden, p.cell, p.output, p.cells_out, p.mask}, hidden.numel(),
                     pack_width<scalar_t>(), resident);
 }
 
@@ -196,8 +213,9 @@ template <typename scalar_t>
 Launch<GatesBackwardParams<scalar_t>> plan_gates_backward(const at::Tensor& pre, const at::Tensor& grad_output,
                                                           const at::Tensor& grad_hidden, const at::Tensor& grad_cell,
                                                           const at::Tensor& hidden_prev, const at::Tensor& cell_prev,
-                                                          const at::Tensor& cell, int kind, at::IntArrayRef slots,
-                                                          int64_t resident, bool gate_major = false) {
+                                                          const at::Tensor& cell, const at::Tensor& mask, int kind,
+                                                          at::IntArrayRef slots, int64_t resident,
+                                                          bool gate_major = false) {
   auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
   GatesBackwardParams<scalar_t> p{};
   p.pre = pre.data_ptr<scalar_t>();
@@ -207,8 +225,9 @@ Launch<GatesBackwardParams<scalar_t>> plan_gates_backward(const at::Tensor& pre,
   p.hidden_prev = pointer(hidden_prev);
   p.cell_prev = pointer(cell_prev);
   p.cell = pointer(cell);
+  p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
   fill_gate_layout<GatesBackwardParams<scalar_t>, scalar_t>(p, kind, grad_hidden.size(1) / 4, slots, gate_major);
-  return plan_gates(p, {p.pre, p.grad_output, p.grad_hidden, p.grad_cell, p.hidden_prev, p.cell_prev, p.cell},
+  return plan_gates(p, {p.pre, p.grad_output, p.grad_hidden, p.grad_cell, p.hidden_prev, p.cell_prev, p.cell, p.mask},
                     grad_hidden.numel(), pack_width<scalar_t>(), resident);
 }
 

@@ -185,12 +185,26 @@ class StepProduct {
   linear::eight::Workspace space_;
 };
 
+// The dropout mask, (B, H) as the states, contiguous; undefined for none.
+at::Tensor checked_mask(const c10::optional<at::Tensor>& mask, const Scan& scan) {
+  if (!mask.has_value() || !mask->defined()) return at::Tensor();
+  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == scan.batch && mask->size(1) == scan.hidden, kOp,
+                    ": expected a mask of shape (", scan.batch, ", ", scan.hidden, "), got ", mask->sizes());
+  return mask->contiguous();
+}
+
+c10::optional<at::Tensor> first_rows(const at::Tensor& t, int64_t rows) {
+  return t.defined() ? c10::optional<at::Tensor>(t.narrow(0, 0, rows)) : c10::nullopt;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
     const at::Tensor& projected_in, const at::Tensor& r, const at::Tensor& i, const at::Tensor& j, const at::Tensor& k,
     const at::Tensor& h0, const c10::optional<at::Tensor>& c0_in, int64_t kind, at::IntArrayRef slots,
-    c10::optional<at::IntArrayRef> batch_sizes, bool reverse, bool keep, bool gate_major) {
+    c10::optional<at::IntArrayRef> batch_sizes, bool reverse, bool keep, bool gate_major,
+    const c10::optional<at::Tensor>& mask_in) {
   const at::Tensor c0 = defined_or_empty(c0_in);
   const Scan scan = check_scan(projected_in, {r, i, j, k}, h0, c0, kind, slots, batch_sizes, reverse);
+  const at::Tensor mask = checked_mask(mask_in, scan);
   const at::Tensor projected = projected_in.contiguous();
   const StepProduct step_product({r, i, j, k}, /*adjoint=*/false, scan.batch);
   const auto options = projected.options();
@@ -211,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
                                  scan.has_cell() ? c10::optional<at::Tensor>(cell.narrow(0, 0, rows)) : c10::nullopt,
                                  output[t].narrow(0, 0, rows),
                                  keep_cells ? c10::optional<at::Tensor>(cells[t].narrow(0, 0, rows)) : c10::nullopt,
-                                 kind, slots, gate_major);
+                                 kind, slots, gate_major, first_rows(mask, rows));
   }
   return {output, hidden, cell, cells};
 }
@@ -223,9 +237,10 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
                         const c10::optional<at::Tensor>& c0_in, const at::Tensor& output_in,
                         const at::Tensor& cells_in, int64_t kind, at::IntArrayRef slots,
                         c10::optional<at::IntArrayRef> batch_sizes, bool reverse, std::array<bool, 4> output_mask,
-                        bool gate_major) {
+                        bool gate_major, const c10::optional<at::Tensor>& mask_in) {
   const at::Tensor c0 = defined_or_empty(c0_in);
   const Scan scan = check_scan(projected, {r, i, j, k}, h0_in, c0, kind, slots, batch_sizes, reverse);
+  const at::Tensor mask = checked_mask(mask_in, scan);
   const std::vector<int64_t> states{scan.steps, scan.batch, scan.hidden};
   TORCH_CHECK_VALUE(output_in.sizes() == at::IntArrayRef(states), kOp, ": expected output of shape ",
                     at::IntArrayRef(states), ", got ", output_in.sizes());
@@ -267,7 +282,7 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
         scan.has_cell() ? rows_of(grad_cell) : c10::nullopt,
         cell_is_light_gru(kind) ? c10::optional<at::Tensor>(previous_rows(scan, output, h0, t)) : c10::nullopt,
         scan.has_cell() ? c10::optional<at::Tensor>(previous_rows(scan, cells, c0, t)) : c10::nullopt,
-        scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots, gate_major);
+        scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots, gate_major, first_rows(mask, rows));
     // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
     if (cell_is_light_gru(kind)) {
       grad_hidden_rows.add_(step_product.apply(pre_rows, through_weight.narrow(0, 0, rows)));

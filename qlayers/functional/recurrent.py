@@ -42,19 +42,26 @@ _SCAN = torch.ops.qlayers.recurrent_scan.default
 _SCAN_BACKWARD = torch.ops.qlayers.recurrent_scan_backward.default
 
 
-def _lstm_cell(cell: int, gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+# Each cell takes its gates, its state and a dropout mask (None for none) on the candidate (LSTM,
+# light GRU) or the new state (RNN), as csrc/recurrent_cells.h does.
+def _masked(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    return x if mask is None else x * mask
+
+
+def _lstm_cell(cell: int, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
     input_gate, forget_gate, cell_gate, output_gate = gates
-    cell_state = torch.sigmoid(forget_gate) * state[1] + torch.sigmoid(input_gate) * torch.tanh(cell_gate)
+    candidate = _masked(torch.sigmoid(input_gate) * torch.tanh(cell_gate), mask)
+    cell_state = torch.sigmoid(forget_gate) * state[1] + candidate
     return [torch.sigmoid(output_gate) * torch.tanh(cell_state), cell_state]
 
 
-def _ligru_cell(cell: int, gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
+def _ligru_cell(cell: int, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
     update = torch.sigmoid(gates[0])
-    return [update * state[0] + (1 - update) * ACTIVATIONS[cell](gates[1])]
+    return [update * state[0] + (1 - update) * _masked(ACTIVATIONS[cell](gates[1]), mask)]
 
 
-def _rnn_cell(cell: int, gates: List[Tensor], state: List[Tensor]) -> List[Tensor]:
-    return [ACTIVATIONS[cell](gates[0])]
+def _rnn_cell(cell: int, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
+    return [_masked(ACTIVATIONS[cell](gates[0]), mask)]
 
 
 CELLS = {
@@ -90,6 +97,7 @@ def step_loop(
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
     gate_major: bool = False,
+    mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """The scan by differentiable torch ops, a step at a time. ``recurrent(h)`` is ``h @ W``.
 
@@ -113,7 +121,8 @@ def step_loop(
             gate_values = [pre.view(rows, gates, 4, quarter)[:, slot] for slot in slots]
         else:
             gate_values = [pre.view(rows, 4, gates, quarter)[:, :, slot] for slot in slots]
-        new = CELLS[cell](cell, gate_values, [s.view(rows, 4, quarter) for s in active])
+        step_mask = None if mask is None else mask[:rows].view(rows, 4, quarter)
+        new = CELLS[cell](cell, gate_values, [s.view(rows, 4, quarter) for s in active], step_mask)
         new = [n.reshape(rows, hidden_size) for n in new]
         if rows < batch:
             state = [torch.cat([n, s[rows:]]) for n, s in zip(new, state)]
@@ -134,6 +143,7 @@ def recurrent_scan(
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
     gate_major: bool = False,
+    mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer and direction by the engine: ``h_t = cell(projected_t + h_{t-1} @ W, state)``.
 
@@ -147,20 +157,23 @@ def recurrent_scan(
         batch_sizes: a PackedSequence's rows per step (sorted sequences), or None.
         reverse: run from the last step to the first (the backward direction).
         gate_major: whole gates as the outer blocks (see the module docstring).
+        mask: ``(B, H)``, a dropout mask the same at every step, on the candidate (LSTM, light GRU)
+            or the new state (RNN), as SpeechBrain applies dropout inside its cells; None for none.
 
     Returns ``(output (T, B, H), h_n, c_n or None)``. Under autocast it computes in ``projected``'s
     dtype (the autocast dtype the input projection gave), as torch.nn.LSTM does. Under torch.func
     transforms or forward-mode AD it runs :func:`step_loop` instead.
     """
-    *weight_in_dtype, h0_in_dtype, c0 = _in_compute_dtype("recurrent_scan", projected, (*weight, h0, c0))
+    *weight_in_dtype, h0_in_dtype, c0, mask = _in_compute_dtype("recurrent_scan", projected, (*weight, h0, c0, mask))
     weight, h0 = [cast(Tensor, w) for w in weight_in_dtype], cast(Tensor, h0_in_dtype)
     if not torch.compiler.is_compiling() and _transforms_active():
         matrix = hamilton_expand(*weight)
-        return step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots, batch_sizes, reverse, gate_major)
+        layout = (cell, slots, batch_sizes, reverse, gate_major, mask)
+        return step_loop(projected, lambda h: h @ matrix, h0, c0, *layout)
     tensors = (projected, *weight, h0) if c0 is None else (projected, *weight, h0, c0)
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     sizes = None if batch_sizes is None else list(batch_sizes)
-    output, h_n, c_n, _ = _SCAN(projected, *weight, h0, c0, cell, list(slots), sizes, reverse, keep, gate_major)
+    output, h_n, c_n, _ = _SCAN(projected, *weight, h0, c0, cell, list(slots), sizes, reverse, keep, gate_major, mask)
     return output, h_n, c_n if cell == LSTM else None
 
 
@@ -168,7 +181,7 @@ def recurrent_scan(
 
 
 @torch.library.register_fake("qlayers::recurrent_scan")
-def _scan_fake(projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, keep, gate_major=False):
+def _scan_fake(projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, keep, gate_major=False, mask=None):
     torch._check_value(
         projected.dim() == 3 and h0.dim() == 2, lambda: "recurrent_scan: expected (T, B, G*H) and (B, H)"
     )
@@ -202,38 +215,40 @@ def _scan_backward_fake(
     slots,
     batch_sizes,
     reverse,
-    mask,
+    output_mask,
     gate_major=False,
+    mask=None,
 ):
     empty = projected.new_empty((0,))
     like = [projected, r, i, j, k, h0, c0 if c0 is not None else empty]
-    needs = [mask[0], mask[1], mask[1], mask[1], mask[1], mask[2], mask[3] and cell == LSTM]
+    wanted = output_mask
+    needs = [wanted[0], wanted[1], wanted[1], wanted[1], wanted[1], wanted[2], wanted[3] and cell == LSTM]
     # The C++ backward returns new contiguous tensors, whatever the inputs' strides.
     return tuple(t.new_empty(t.shape) if need else projected.new_empty((0,)) for t, need in zip(like, needs))
 
 
 def _scan_setup_context(ctx, inputs, output):
-    projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, _, gate_major = inputs
+    projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, _, gate_major, *mask = inputs
     out, _, _, cells = output
-    ctx.save_for_backward(projected, r, i, j, k, h0, c0, out, cells)
+    ctx.save_for_backward(projected, r, i, j, k, h0, c0, out, cells, mask[0] if mask else None)
     ctx.layout = (cell, slots, batch_sizes, reverse, gate_major)
 
 
 def _scan_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_cells):
     cell, slots, batch_sizes, reverse, gate_major = ctx.layout
+    *kept, mask = ctx.saved_tensors
     needs = ctx.needs_input_grad[:7]
+    unused = [None] * (len(ctx.needs_input_grad) - 7)  # the layout arguments and the mask have none
     if torch.is_grad_enabled():
         # A graph of the gradients is asked for (double backward): re-run the scan by
         # differentiable ops from the kept inputs, and differentiate that.
-        return (
-            *_differentiable_gradients(ctx.saved_tensors[:7], (grad_output, grad_h_n, grad_c_n), needs, ctx.layout),
-            *[None] * 6,
-        )
-    mask = [needs[0], any(needs[1:5]), needs[5], needs[6]]
+        grads = (grad_output, grad_h_n, grad_c_n)
+        return (*_differentiable_gradients(kept[:7], grads, needs, (*ctx.layout, mask)), *unused)
+    wanted = [needs[0], any(needs[1:5]), needs[5], needs[6]]
     # The kept tensors are the op's (projected, r, i, j, k, h0, c0, output, cells), in its order.
-    layout = (cell, slots, batch_sizes, reverse, mask, gate_major)
-    grads = _SCAN_BACKWARD(grad_output, grad_h_n, grad_c_n, *ctx.saved_tensors, *layout)
-    return (*(g if need else None for g, need in zip(grads, needs)), *[None] * 6)
+    layout = (cell, slots, batch_sizes, reverse, wanted, gate_major, mask)
+    grads = _SCAN_BACKWARD(grad_output, grad_h_n, grad_c_n, *kept, *layout)
+    return (*(g if need else None for g, need in zip(grads, needs)), *unused)
 
 
 def _differentiable_gradients(inputs, grads, needs, layout):

@@ -23,16 +23,15 @@ What SpeechBrain computes, reproduced here:
   ``leaky_relu`` (default), ``tanh``, or ReLU for any other name (with a warning);
   a QRNN's is ``tanh``, or ReLU for any other name;
 - ``dropout`` multiplies, in training, the candidate (QLSTM, QLiGRU) or the new state (QRNN) by a
-  mask per batch row, drawn from a bank of 16000 masks refreshed as SpeechBrain refreshes it. Those
-  steps run a step loop of torch ops (the engine has no dropout inside its cell). In eval mode,
-  or with ``dropout=0``, the engine runs.
+  mask per batch row, drawn from a bank of 16000 masks refreshed as SpeechBrain refreshes it; the
+  engine takes the mask as a parameter of its cell (``recurrent_scan(..., mask=)``).
 
 SpeechBrain's QRNN crashes when trained with ``dropout > 0`` on a batch size other than its
 ``input_shape[0]`` (its refreshed mask bank is half as wide as the state); this one computes.
 """
 
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple, cast
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +40,6 @@ from qlayers.compat.speechbrain import _weights
 from qlayers.compat.speechbrain.linear import QLinear
 from qlayers.compat.speechbrain.norm import QBatchNorm
 from qlayers.functional import recurrent as engine
-from qlayers.functional.linear import quaternion_linear
 
 DROP_MASKS = 16000  # the rows of SpeechBrain's mask bank
 
@@ -113,7 +111,8 @@ class _Layer(nn.Module):
             self.drop_masks = self._new_masks(like.device)
         mask = self.drop_masks[self.drop_mask_cnt : self.drop_mask_cnt + self.batch_size]
         self.drop_mask_cnt += self.batch_size
-        return mask.to(like.dtype)
+        # A copy of the rows: the engine keeps its mask for backward, and a view would keep the bank.
+        return mask.to(like.dtype, copy=True)
 
     def _follow_batch_size(self, rows: int, like: Tensor) -> None:
         if self.batch_size != rows:
@@ -142,10 +141,8 @@ class _Layer(nn.Module):
         if u_bias is not None:
             projected = projected + u_bias
         h0 = self._initial_hidden(hx, rows)
-        if self._masked():
-            output = self._step_loop(projected, h0, self._sample_mask(projected))
-        else:
-            output = self._engine(projected, h0)
+        mask = self._sample_mask(projected) if self._masked() else None
+        output = self._engine(projected, h0, mask)
         if self.bidirectional:
             forward, backward = output.chunk(2, dim=0)
             output = torch.cat([forward, backward.flip(1)], dim=2)
@@ -166,7 +163,7 @@ class _Layer(nn.Module):
     def _initial_cell(self, rows: int) -> Optional[Tensor]:
         return None
 
-    def _engine(self, projected: Tensor, h0: Tensor) -> Tensor:
+    def _engine(self, projected: Tensor, h0: Tensor, mask: Optional[Tensor]) -> Tensor:
         rows = projected.shape[0]
         output, _, _ = engine.recurrent_scan(
             projected.transpose(0, 1),
@@ -176,23 +173,9 @@ class _Layer(nn.Module):
             self.kind,
             self.slots,
             gate_major=True,
+            mask=mask,
         )
         return output.transpose(0, 1)
-
-    def _step_loop(self, projected: Tensor, h0: Tensor, mask: Tensor) -> Tensor:
-        """SpeechBrain's loop with its dropout mask, in torch ops: ``(rows, T, H)``."""
-        recurrent = _weights.components(self.u)
-        state: List[Optional[Tensor]] = [h0, self._initial_cell(h0.shape[0])]
-        outputs: List[Tensor] = []
-        for t in range(projected.shape[1]):
-            hidden = cast(Tensor, state[0])
-            pre = projected[:, t] + quaternion_linear(hidden, *recurrent)
-            state = self._masked_cell(pre.chunk(self.gates, dim=1), state, mask)
-            outputs.append(cast(Tensor, state[0]))
-        return torch.stack(outputs, dim=1)
-
-    def _masked_cell(self, gates: Sequence[Tensor], state: List, mask: Tensor) -> List:
-        raise NotImplementedError
 
 
 class QRNN_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
@@ -219,10 +202,6 @@ class QRNN_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
         self.nonlinearity = nonlinearity
         kinds = {"tanh": engine.RNN_TANH, "relu": engine.RNN_RELU}
         self.kind = _activation_kind("QRNN", nonlinearity, kinds, engine.RNN_RELU)
-        self.act: Callable[[Tensor], Tensor] = engine.ACTIVATIONS[self.kind]
-
-    def _masked_cell(self, gates, state, mask):
-        return [self.act(gates[0]) * mask, None]
 
 
 class QLSTM_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
@@ -234,11 +213,6 @@ class QLSTM_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
 
     def _initial_cell(self, rows: int) -> Optional[Tensor]:
         return self.h_init.expand(rows, self.hidden_size * 4).contiguous()
-
-    def _masked_cell(self, gates, state, mask):
-        input_gate, forget_gate, output_gate = (torch.sigmoid(g) for g in gates[:3])
-        cell = input_gate * torch.tanh(gates[3]) * mask + forget_gate * state[1]
-        return [output_gate * torch.tanh(cell), cell]
 
 
 class QLiGRU_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
@@ -268,7 +242,6 @@ class QLiGRU_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
         self.nonlinearity, self.normalization = nonlinearity, normalization
         kinds = {"leaky_relu": engine.LIGRU_LEAKY_RELU, "tanh": engine.LIGRU_TANH, "relu": engine.LIGRU}
         self.kind = _activation_kind("QLiGRU", nonlinearity, kinds, engine.LIGRU)
-        self.act: Callable[[Tensor], Tensor] = engine.ACTIVATIONS[self.kind]
         # SpeechBrain builds the normalisation either way; it runs for "batchnorm" only.
         self.normalize = normalization == "batchnorm"
         self.norm = QBatchNorm(input_size=int(hidden_size) * 2, dim=-1)
@@ -279,11 +252,6 @@ class QLiGRU_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
             return projected
         rows, steps, features = projected.shape
         return self.norm(projected.reshape(rows * steps, features)).reshape(rows, steps, features)
-
-    def _masked_cell(self, gates, state, mask):
-        update = torch.sigmoid(gates[1])
-        candidate = self.act(gates[0]) * mask
-        return [update * state[0] + (1 - update) * candidate, None]
 
 
 class _Recurrent(nn.Module):
