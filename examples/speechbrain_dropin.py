@@ -1,11 +1,13 @@
 """Train one SpeechBrain-style quaternion speech model with SpeechBrain's layers, then with qlayers'.
 
     python examples/speechbrain_dropin.py [--hidden 512] [--steps 100] [--batch 16] [--train-steps 4]
+                                          [--dropout 0.0]
 
 The model: a QConv1d front end over 40 filterbank-like features, a 2-layer bidirectional QLiGRU
-(SpeechBrain's defaults: batch-normalised projection, leaky ReLU) and a QLinear head scoring 48
-frame classes, trained with cross entropy and SGD on synthetic features whose labels a fixed random
-projection decides. The only difference between the two runs is the import:
+(SpeechBrain's defaults: batch-normalised projection, leaky ReLU; ``--dropout`` inside its cells,
+from a mask bank the checkpoint carries, so both runs drop the same units) and a QLinear head
+scoring 48 frame classes, trained with cross entropy and SGD on synthetic features whose labels a
+fixed random projection decides. The only difference between the two runs is the import:
 
     from speechbrain.nnet.quaternion_networks import q_CNN, q_linear, q_RNN   # SpeechBrain
     from qlayers.compat import speechbrain                                    # qlayers
@@ -54,12 +56,13 @@ def layers_of(library):
 
 
 class SpeechModel(nn.Module):
-    def __init__(self, layers, batch, steps, hidden):
+    def __init__(self, layers, batch, steps, hidden, dropout=0.0):
         super().__init__()
         self.front = layers.QConv1d(FRONT_QUATERNIONS, 3, input_shape=(batch, steps, FEATURES))
         self.activation = nn.LeakyReLU()
         front_features = 4 * FRONT_QUATERNIONS
-        self.rnn = layers.QLiGRU(hidden, input_shape=(batch, steps, front_features), num_layers=2, bidirectional=True)
+        shape = (batch, steps, front_features)
+        self.rnn = layers.QLiGRU(hidden, input_shape=shape, num_layers=2, bidirectional=True, dropout=dropout)
         self.head = layers.QLinear(CLASSES // 4, input_shape=(batch, steps, 2 * 4 * hidden))
 
     def forward(self, x):
@@ -77,7 +80,7 @@ def batches(options):
 def train(library, options, weights):
     """One library's run: losses, saved bytes, peak-memory growth and step times."""
     torch.manual_seed(0)
-    model = SpeechModel(layers_of(library), options.batch, options.steps, options.hidden)
+    model = SpeechModel(layers_of(library), options.batch, options.steps, options.hidden, options.dropout)
     if library == "speechbrain":
         torch.save(model.state_dict(), weights)
     else:
@@ -116,6 +119,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100, help="time steps per sequence")
     parser.add_argument("--batch", type=int, default=16, help="sequences per batch")
     parser.add_argument("--train-steps", type=int, default=4, help="optimiser steps")
+    parser.add_argument("--dropout", type=float, default=0.0, help="QLiGRU dropout (SpeechBrain's default: 0)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--run", choices=LIBRARIES, help=argparse.SUPPRESS)  # a child's library
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -126,7 +130,7 @@ def main(argv=None):
         return None
 
     shared = ["--hidden", options.hidden, "--steps", options.steps, "--batch", options.batch]
-    shared += ["--train-steps", options.train_steps, "--threads", options.threads]
+    shared += ["--train-steps", options.train_steps, "--threads", options.threads, "--dropout", options.dropout]
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         weights = os.path.join(folder, "initial.pt")
@@ -139,7 +143,8 @@ def main(argv=None):
 
     sb, ql = results["speechbrain"], results["qlayers"]
     print(
-        f"QLiGRU hidden_size {options.hidden} quaternions, {options.steps} steps, batch {options.batch}, "
+        f"QLiGRU hidden_size {options.hidden} quaternions, dropout {options.dropout}, {options.steps} steps, "
+        f"batch {options.batch}, "
         f"torch {torch.__version__}, {options.threads} threads"
     )
     print("step  loss SpeechBrain  loss qlayers   difference")
