@@ -16,7 +16,9 @@
 namespace qlayers {
 
 inline void check_cell_layout(const char* op, int64_t kind, at::IntArrayRef slots) {
-  TORCH_CHECK_VALUE(kind >= 0 && kind < kCellKinds, op, ": expected cell 0 (RNN tanh), 1 (LSTM), 2 (light GRU, ReLU), 3 (RNN ReLU), 4 (light GRU, leaky ReLU) or 5 (light GRU, tanh), got ",
+  TORCH_CHECK_VALUE(kind >= 0 && kind < kCellKinds, op,
+                    ": expected cell 0 (RNN tanh), 1 (LSTM), 2 (light GRU, ReLU), 3 (RNN ReLU), "
+                    "4 (light GRU, leaky ReLU) or 5 (light GRU, tanh), got ",
                     kind);
   const int gates = cell_gates(static_cast<int>(kind));
   bool permutation = static_cast<int64_t>(slots.size()) == gates;

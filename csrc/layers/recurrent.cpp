@@ -193,6 +193,7 @@ at::Tensor checked_mask(const c10::optional<at::Tensor>& mask, const Scan& scan)
   return mask->contiguous();
 }
 
+// The first `rows` rows of a tensor (a packed sequence's active rows), or nothing for an undefined one.
 c10::optional<at::Tensor> first_rows(const at::Tensor& t, int64_t rows) {
   return t.defined() ? c10::optional<at::Tensor>(t.narrow(0, 0, rows)) : c10::nullopt;
 }
@@ -276,13 +277,12 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
   for (int64_t s = scan.steps - 1; s >= 0; --s) {
     const int64_t t = scan.time(s), rows = scan.rows(t);
     at::Tensor pre_rows = pre[t].narrow(0, 0, rows), grad_hidden_rows = grad_hidden.narrow(0, 0, rows);
-    auto rows_of = [&](const at::Tensor& x) { return c10::optional<at::Tensor>(x.narrow(0, 0, rows)); };
     ops::recurrent_gates_backward(
-        pre_rows, grad_output.defined() ? rows_of(grad_output[t]) : c10::nullopt, grad_hidden_rows,
-        scan.has_cell() ? rows_of(grad_cell) : c10::nullopt,
+        pre_rows, grad_output.defined() ? first_rows(grad_output[t], rows) : c10::nullopt, grad_hidden_rows,
+        first_rows(grad_cell, rows),
         cell_is_light_gru(kind) ? c10::optional<at::Tensor>(previous_rows(scan, output, h0, t)) : c10::nullopt,
         scan.has_cell() ? c10::optional<at::Tensor>(previous_rows(scan, cells, c0, t)) : c10::nullopt,
-        scan.has_cell() ? rows_of(cells[t]) : c10::nullopt, kind, slots, gate_major, first_rows(mask, rows));
+        scan.has_cell() ? first_rows(cells[t], rows) : c10::nullopt, kind, slots, gate_major, first_rows(mask, rows));
     // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
     if (cell_is_light_gru(kind)) {
       grad_hidden_rows.add_(step_product.apply(pre_rows, through_weight.narrow(0, 0, rows)));

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _ntuple
 
+from qlayers.compat.speechbrain.conv import same_padding
 from qlayers.nn import (
     QLSTM,
     QRNN,
@@ -148,16 +149,6 @@ _SPEECHBRAIN_PADDING_MODES = {
 }
 
 
-def _speechbrain_padding(kernel_size: int, stride: int, dilation: int) -> int:
-    """What SpeechBrain 1.1.2's ``padding="same"`` pads on each side of one spatial dim.
-
-    With stride 1, ``dilation * (kernel_size - 1) // 2`` (the output keeps the input's length, for
-    the odd kernels SpeechBrain allows); with a larger stride, ``kernel_size // 2`` whatever the
-    dilation (its ``get_padding_elem``).
-    """
-    return kernel_size // 2 if stride > 1 else dilation * (kernel_size - 1) // 2
-
-
 def speechbrain_conv(
     out_channels: int,
     kernel_size: Union[int, Tuple[int, ...]],
@@ -201,9 +192,7 @@ def speechbrain_conv(
         )
     ntuple = _ntuple(dims)
     kernels, strides, dilations = ntuple(kernel_size), ntuple(stride), ntuple(dilation)
-    pads = tuple(
-        _speechbrain_padding(k, s, d) if padding == "same" else 0 for k, s, d in zip(kernels, strides, dilations)
-    )
+    pads = tuple(same_padding(k, s, d)[0] if padding == "same" else 0 for k, s, d in zip(kernels, strides, dilations))
     mode = _SPEECHBRAIN_PADDING_MODES[padding_mode] if padding == "same" else "zeros"
     return layer(
         in_channels,

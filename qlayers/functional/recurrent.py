@@ -221,8 +221,7 @@ def _scan_backward_fake(
 ):
     empty = projected.new_empty((0,))
     like = [projected, r, i, j, k, h0, c0 if c0 is not None else empty]
-    wanted = output_mask
-    needs = [wanted[0], wanted[1], wanted[1], wanted[1], wanted[1], wanted[2], wanted[3] and cell == LSTM]
+    needs = [output_mask[0], *[output_mask[1]] * 4, output_mask[2], output_mask[3] and cell == LSTM]
     # The C++ backward returns new contiguous tensors, whatever the inputs' strides.
     return tuple(t.new_empty(t.shape) if need else projected.new_empty((0,)) for t, need in zip(like, needs))
 

@@ -1,12 +1,12 @@
 """What SpeechBrain's quaternion layers share: their weights' shapes, initialisation and max-norm."""
 
-import math
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from qlayers.init import quaternion_init_
 from qlayers.nn._parameters import COMPONENT_NAMES
 
 WEIGHT_INITS = ("quaternion", "unitary")
@@ -50,22 +50,17 @@ def check_init(layer: str, weight_init: str, init_criterion: str) -> None:
 def initialise(module: nn.Module, fan_in: int, fan_out: int, weight_init: str, init_criterion: str) -> None:
     """Fill the components as SpeechBrain's schemes describe them (not its random draws).
 
-    ``"quaternion"``: modulus chi(4)-distributed with scale ``1/sqrt(2 (fan_in + fan_out))``
-    (glorot) or ``1/sqrt(2 fan_in)`` (he), a uniform phase in ``[-pi, pi)`` and a random unit axis;
-    ``"unitary"``: random unit quaternions. Fans count quaternions times the receptive field.
+    ``"quaternion"`` is qlayers' own (:func:`qlayers.init.quaternion_init_`): a chi(4) modulus
+    scaled by ``1/sqrt(2 (fan_in + fan_out))`` (glorot) or ``1/sqrt(2 fan_in)`` (he), a uniform
+    phase and a random unit axis. ``"unitary"`` is unit quaternions, unscaled, where qlayers' scheme
+    of that name scales them. Fans count quaternions times the receptive field.
     """
     r, i, j, k = components(module)
-    shape = r.shape
-    if weight_init == "unitary":
-        values = torch.randn(4, *shape, dtype=torch.float64)
-        values = values / torch.linalg.vector_norm(values, dim=0).clamp_min(1e-12)
-    else:
-        scale = 1.0 / math.sqrt(2.0 * (fan_in + fan_out) if init_criterion == "glorot" else 2.0 * fan_in)
-        modulus = scale * torch.linalg.vector_norm(torch.randn(4, *shape, dtype=torch.float64), dim=0)
-        axis = torch.randn(3, *shape, dtype=torch.float64)
-        axis = axis / torch.linalg.vector_norm(axis, dim=0).clamp_min(1e-12)
-        phase = (torch.rand(*shape, dtype=torch.float64) * 2 - 1) * math.pi
-        values = torch.cat([(modulus * phase.cos()).unsqueeze(0), modulus * phase.sin() * axis])
+    if weight_init == "quaternion":
+        quaternion_init_(r, i, j, k, fan_in, fan_out, "quaternion", init_criterion)
+        return
+    values = torch.randn(4, *r.shape, dtype=torch.float64)
+    values = values / torch.linalg.vector_norm(values, dim=0).clamp_min(1e-12)
     for component, value in zip((r, i, j, k), values):
         component.copy_(value)
 

@@ -344,7 +344,6 @@ class QRNN(_Recurrent):
         weight_init="quaternion",
         autograd=True,
     ):
-        self.nonlinearity = nonlinearity
         super().__init__(
             hidden_size,
             input_shape,
@@ -357,6 +356,7 @@ class QRNN(_Recurrent):
             autograd,
             nonlinearity=nonlinearity,
         )
+        self.nonlinearity = nonlinearity
 
 
 class QLSTM(_Recurrent):
@@ -406,7 +406,6 @@ class QLiGRU(_Recurrent):
         *,
         normalization="batchnorm",
     ):
-        self.nonlinearity = nonlinearity
         super().__init__(
             hidden_size,
             input_shape,
@@ -420,3 +419,4 @@ class QLiGRU(_Recurrent):
             nonlinearity=nonlinearity,
             normalization=normalization,
         )
+        self.nonlinearity = nonlinearity
