@@ -136,7 +136,13 @@ def test_eight_error_against_hamilton_by_dtype(dtype):
         ]
 
     assert max(ratios("eight")) <= (1.6 if dtype == torch.float32 else 2.0), ratios("eight")
-    assert min(ratios("eight")) >= 1.0, ratios("eight")  # the sums do cost accuracy: the measurement is real
+    # Two computations are compared: eight's sums round differently from a dense product.
+    assert not any(torch.equal(e, d) for e, d in zip(by["eight"][:5], by["dense"][:5]))
+    # In 16-bit the rounded sums cost accuracy everywhere. In float32 which is closer to the oracle
+    # depends on the dense GEMM's kernels: on an Intel Xeon, MKL's rounds worse than eight's smaller
+    # GEMMs in two of the five products (ratios 0.76-1.06; 1.05-1.43 on an AMD EPYC).
+    if dtype != torch.float32:
+        assert min(ratios("eight")) >= 1.0, ratios("eight")
     assert max(ratios("hamilton")) <= (2.5 if dtype == torch.float32 else 1.0), ratios("hamilton")
     wants_eight = dtype == torch.float32
     assert (choose_algorithm("auto", rows=300, n=512, dtype=dtype) == "eight") == wants_eight
