@@ -41,7 +41,7 @@ LIBRARY := $(or $(wildcard qlayers/_C*.so),library-missing)
 # The oldest supported torch, which an sdist declares (torch>=MINIMUM_TORCH).
 TORCH_OLDEST := $(shell sed -n 's/^MINIMUM_TORCH = "\([0-9.]*\)"$$/\1/p' setup.py)
 
-LINTED := qlayers benchmarks tests examples setup.py
+LINTED := qlayers benchmarks tests examples scripts setup.py
 
 .PHONY: install lint test test-oldest test-kernels-asan check-ptxas bench wheel sdist check-install clean library-missing
 
