@@ -159,6 +159,20 @@ def test_building_without_torch_is_refused(tmp_path):
     assert "pip install --no-build-isolation ." in result.stderr
 
 
+def test_no_torch_anywhere_says_install_torch_first():
+    # The environment itself has no torch (the child that looks past build isolation finds none).
+    code = (
+        "import runpy; setup = runpy.run_path('setup.py')['_refuse_without_torch'].__globals__\n"
+        "setup['_torch_hidden_from_this_build'] = lambda: None\n"
+        "setup['TORCH_IMPORT_ERROR'] = ImportError(\"No module named 'torch'\")\n"
+        "setup['_refuse_without_torch']()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0
+    assert "qlayers: torch is not installed (No module named 'torch'). qlayers compiles against" in result.stderr
+    assert "install torch first" in result.stderr
+
+
 def test_old_setuptools_is_refused_with_the_fix():
     result = run_setup("--name", prelude="import setuptools; setuptools.__version__ = '65.5.0'")
     assert result.returncode != 0
