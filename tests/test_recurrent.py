@@ -2,11 +2,14 @@
 follows torch.nn.LSTM's conventions (empty batches included). QBatchNorm: tests/test_norm.py; the
 quaternion helpers: tests/test_quaternion_helpers.py."""
 
+import re
+
 import pytest
 import torch
 from conftest import TOLERANCES
 from torch import nn
 from torch.autograd import gradcheck
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import qlayers
 from qlayers.memory import SavedTensorBytes
@@ -125,11 +128,43 @@ def test_bad_sizes_and_states():
         qlayers.QLSTM(8, 10)
     with pytest.raises(ValueError, match=r"expected input of shape \(\.\.\., 8\)"):
         qlayers.QRNN(8, 12)(torch.randn(3, 2, 12))
-    with pytest.raises(ValueError, match=r"expected initial states of shape \(1, 2, 12\)"):
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(1, 2, 12\) \(3-d, for batched 3-d input\), got"):
         qlayers.QRNN(8, 12)(torch.randn(3, 2, 8), torch.zeros(2, 2, 12))
 
 
 TORCH_LAYERS = [(qlayers.QRNN, nn.RNN), (qlayers.QLSTM, nn.LSTM), (qlayers.QLiGRU, nn.GRU)]
+
+# (input, h_0's shape, c_0's shape, the state named, what the message says is expected)
+WRONG_STATES = {
+    "unbatched-3d": ((5, 8), (1, 1, 12), (1, 1, 12), "h_0", r"\(1, 12\) \(2-d, for unbatched 2-d input\)"),
+    "unbatched-3d-c0": ((5, 8), (1, 12), (1, 1, 12), "c_0", r"\(1, 12\) \(2-d, for unbatched 2-d input\)"),
+    "unbatched-layers": ((5, 8), (2, 12), (2, 12), "h_0", r"\(1, 12\) \(2-d, for unbatched 2-d input\)"),
+    "batched-2d": ((5, 3, 8), (1, 12), (1, 12), "h_0", r"\(1, 3, 12\) \(3-d, for batched 3-d input\)"),
+    "batched-batch": ((5, 3, 8), (1, 3, 12), (1, 2, 12), "c_0", r"\(1, 3, 12\) \(3-d, for batched 3-d input\)"),
+    "packed-batch": ("packed", (1, 3, 12), (1, 3, 12), "h_0", r"\(1, 4, 12\) \(3-d, for a PackedSequence of batch 4\)"),
+}
+
+
+@pytest.mark.parametrize("cls,torch_cls", TORCH_LAYERS)
+@pytest.mark.parametrize("case", list(WRONG_STATES))
+@pytest.mark.parametrize("memory_efficient", [True, False], ids=["engine", "plain"])
+def test_initial_states_of_a_wrong_shape_name_the_shapes_the_caller_sees(cls, torch_cls, case, memory_efficient):
+    # Unbatched input with a 3-d hx said "expected (1, 1, 12), got (1, 1, 1, 12)": the caller's shape
+    # as the expected one, an internal unsqueeze as the given one. torch says a 2-d hx is expected.
+    input_shape, h_shape, c_shape, named, expected = WRONG_STATES[case]
+    if input_shape == "packed":
+        x = pack_padded_sequence(torch.randn(5, 4, 8), torch.tensor([5, 2, 4, 1]), enforce_sorted=False)
+    else:
+        x = torch.randn(input_shape)
+    if cls is not qlayers.QLSTM and named == "c_0":
+        h_shape, named = c_shape, "h_0"  # the one state is the wrong one
+    hx = (torch.zeros(h_shape), torch.zeros(c_shape)) if cls is qlayers.QLSTM else torch.zeros(h_shape)
+    with pytest.raises(RuntimeError):  # torch refuses each of these too
+        torch_cls(8, 12)(x, hx)
+    got = c_shape if named == "c_0" else h_shape
+    message = rf"{cls.__name__}: expected {named} of shape {expected}, got {re.escape(str(got))}$"
+    with pytest.raises(ValueError, match=message):
+        cls(8, 12, memory_efficient=memory_efficient)(x, hx)
 
 
 @pytest.mark.parametrize("cls,torch_cls", TORCH_LAYERS)

@@ -226,6 +226,80 @@ def test_packed_sequence_equals_torch_layer(cls, torch_cls, memory_efficient):
         torch.testing.assert_close(got, want, **F64)
 
 
+# (shape of the leaf, the strided c_0 taken from it): a learned initial cell state broadcast over the
+# batch, and slices.
+STRIDED_C0 = {
+    "expanded": ((1, 1, 12), lambda c: c.expand(1, 3, 12)),
+    "sliced": ((1, 3, 24), lambda c: c[..., ::2]),
+    "unbatched-sliced": ((1, 24), lambda c: c[:, ::2]),
+    "unbatched-expanded": ((1, 1), lambda c: c.expand(1, 12)),
+}
+
+
+@pytest.mark.parametrize("memory_efficient", [True, False], ids=["engine", "plain"])
+@pytest.mark.parametrize("form", list(STRIDED_C0))
+@pytest.mark.parametrize("c0_needs_grad", [True, False], ids=["c0-grad", "c0-no-grad"])
+def test_non_contiguous_c0_equals_torch_lstm(memory_efficient, form, c0_needs_grad):
+    # The engine's backward refused a strided c_0 ("recurrent_gates_backward: expected contiguous
+    # tensors"), with or without its gradient; nn.LSTM takes it.
+    torch.manual_seed(8)
+    layer = qlayers.QLSTM(8, 12, dtype=torch.float64, memory_efficient=memory_efficient)
+    for p in layer.parameters():
+        nn.init.normal_(p, std=0.3)
+    twin = torch_twin(layer, nn.LSTM)
+    leaf_shape, strided = STRIDED_C0[form]
+    unbatched = form.startswith("unbatched")
+    x = torch.randn((6, 8) if unbatched else (6, 3, 8), dtype=torch.float64)
+    h0 = torch.randn((1, 12) if unbatched else (1, 3, 12), dtype=torch.float64)
+    c_leaf = torch.randn(leaf_shape, dtype=torch.float64)
+    results = []
+    for module in (layer, twin):
+        inputs, h, c = x.clone().requires_grad_(), h0.clone().requires_grad_(), c_leaf.clone()
+        c.requires_grad_(c0_needs_grad)
+        c0 = strided(c)
+        assert not c0.is_contiguous()
+        out, (h_n, c_n) = module(inputs, (h, c0))
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+        ((out * weights).sum() + (h_n * h_n).sum() + (c_n * c_n).sum()).backward()
+        # the learned c_init's gradient sums the batch's
+        results.append([out, h_n, c_n, inputs.grad, h.grad, *([c.grad] if c0_needs_grad else [])])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **F64)
+    for got, want in zip(ordered(our_grads(layer)), ordered(twin_grads(layer, twin))):
+        torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.parametrize("cell", [engine.LSTM, engine.LIGRU, engine.RNN_TANH], ids=["LSTM", "LiGRU", "RNN"])
+def test_engine_takes_strided_states_and_weights(cell):
+    # recurrent_scan (what qlayers.compat.speechbrain calls) on views of every kind: the results and
+    # gradients of the step loop on the same views.
+    torch.manual_seed(9)
+    gates = engine.GATES[cell]
+    projected = torch.randn(4, 3, gates * 8, dtype=torch.float64, requires_grad=True)
+    weight = [(0.4 * torch.randn(gates * 2, 2, dtype=torch.float64)).requires_grad_() for _ in range(4)]
+    h_init = torch.randn(1, 8, dtype=torch.float64, requires_grad=True)
+    c_wide = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    leaves = [projected, *weight, h_init, c_wide]
+
+    weight_views = [w.t() for w in weight]
+    h0 = h_init.expand(3, 8)
+    c0 = c_wide[:, ::2] if cell == engine.LSTM else None
+    slots = tuple(range(gates))
+
+    def results_and_gradients(outputs):
+        outputs = [o for o in outputs if o is not None]
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view(o.shape)).sum() for o in outputs)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return [*outputs, *(g for g in grads if g is not None)]
+
+    got = results_and_gradients(engine.recurrent_scan(projected, weight_views, h0, c0, cell, slots))
+    matrix = reference.hamilton_matrix(*weight_views)
+    want = results_and_gradients(engine.step_loop(projected, lambda h: h @ matrix, h0, c0, cell, slots))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **F64)
+
+
 def small_layer(cls, **options):
     torch.manual_seed(2)
     layer = cls(4, 8, dtype=torch.float64, **options)
@@ -405,6 +479,99 @@ def test_compile_with_a_strided_projection_matches_eager(backend):
         got = torch.autograd.grad(torch.compile(run, fullgraph=True, backend=backend)(*leaves), leaves)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **TOLERANCES[torch.float32])
+
+
+def no_compile_caches():
+    # Their keys do not cover the ops' fake kernels (see above).
+    return torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(
+        enable_autograd_cache=False
+    )
+
+
+def packed_results(module, layer, padded, lengths, hx, enforce_sorted):
+    """Output, final states and every gradient of `module` (`layer` or a compiled `layer`) on a PackedSequence."""
+    layer.zero_grad(set_to_none=True)
+    x = padded.clone().requires_grad_()
+    states = [s.clone().requires_grad_() for s in (hx if isinstance(hx, tuple) else (hx,))]
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    out, final = module(packed, tuple(states) if isinstance(hx, tuple) else states[0])
+    assert isinstance(out, torch.nn.utils.rnn.PackedSequence)
+    assert torch.equal(out.batch_sizes, packed.batch_sizes)
+    unpacked, out_lengths = pad_packed_sequence(out)
+    assert torch.equal(out_lengths, lengths)
+    finals = final if isinstance(final, tuple) else (final,)
+    weights = torch.linspace(-1, 1, unpacked.numel(), dtype=unpacked.dtype).view(unpacked.shape)
+    ((unpacked * weights).sum() + sum((f * f).sum() for f in finals)).backward()
+    return [unpacked, *finals, x.grad, *(s.grad for s in states), *(p.grad for p in layer.parameters())]
+
+
+def packed_case(cls, memory_efficient, enforce_sorted):
+    # Both directions: the reverse one starts at each sequence's own last element.
+    torch.manual_seed(10)
+    layer = cls(8, 12, bidirectional=True, dtype=torch.float64, memory_efficient=memory_efficient)
+    lengths = torch.tensor([6, 4, 3, 1] if enforce_sorted else [3, 6, 1, 4])
+    padded = torch.randn(6, 4, 8, dtype=torch.float64)
+    h0 = torch.randn(2, 4, 12, dtype=torch.float64)
+    hx = (h0, torch.randn_like(h0)) if cls is qlayers.QLSTM else h0
+    return layer, padded, lengths, hx
+
+
+@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
+@pytest.mark.parametrize("memory_efficient", [True, False], ids=["engine", "plain"])
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compile_packed_sequence_matches_eager(cls, memory_efficient, enforce_sorted, backend):
+    # torch._VF._pad_packed_sequence and batch_sizes.tolist() failed on fake tensors, on every backend.
+    torch._dynamo.reset()
+    layer, padded, lengths, hx = packed_case(cls, memory_efficient, enforce_sorted)
+    want = packed_results(layer, layer, padded, lengths, hx, enforce_sorted)
+    cache_off, autograd_cache_off = no_compile_caches()
+    with cache_off, autograd_cache_off:
+        got = packed_results(torch.compile(layer, backend=backend), layer, padded, lengths, hx, enforce_sorted)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **F64)
+
+
+def test_compile_packed_sequence_with_inductor_matches_eager():
+    # The engine only: inductor on the plain path's unrolled steps takes minutes here.
+    torch._dynamo.reset()
+    layer, padded, lengths, hx = packed_case(qlayers.QLSTM, True, False)
+    want = packed_results(layer, layer, padded, lengths, hx, False)
+    cache_off, autograd_cache_off = no_compile_caches()
+    with cache_off, autograd_cache_off:
+        got = packed_results(torch.compile(layer, backend="inductor"), layer, padded, lengths, hx, False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **F64)
+
+
+@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
+@pytest.mark.parametrize("capture_scalar_outputs", [False, True], ids=["default", "capture-scalars"])
+def test_compile_packed_sequence_computes_in_one_graph_per_batch_sizes(cls, capture_scalar_outputs):
+    # The batch sizes are read outside the graph (a graph break: the loop needs them as Python ints,
+    # which capture_scalar_outputs would otherwise make symbolic); the layers and the packing are one
+    # graph after it, specialised to them: a new set compiles a new graph, a set seen before reuses one.
+    torch._dynamo.reset()
+    scan = torch.ops.qlayers.recurrent_scan.default
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append([node.target for node in graph_module.graph.nodes])
+        return graph_module
+
+    layer, padded, _, hx = packed_case(cls, True, False)
+    compiled = torch.compile(layer, backend=counting_backend)
+    with torch._dynamo.config.patch(capture_scalar_outputs=capture_scalar_outputs):
+        for count, lengths in enumerate(([3, 6, 1, 4], [6, 6, 2, 5], [3, 6, 1, 4]), start=1):
+            lengths = torch.tensor(lengths)
+            want = packed_results(layer, layer, padded, lengths, hx, False)
+            got = packed_results(compiled, layer, padded, lengths, hx, False)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, **F64)
+            computing = [targets for targets in graphs if scan in targets]
+            assert len(computing) == min(count, 2)
+            # every layer and direction's scan in each
+            assert all(targets.count(scan) == layer.num_layers * layer.directions for targets in computing)
 
 
 @pytest.mark.parametrize("cls,torch_cls", [(qlayers.QLSTM, nn.LSTM), (qlayers.QRNN, nn.RNN), (qlayers.QLiGRU, nn.LSTM)])

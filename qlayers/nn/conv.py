@@ -185,21 +185,42 @@ class _QConvNd(nn.Module):
 class _QConv(_QConvNd):
     transposed = False
 
+    # The keywords spelled out, not **kwargs: inspect.signature (torch.nn.utils.skip_init, help(),
+    # IDEs) reads them from here.
     def __init__(
         self,
-        in_channels,
-        out_channels,
+        in_channels: int,
+        out_channels: int,
         kernel_size,
         stride=1,
         padding=0,
         dilation=1,
-        groups=1,
-        bias=True,
-        padding_mode="zeros",
-        **kwargs,
-    ):
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        memory_efficient: bool = True,
+        init: str = "quaternion",
+        criterion: str = "glorot",
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, 0, **kwargs
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            0,
+            memory_efficient=memory_efficient,
+            init=init,
+            criterion=criterion,
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -208,18 +229,23 @@ class _QConvTranspose(_QConvNd):
 
     def __init__(
         self,
-        in_channels,
-        out_channels,
+        in_channels: int,
+        out_channels: int,
         kernel_size,
         stride=1,
         padding=0,
         output_padding=0,
-        groups=1,
-        bias=True,
+        groups: int = 1,
+        bias: bool = True,
         dilation=1,
-        padding_mode="zeros",
-        **kwargs,
-    ):
+        padding_mode: str = "zeros",
+        *,
+        memory_efficient: bool = True,
+        init: str = "quaternion",
+        criterion: str = "glorot",
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(
             in_channels,
             out_channels,
@@ -231,7 +257,11 @@ class _QConvTranspose(_QConvNd):
             bias,
             padding_mode,
             output_padding,
-            **kwargs,
+            memory_efficient=memory_efficient,
+            init=init,
+            criterion=criterion,
+            device=device,
+            dtype=dtype,
         )
 
 

@@ -103,20 +103,43 @@ class QBatchNorm(nn.Module):
         self.affine, self.track_running_stats = affine, track_running_stats
         quaternions = num_features // 4
         factory = {"device": device, "dtype": dtype}
-        eye = torch.eye(4, **factory).expand(quaternions, 4, 4)
+        # A 4x4 matrix per quaternion feature (whitening), or one scale.
+        spread_shape = (quaternions, 4, 4) if mode == "whiten" else (quaternions,)
         if affine:
-            self.weight = nn.Parameter(eye.clone() if mode == "whiten" else torch.ones(quaternions, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            self.weight = nn.Parameter(torch.empty(spread_shape, **factory))
+            self.bias = nn.Parameter(torch.empty(num_features, **factory))
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
         if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            if mode == "whiten":
-                self.register_buffer("running_cov", eye.clone())
-            else:
-                self.register_buffer("running_var", torch.ones(quaternions, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+            self.register_buffer("running_mean", torch.empty(num_features, **factory))
+            self.register_buffer(
+                "running_cov" if mode == "whiten" else "running_var", torch.empty(spread_shape, **factory)
+            )
+            self.register_buffer("num_batches_tracked", torch.empty((), dtype=torch.long, device=device))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def _fill_identity(self, spread: Tensor) -> None:
+        """The identity: a 4x4 one per feature (whiten), or ones (variance)."""
+        if self.mode == "whiten":
+            spread.copy_(torch.eye(4, dtype=spread.dtype, device=spread.device).expand_as(spread))
+        else:
+            spread.fill_(1)
+
+    def reset_running_stats(self) -> None:
+        """Zero mean, identity covariance (or unit variance), no batch tracked, as ``torch.nn.BatchNorm``."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self._fill_identity(self.running_cov if self.mode == "whiten" else self.running_var)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """The running statistics reset, ``weight`` the identity and ``bias`` zero, as ``torch.nn.BatchNorm``."""
+        self.reset_running_stats()
+        if self.weight is not None and self.bias is not None:
+            self._fill_identity(self.weight)
+            nn.init.zeros_(self.bias)
 
     def _check_input(self, input: Tensor) -> None:
         if not isinstance(input, Tensor):

@@ -28,7 +28,9 @@ layers drops whole quaternions (:class:`qlayers.quaternion.QuaternionDropout`).
 As torch.nn.LSTM: a :class:`~torch.nn.utils.rnn.PackedSequence` input gives a PackedSequence output
 (variable lengths handled inside the loop; the backward direction starts at each sequence's own
 last element); an empty batch (``B = 0``) gives empty outputs and states of the usual shapes; an
-empty sequence (``T = 0``) raises a ``ValueError``.
+empty sequence (``T = 0``) raises a ``ValueError``. Under ``torch.compile`` a PackedSequence's batch
+sizes are read outside the graph (one graph break), and the graph after it is specialised to them:
+each new set of batch sizes compiles anew.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple, cast
@@ -133,6 +135,13 @@ class _QRecurrent(nn.Module):
             projected, cell.recurrent, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse, self.gate_major
         )
 
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        """Redraw every projection's components (with ``generator`` if given) and zero the biases, in
+        the order the constructor draws them."""
+        for cell in cast(Sequence[_Cell], self.cells):
+            cell.input.reset_parameters(generator)
+            cell.recurrent.reset_parameters(generator)
+
     def forward(self, input, hx=None):
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
@@ -151,12 +160,15 @@ class _QRecurrent(nn.Module):
         states = self._check_hx(hx)
         if unbatched:
             input = input.unsqueeze(1)
-            states = None if states is None else [s.unsqueeze(1) for s in states]
         elif self.batch_first:
             input = input.transpose(0, 1)
         if input.shape[0] == 0:  # as torch.nn.LSTM: an empty batch is fine, an empty sequence is not
             raise ValueError(f"{name}: expected a sequence length larger than 0, got input of shape {shape}")
-        output, final_states = self._layers(input, self._initial_states(states, input.shape[1], input), None)
+        if unbatched:
+            initial = self._initial_states(states, None, input, "unbatched 2-d input")
+        else:
+            initial = self._initial_states(states, input.shape[1], input, "batched 3-d input")
+        output, final_states = self._layers(input, initial, None)
         if unbatched:
             output = output.squeeze(1)
             final_states = [s.squeeze(1) for s in final_states]
@@ -172,17 +184,33 @@ class _QRecurrent(nn.Module):
                 f"{type(self).__name__}: expected packed data of shape (N, {self.input_size}), "
                 f"got {tuple(input.data.shape)}"
             )
-        batch_sizes = input.batch_sizes
-        padded, lengths = torch._VF._pad_packed_sequence(input.data, batch_sizes, False, 0.0, batch_sizes.numel())
+        # The loop takes the batch sizes as Python ints. While compiling they are read outside the
+        # graph, a graph break (fake tensors hold no data, and capture_scalar_outputs would give
+        # symbols the engine op cannot take); the graph after it is specialised to them. Wrapped
+        # here, not at import: torch.compiler.disable imports torch._dynamo, seconds of import time.
+        compiling = torch.compiler.is_compiling()
+        if compiling:
+            batch_sizes = torch.compiler.disable(_batch_sizes_as_ints)(input.batch_sizes)
+        else:
+            batch_sizes = _batch_sizes_as_ints(input.batch_sizes)
+        batch = batch_sizes[0]
+        initial = self._initial_states(states, batch, input.data, f"a PackedSequence of batch {batch}")
         if states is not None and input.sorted_indices is not None:
-            states = [s.index_select(1, input.sorted_indices) for s in states]
-        output, final_states = self._layers(
-            padded, self._initial_states(states, padded.shape[1], padded), batch_sizes.tolist()
-        )
-        data, _ = torch._VF._pack_padded_sequence(output, lengths, False)
+            initial = [s.index_select(1, input.sorted_indices) for s in initial]
+        if compiling:  # torch._VF's packing reads the lengths' data too
+            padded = _pad_steps(input.data, batch_sizes)
+        else:
+            padded, lengths = torch._VF._pad_packed_sequence(
+                input.data, input.batch_sizes, False, 0.0, len(batch_sizes)
+            )
+        output, final_states = self._layers(padded, initial, batch_sizes)
+        if compiling:
+            data = _pack_steps(output, batch_sizes)
+        else:
+            data, _ = torch._VF._pack_padded_sequence(output, lengths, False)
         if input.unsorted_indices is not None:
             final_states = [s.index_select(1, input.unsorted_indices) for s in final_states]
-        packed = PackedSequence(data, batch_sizes, input.sorted_indices, input.unsorted_indices)
+        packed = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
         return packed, self._as_hx(final_states)
 
     def _layers(self, layer_input: Tensor, states: List[Tensor], batch_sizes: Optional[List[int]]):
@@ -219,17 +247,23 @@ class _QRecurrent(nn.Module):
     def _as_hx(self, states: List[Tensor]):
         return tuple(states) if self.has_cell_state else states[0]
 
-    def _initial_states(self, states: Optional[List[Tensor]], batch: int, input: Tensor) -> List[Tensor]:
-        count = 2 if self.has_cell_state else 1
-        shape = (self.num_layers * self.directions, batch, self.hidden_size)
+    def _initial_states(
+        self, states: Optional[List[Tensor]], batch: Optional[int], like: Tensor, given_for: str
+    ) -> List[Tensor]:
+        """The initial states as ``(layers * directions, B, H)`` tensors: zeros, or ``hx``'s checked
+        against the shape the caller must give (``batch`` None: unbatched input, no batch dim)."""
+        rows = self.num_layers * self.directions
         if states is None:
-            return [input.new_zeros(shape) for _ in range(count)]
-        for state in states:
-            if tuple(state.shape) != shape:
+            shape = (rows, 1 if batch is None else batch, self.hidden_size)
+            return [like.new_zeros(shape) for _ in range(2 if self.has_cell_state else 1)]
+        expected = (rows, self.hidden_size) if batch is None else (rows, batch, self.hidden_size)
+        for label, state in zip(("h_0", "c_0"), states):
+            if tuple(state.shape) != expected:
                 raise ValueError(
-                    f"{type(self).__name__}: expected initial states of shape {shape}, got {tuple(state.shape)}"
+                    f"{type(self).__name__}: expected {label} of shape {expected} ({len(expected)}-d, for "
+                    f"{given_for}), got {tuple(state.shape)}"
                 )
-        return states
+        return states if batch is not None else [s.unsqueeze(1) for s in states]
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -238,6 +272,22 @@ class _QRecurrent(nn.Module):
             if getattr(self, label) != default:
                 text += f", {label}={getattr(self, label)}"
         return text + f", memory_efficient={self.memory_efficient}"
+
+
+def _batch_sizes_as_ints(batch_sizes: Tensor) -> List[int]:
+    return batch_sizes.tolist()
+
+
+def _pad_steps(data: Tensor, batch_sizes: List[int]) -> Tensor:
+    """Packed data ``(N, F)`` -> ``(T, B, F)``, zeros where a sequence has ended."""
+    batch = batch_sizes[0]
+    steps = data.split(batch_sizes)
+    return torch.stack([nn.functional.pad(step, (0, 0, 0, batch - rows)) for step, rows in zip(steps, batch_sizes)])
+
+
+def _pack_steps(output: Tensor, batch_sizes: List[int]) -> Tensor:
+    """``(T, B, H)`` -> packed ``(N, H)``: the first ``batch_sizes[t]`` rows of every step ``t``."""
+    return torch.cat([output[t, :rows] for t, rows in enumerate(batch_sizes)])
 
 
 def _kind(value) -> str:
