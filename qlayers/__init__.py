@@ -4,6 +4,8 @@ The compiled library is loaded first (it defines the ``torch.ops.qlayers`` opera
 Python-side registrations (autograd and fake kernels) and the layer-product ops, then the public API.
 """
 
+import importlib
+
 import torch  # noqa: F401  (loads libtorch, which the compiled library links against)
 
 from qlayers import _library
@@ -36,6 +38,7 @@ from qlayers.nn import (  # noqa: E402
 
 __version__ = "0.1.0"
 
+
 __all__ = [
     "QBatchNorm",
     "QLSTM",
@@ -56,3 +59,15 @@ __all__ = [
     "reference",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # qlayers.compat on first use: it imports qlayers.compat.speechbrain's layers, which `import qlayers`
+    # need not pay for (`import qlayers.compat` works as well).
+    if name == "compat":
+        return importlib.import_module("qlayers.compat")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"compat"})

@@ -1,6 +1,8 @@
 """Checkpoints in the best-known implementations' documented layouts load and compute the same layer."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,30 @@ import qlayers
 from qlayers import compat, reference
 
 F64 = TOLERANCES[torch.float64]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_compat_is_an_attribute_of_qlayers_imported_on_first_use():
+    # A fresh interpreter: qlayers.compat (and with it qlayers.compat.speechbrain's layers) is not
+    # imported by `import qlayers`, yet `qlayers.compat` and `from qlayers import *` give it.
+    code = (
+        "import sys, qlayers\n"
+        "assert 'qlayers.compat' not in sys.modules, sorted(m for m in sys.modules if m.startswith('qlayers.compat'))\n"
+        "assert qlayers.compat is sys.modules['qlayers.compat']\n"
+        "assert callable(qlayers.compat.load_state_dict) and qlayers.compat.core_qnn.q_normalize\n"
+        "assert 'compat' in dir(qlayers)\n"
+        "names = {}\n"
+        "exec('from qlayers import *', names)\n"
+        "assert names['compat'] is qlayers.compat and names['QLinear'] is qlayers.QLinear\n"
+        "try:\n"
+        "    qlayers.no_such_name\n"
+        "except AttributeError as error:\n"
+        "    assert \"module 'qlayers' has no attribute 'no_such_name'\" in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('qlayers.no_such_name did not raise')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
 
 
 def core_qnn_linear_state(in_features, out_features):
@@ -178,7 +204,16 @@ def test_recurrent_checkpoints_are_refused(recurrent, source):
     model.rnn = recurrent(8, 8)
     # SpeechBrain's names for its first layer's input projection; strict=False would load nothing.
     state = {f"rnn.rnn.0.w.{n}": torch.randn(2, 8) for n in ("r_weight", "i_weight", "j_weight", "k_weight")}
-    with pytest.raises(ValueError, match=rf"rnn is a qlayers {recurrent.__name__}, and no {source} recurrent"):
+    if source == "speechbrain":
+        message = rf"rnn is a qlayers {recurrent.__name__}, and no speechbrain recurrent"
+    elif recurrent is qlayers.QLiGRU:
+        message = r"rnn is a qlayers QLiGRU, and core_qnn has no light GRU"
+    else:  # core_qnn's QRNN and QLSTM load, from their own keys (tests/test_compat_core_qnn.py)
+        first = "wx" if recurrent is qlayers.QRNN else "wfx"
+        message = (
+            rf"rnn is a qlayers {recurrent.__name__}, and the checkpoint holds none of core_qnn's .*rnn\.{first}\."
+        )
+    with pytest.raises(ValueError, match=message):
         compat.load_state_dict(model, state, source, strict=False)
 
 

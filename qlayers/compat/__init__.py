@@ -5,7 +5,12 @@ Both store ``r_weight, i_weight, j_weight, k_weight`` and ``bias`` with the shap
 ``(in/4, out/4, *kernel)``), so their tensors load unchanged. What differs:
 
 - ``core_qnn`` (Orkis-Research/Pytorch-Quaternion-Neural-Networks) takes real feature counts,
-  like qlayers: ``QuaternionLinear(in, out)`` -> ``QLinear(in, out)``.
+  like qlayers: ``QuaternionLinear(in, out)`` -> ``QLinear(in, out)``, though with other initial
+  weights (its own criterion defaults and schemes). :mod:`qlayers.compat.core_qnn` has its
+  functions, its layers (its rotation layers too) and its initialisation under its names. Its
+  recurrent models' checkpoints load into qlayers.QRNN (``nonlinearity="identity"``) and
+  qlayers.QLSTM, from their keys under the recurrent layer's name (``wx``, ``uh``; ``wfx``,
+  ``ufh``, ...): the per-gate layers become one projection, their biases one bias.
 - SpeechBrain (``speechbrain.nnet.quaternion_networks``) takes quaternion counts for outputs
   (``QLinear(n_neurons, input_size=...)`` has ``4 * n_neurons`` real outputs), pads its
   convolutions its own way, and its convolutions once saved their bias as ``b``:
@@ -16,23 +21,31 @@ Refused rather than loaded into a layer that computes something else:
 
 - convolutions with ``groups > 1``: both peers build one kernel across all groups, so a group mixes
   the components of different quaternions; a qlayers group is a quaternion convolution of its own;
-- recurrent checkpoints into qlayers.nn's QRNN, QLSTM, QLiGRU: the peers lay their gates out
-  differently (each SpeechBrain QLSTM gate is one whole component block of the projection's output,
-  where qlayers runs the gates within each block) and name and split their weights differently.
-  SpeechBrain's load into :mod:`qlayers.compat.speechbrain`, whose layers compute as SpeechBrain's
-  do (on the same engine).
+- SpeechBrain's recurrent checkpoints into qlayers.nn's QRNN, QLSTM, QLiGRU: SpeechBrain lays its
+  gates out differently (each QLSTM gate is one whole component block of the projection's output,
+  where qlayers runs the gates within each block) and names and splits its weights differently.
+  They load into :mod:`qlayers.compat.speechbrain`, whose layers compute as SpeechBrain's do (on
+  the same engine). A qlayers recurrent layer takes core_qnn's keys only (see above);
+- rotation checkpoints (a ``zero_kernel`` among the layer's keys) into a layer computing the
+  quaternion product, product checkpoints into rotation layers, and one library's linear rotation
+  into the other's: core_qnn's ``y = R x`` (the weight over ``sqrt(|w|^2 + 1e-4)``) is not
+  SpeechBrain's ``y = R^T x`` (over ``|w| + 1e-4``), though the keys are the same. Convolutions
+  rotate alike in both.
 
 Everything qlayers reads from disk goes through ``torch.load(weights_only=True)``.
 """
 
 import os
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _ntuple
 
+from qlayers.compat import core_qnn
+from qlayers.compat.speechbrain.conv import QConv1d as SpeechBrainQConv1d
 from qlayers.compat.speechbrain.conv import same_padding
+from qlayers.compat.speechbrain.linear import QLinear as SpeechBrainQLinear
 from qlayers.nn import (
     QLSTM,
     QRNN,
@@ -82,28 +95,103 @@ _GROUPS_DIFFER = (
 )
 _RECURRENT = (QRNN, QLSTM, QLiGRU)
 
+# What a layer with r_weight, i_weight, j_weight, k_weight computes: the quaternion product (None), or
+# a rotation. The two libraries' convolutions rotate alike; their linear layers do not.
+_COMPUTES = {
+    None: "the quaternion product",
+    "core_qnn linear": "core_qnn's rotation (y = R x, R of each weight quaternion over sqrt(|w|^2 + 1e-4))",
+    "speechbrain linear": "SpeechBrain's rotation (y = R^T x, R of each weight quaternion over |w| + 1e-4)",
+    "conv": "a convolution's rotation (y = R x, R of each weight quaternion over sqrt(|w|^2 + 1e-4))",
+}
+_COMPUTED_BY = {
+    None: "a layer without rotation (qlayers.nn, or either library's layer with rotation/spinor off)",
+    "core_qnn linear": "qlayers.compat.core_qnn.QuaternionLinearAutograd(rotation=True)",
+    "speechbrain linear": "qlayers.compat.speechbrain.QLinear(spinor=True)",
+    "conv": "qlayers.compat.core_qnn.QuaternionConv(rotation=True) or qlayers.compat.speechbrain.QConv1d(spinor=True)",
+}
 
-def _refuse_other_meanings(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+
+def _rotation_of_module(child: nn.Module) -> Optional[str]:
+    if isinstance(child, core_qnn.QuaternionLinearAutograd) and child.rotation:
+        return "core_qnn linear"
+    if isinstance(child, core_qnn.QuaternionConv) and child.rotation:
+        return "conv"
+    if isinstance(child, SpeechBrainQLinear) and child.spinor:
+        return "speechbrain linear"
+    if isinstance(child, SpeechBrainQConv1d) and child.spinor:
+        return "conv"
+    return None
+
+
+def _rotation_of_checkpoint(state_dict: Mapping[str, Tensor], prefix: str, source: str) -> Optional[str]:
+    if f"{prefix}zero_kernel" not in state_dict:  # both libraries register it for rotations only
+        return None
+    return f"{source} linear" if state_dict[f"{prefix}r_weight"].dim() == 2 else "conv"
+
+
+def _core_qnn_recurrent(module: nn.Module, state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Set[str]]:
+    """core_qnn's QRNN and QLSTM keys under a qlayers QRNN's or QLSTM's name, as its own keys; and the
+    names of the layers converted."""
+    converted = set()
+    for name, child in module.named_modules():
+        if not isinstance(child, (QRNN, QLSTM)):
+            continue
+        kind = "QRNN" if isinstance(child, QRNN) else "QLSTM"
+        prefix = f"{name}." if name else ""
+        layers = core_qnn.recurrent_keys(kind)
+        if not any(key.startswith(tuple(f"{prefix}{layer}." for layer in layers)) for key in state_dict):
+            continue
+        has_bias = any(f"{prefix}{layer}.bias" in state_dict for layer in layers)
+        core_qnn.check_recurrent(child, name, kind, has_bias)
+        convert = core_qnn.qrnn_state_dict if kind == "QRNN" else core_qnn.qlstm_state_dict
+        state_dict = convert(state_dict, prefix)
+        converted.add(name)
+    return state_dict, converted
+
+
+def _refuse_recurrent(name: str, child: nn.Module, source: str) -> None:
+    label, kind = name or "the module", type(child).__name__
+    if source == "speechbrain":
+        raise ValueError(
+            f"speechbrain checkpoint: {label} is a qlayers {kind}, and no speechbrain recurrent checkpoint carries "
+            "over (the gate layouts differ); expected a module without recurrent layers: load the other submodules "
+            "one by one, or build the model from qlayers.compat.speechbrain, whose QRNN, QLSTM and QLiGRU load "
+            "SpeechBrain's checkpoints as they are"
+        )
+    if isinstance(child, QLiGRU):
+        raise ValueError(
+            f"core_qnn checkpoint: {label} is a qlayers QLiGRU, and core_qnn has no light GRU; expected a module "
+            "without one: load the other submodules one by one"
+        )
+    prefix = f"{name}." if name else ""
+    layers = core_qnn.recurrent_keys(kind)
+    raise ValueError(
+        f"core_qnn checkpoint: {label} is a qlayers {kind}, and the checkpoint holds none of core_qnn's {kind} keys "
+        f"({', '.join(f'{prefix}{layer}.*' for layer in layers)}) for it; expected them (rename the keys of a "
+        "model that holds its recurrent layers under another name), or load the other submodules one by one"
+    )
+
+
+def _refuse_other_meanings(
+    module: nn.Module, state_dict: Mapping[str, Tensor], source: str, recurrent_converted: Set[str]
+) -> None:
     """Raise where the peer's tensors would load but compute something else."""
     for name, child in module.named_modules():
-        if isinstance(child, _RECURRENT):
-            raise ValueError(
-                f"{source} checkpoint: {name or 'the module'} is a qlayers {type(child).__name__}, and no "
-                f"{source} recurrent checkpoint carries over (the gate layouts differ); expected a module "
-                "without recurrent layers: load the other submodules one by one"
-                + (
-                    ", or build the model from qlayers.compat.speechbrain, whose QRNN, QLSTM and QLiGRU "
-                    "load SpeechBrain's checkpoints as they are"
-                    if source == "speechbrain"
-                    else ""
-                )
-            )
+        if isinstance(child, _RECURRENT) and name not in recurrent_converted:
+            _refuse_recurrent(name, child, source)
         prefix = f"{name}." if name else ""
         if isinstance(child, _CONVOLUTIONS) and child.groups > 1 and any(key.startswith(prefix) for key in state_dict):
             raise ValueError(
                 f"{source} checkpoint: {name or 'the module'} has groups={child.groups}; expected groups=1. "
                 f"A {source} convolution {_GROUPS_DIFFER}"
             )
+        if isinstance(child._parameters.get("r_weight"), Tensor) and f"{prefix}r_weight" in state_dict:
+            holds, computes = _rotation_of_checkpoint(state_dict, prefix, source), _rotation_of_module(child)
+            if holds != computes:
+                raise ValueError(
+                    f"{source} checkpoint: {name or 'the module'}: the checkpoint holds {_COMPUTES[holds]}, the module "
+                    f"computes {_COMPUTES[computes]}; expected {_COMPUTED_BY[holds]}"
+                )
 
 
 def load_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, strict: bool = True) -> Any:
@@ -111,11 +199,20 @@ def load_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source:
 
     A tensor whose shape differs from the module's raises a ValueError naming the key and both
     shapes (usually a real/quaternion feature-count mix-up in the constructor). So does a module
-    with a convolution of ``groups > 1`` or a recurrent layer, whose meaning differs from the peers'
-    (see the module docstring).
+    whose layers would compute something else with the peer's tensors (see the module docstring):
+    a convolution of ``groups > 1``, a recurrent layer (but for core_qnn's QRNN and QLSTM), a
+    rotation where the checkpoint holds none or another.
+
+    core_qnn's QRNN (``wx``, ``uh``) and per-gate QLSTM (``wfx``, ``ufh``, ``wix``, ``uih``, ``wox``,
+    ``uoh``, ``wcx``, ``uch``) load into a qlayers QRNN (``nonlinearity="identity"``: core_qnn's has
+    no activation) or QLSTM of one layer and direction, their keys under its name
+    (:func:`qlayers.compat.core_qnn.qrnn_state_dict`, :func:`~qlayers.compat.core_qnn.qlstm_state_dict`).
     """
     converted = convert_state_dict(state_dict, source)
-    _refuse_other_meanings(module, converted, source)
+    recurrent_converted: Set[str] = set()
+    if source == "core_qnn":
+        converted, recurrent_converted = _core_qnn_recurrent(module, converted)
+    _refuse_other_meanings(module, converted, source, recurrent_converted)
     expected = module.state_dict()
     for key, value in converted.items():
         if key in expected and tuple(expected[key].shape) != tuple(value.shape):
@@ -172,7 +269,8 @@ def speechbrain_conv(
     ``dilation * (kernel_size - 1) // 2``. ``QConv2d`` there convolves with ``stride[0]`` and
     ``dilation[0]`` along both dims while it pads each dim by its own stride and dilation; the layer
     returned does the same, so a checkpoint computes what it computed. ``groups`` must be 1 (see the
-    module docstring).
+    module docstring). With ``dims=2, bias=False`` the layer holds SpeechBrain's zero ``bias`` buffer,
+    which its ``QConv2d(bias=False)`` saves.
 
     The layer takes channels first, SpeechBrain's input after its ``x.transpose(1, -1)``:
     ``(batch, channels, time)``, or ``(batch, channels, dim2, dim1)`` for ``dims=2``.
@@ -194,7 +292,7 @@ def speechbrain_conv(
     kernels, strides, dilations = ntuple(kernel_size), ntuple(stride), ntuple(dilation)
     pads = tuple(same_padding(k, s, d)[0] if padding == "same" else 0 for k, s, d in zip(kernels, strides, dilations))
     mode = _SPEECHBRAIN_PADDING_MODES[padding_mode] if padding == "same" else "zeros"
-    return layer(
+    conv = layer(
         in_channels,
         4 * out_channels,
         kernels,
@@ -206,3 +304,9 @@ def speechbrain_conv(
         mode,
         **kwargs,
     )
+    if dims == 2 and not bias:
+        # SpeechBrain's QConv2d(bias=False) saves a zero bias buffer: hold one too (never trained, adds
+        # nothing), so that its checkpoints load strictly.
+        del conv.bias
+        conv.register_buffer("bias", conv.r_weight.new_zeros(4 * out_channels))
+    return conv
