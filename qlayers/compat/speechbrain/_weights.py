@@ -1,12 +1,12 @@
-"""What SpeechBrain's quaternion layers share: their weights' shapes, initialisation and max-norm."""
+"""What SpeechBrain's quaternion layers share: their weights' shapes, initialisation, biases and max-norm."""
 
 import warnings
-from typing import Optional, Sequence, Tuple, Union
+from typing import NoReturn, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from qlayers.init import quaternion_init_
+from qlayers.compat.speechbrain import q_ops
 from qlayers.nn._parameters import COMPONENT_NAMES
 
 WEIGHT_INITS = ("quaternion", "unitary")
@@ -46,63 +46,59 @@ def check_init(layer: str, weight_init: str, init_criterion: str) -> None:
         raise ValueError(f"{layer}: init_criterion must be one of {INIT_CRITERIA}, got {init_criterion!r}")
 
 
-@torch.no_grad()
-def initialise(module: nn.Module, fan_in: int, fan_out: int, weight_init: str, init_criterion: str) -> None:
-    """Fill the components as SpeechBrain's schemes describe them (not its random draws).
-
-    ``"quaternion"`` is qlayers' own (:func:`qlayers.init.quaternion_init_`): a chi(4) modulus
-    scaled by ``1/sqrt(2 (fan_in + fan_out))`` (glorot) or ``1/sqrt(2 fan_in)`` (he), a uniform
-    phase and a random unit axis. ``"unitary"`` is unit quaternions, unscaled, where qlayers' scheme
-    of that name scales them. Fans count quaternions times the receptive field.
-    """
-    r, i, j, k = components(module)
-    if weight_init == "quaternion":
-        quaternion_init_(r, i, j, k, fan_in, fan_out, "quaternion", init_criterion)
-        return
-    values = torch.randn(4, *r.shape, dtype=torch.float64)
-    values = values / torch.linalg.vector_norm(values, dim=0).clamp_min(1e-12)
-    for component, value in zip((r, i, j, k), values):
-        component.copy_(value)
+INIT_FUNCTIONS = {"quaternion": q_ops.quaternion_init, "unitary": q_ops.unitary_init}
 
 
-@torch.no_grad()
+def initialise(module: nn.Module, weight_init: str, init_criterion: str, kernel_size=None) -> None:
+    """Fill the components with SpeechBrain's initial values (its draws, :mod:`q_ops`): fans in
+    quaternions times the receptive field; ``"unitary"`` is unit quaternions, unscaled."""
+    init = INIT_FUNCTIONS[weight_init]
+    if kernel_size is None:
+        q_ops.affect_init(*components(module), init, init_criterion)
+    else:
+        q_ops.affect_conv_init(*components(module), kernel_size, init, init_criterion)
+
+
 def renorm_(module: nn.Module, max_norm: float) -> None:
-    """SpeechBrain's max-norm, in place before each forward: the quaternions' moduli, each slice
-    along dim 0 rescaled to an L2 norm of at most ``max_norm`` (``torch.renorm``). Through
-    ``.data``, as there: autograd does not see the change, so a layer called twice before
-    backward does not raise."""
-    parts = [p.data for p in components(module)]
-    modulus = torch.sqrt(parts[0] ** 2 + parts[1] ** 2 + parts[2] ** 2 + parts[3] ** 2)
-    factor = torch.renorm(modulus, p=2, dim=0, maxnorm=max_norm) / modulus
-    for p in parts:
-        p.mul_(factor)
+    """SpeechBrain's max-norm before each forward (:func:`q_ops.renorm_quaternion_weights_inplace`)."""
+    q_ops.renorm_quaternion_weights_inplace(*components(module), max_norm=max_norm)
 
 
-def bias_in_use(module: nn.Module, bias: Optional[Tensor]) -> Optional[Tensor]:
-    """The bias SpeechBrain's QLinear adds: none once it no longer requires grad.
+def register_bias(module: nn.Module, features: int, bias: bool, persistent: bool) -> None:
+    """A zero ``bias`` parameter, or for ``bias=False`` the zeros SpeechBrain holds in its place, a buffer:
+    it follows ``.to()`` and, unless ``persistent`` (QConv2d's, in SpeechBrain's state dict), stays out of
+    the state dict, as SpeechBrain's plain attribute does."""
+    if bias:
+        module.bias = nn.Parameter(torch.zeros(features))
+    else:
+        module.register_buffer("bias", torch.zeros(features), persistent=persistent)
 
-    Its linear op tests ``bias.requires_grad`` to tell a real bias from the zeros it holds for
-    ``bias=False``, so a frozen bias is dropped from the output. Reproduced, with a warning.
+
+def in_use(module: nn.Module, name: str) -> Optional[Tensor]:
+    """The bias (or ``scale_param``) SpeechBrain's linear ops use: none once it no longer requires grad.
+
+    They test ``requires_grad`` to tell a real bias from the zeros SpeechBrain holds for ``bias=False``
+    (a buffer here, left out silently), so a frozen parameter is dropped from the output. Reproduced,
+    with a warning.
     """
-    if bias is None or bias.requires_grad:
-        return bias
-    warnings.warn(
-        f"{type(module).__name__}: its bias does not require grad, and SpeechBrain's QLinear then leaves "
-        "the bias out of the output; reproduced here so that checkpoints compute as they did",
-        stacklevel=3,
-    )
+    tensor = getattr(module, name, None)
+    if tensor is None or tensor.requires_grad:
+        return tensor
+    if isinstance(tensor, nn.Parameter):
+        warnings.warn(
+            f"{type(module).__name__}: its {name} does not require grad, and SpeechBrain's QLinear then leaves "
+            f"the {name} out of the output; reproduced here so that checkpoints compute as they did",
+            stacklevel=3,
+        )
     return None
 
 
 def grouped_kernel(module: nn.Module) -> Tensor:
-    """The real kernel SpeechBrain's grouped convolutions use: the Hamilton pattern built once over
-    all groups, ``(4 out, 4 in / groups, *kernel)``, output component blocks along dim 0 and input
-    component blocks along dim 1. Each group of ``F.conv`` then sees a slice of the component blocks,
-    so a group mixes the components of different quaternions, unlike qlayers' grouped convolution.
-    """
-    r, i, j, k = components(module)
-    rows = [[r, -i, -j, -k], [i, r, -k, j], [j, k, r, -i], [k, -j, i, r]]
-    return torch.cat([torch.cat(row, dim=1) for row in rows], dim=0)
+    """The real kernel SpeechBrain's grouped convolutions use (:func:`q_ops.hamilton_conv_kernel`): the
+    Hamilton pattern built once over all groups, so each group of ``F.conv`` sees a slice of the
+    component blocks and mixes the components of different quaternions, unlike qlayers' grouped
+    convolution."""
+    return q_ops.hamilton_conv_kernel(*components(module))
 
 
 def register_spinor(module: nn.Module, vector_scale: bool) -> None:
@@ -115,31 +111,18 @@ def register_spinor(module: nn.Module, vector_scale: bool) -> None:
 
 
 def rotation_kernel(module: nn.Module, eps_inside_root: bool) -> Tensor:
-    """The real kernel of SpeechBrain's spinor layers: each weight quaternion, normalised, acts on
-    the input's vector part as the rotation ``x -> q x q^-1`` (its 3x3 matrix), optionally scaled
-    entry-wise by ``scale_param``; the real part maps to nothing.
-
-    Blocks are concatenated along dim 1 within each of four row blocks along dim 0, which for the
-    linear layer's ``(in, out)`` weights gives ``(4 in, 4 out)`` and for a convolution's ``(out,
-    in, k)`` weights ``(4 out, 4 in, k)``. The normalisation adds 1e-4 to the modulus (linear) or
-    to its square (convolutions), as SpeechBrain does.
-    """
-    r, i, j, k = components(module)
-    squared = r * r + i * i + j * j + k * k
-    modulus = torch.sqrt(squared + 1e-4) if eps_inside_root else torch.sqrt(squared) + 1e-4
-    r, i, j, k = r / modulus, i / modulus, j / modulus, k / modulus
-    ii, jj, kk = 2.0 * (i * i), 2.0 * (j * j), 2.0 * (k * k)
-    ri, rj, rk = 2.0 * r * i, 2.0 * r * j, 2.0 * r * k
-    ij, ik, jk = 2.0 * i * j, 2.0 * i * k, 2.0 * j * k
-    rows = [
-        [1.0 - (jj + kk), ij - rk, ik + rj],
-        [ij + rk, 1.0 - (ii + kk), jk - ri],
-        [ik - rj, jk + ri, 1.0 - (ii + jj)],
-    ]
-    scale = module._parameters.get("scale_param")
-    if scale is not None:
-        rows = [[scale * entry for entry in row] for row in rows]
+    """The real kernel of SpeechBrain's spinor layers (:func:`q_ops.rotation_kernel`), scaled by
+    ``scale_param`` while it requires grad, as there."""
     zero = module._parameters["zero_kernel"]
     assert zero is not None
-    blocks = [torch.cat([zero] * 4, dim=1)] + [torch.cat([zero, *row], dim=1) for row in rows]
-    return torch.cat(blocks, dim=0)
+    return q_ops.rotation_kernel(*components(module), in_use(module, "scale_param"), zero, eps_inside_root)
+
+
+def refuse_torchscript(module: nn.Module) -> NoReturn:
+    """``__prepare_scriptable__`` of every layer here (torch.jit.script calls it on each submodule first)."""
+    raise RuntimeError(
+        f"{type(module).__name__} (qlayers.compat.speechbrain) cannot be compiled by torch.jit.script: its forward "
+        "runs qlayers' products through Python (autograd Functions, argument checks), which TorchScript cannot "
+        "compile. torch.export and torch.compile are the supported paths; torch.jit.trace works too (the traced "
+        "module saves, and loads where qlayers is imported)"
+    )

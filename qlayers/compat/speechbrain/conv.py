@@ -14,12 +14,10 @@ kernel; see :class:`~qlayers.compat.speechbrain.QLinear`).
 import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qlayers.compat.speechbrain import _weights
-from qlayers.functional.conv import quaternion_conv
+from qlayers.compat.speechbrain import _weights, q_ops
 
 PADDINGS_1D = ("same", "valid", "causal")
 PADDINGS_2D = ("same", "valid")
@@ -52,12 +50,16 @@ def _check_groups(layer: str, in_quaternions: int, out_channels: int, groups: in
 class QConv1d(nn.Module):
     """``speechbrain.nnet.quaternion_networks.q_CNN.QConv1d``: input and output ``(batch, time, channels)``.
 
-    Same signature, defaults and state_dict keys; ``out_channels`` counts quaternions (``4 *
+    Same signature, defaults and state_dict keys (with ``bias=False``, a zero ``bias`` buffer outside
+    the state dict, as SpeechBrain's zeros); ``out_channels`` counts quaternions (``4 *
     out_channels`` real channels out), ``input_shape`` is required (``(batch, time, channels)``),
     the kernel size odd. ``padding`` is ``"same"`` (with ``padding_mode``, F.pad's modes),
     ``"valid"`` or ``"causal"`` (zeros on the left). ``groups > 1`` and ``spinor=True`` run on plain
-    ops (see the module docstring).
+    ops (see the module docstring). The initial weights are SpeechBrain's draws (:mod:`.q_ops`).
     """
+
+    __prepare_scriptable__ = _weights.refuse_torchscript
+    bias: Tensor  # a parameter, or the zeros SpeechBrain holds for bias=False
 
     def __init__(
         self,
@@ -91,10 +93,8 @@ class QConv1d(nn.Module):
         _weights.register_components(self, (out_channels, self.in_channels // groups, kernel_size))
         if spinor:
             _weights.register_spinor(self, vector_scale)
-        self.bias: Optional[nn.Parameter] = nn.Parameter(torch.zeros(4 * out_channels)) if bias else None
-        receptive = kernel_size
-        fans = (self.in_channels // groups * receptive, out_channels * receptive)
-        _weights.initialise(self, *fans, weight_init, init_criterion)
+        _weights.register_bias(self, 4 * out_channels, bias, persistent=False)
+        _weights.initialise(self, weight_init, init_criterion, kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.transpose(1, -1)
@@ -111,9 +111,8 @@ class QConv1d(nn.Module):
                 kernel = _weights.grouped_kernel(self)
             out = F.conv1d(x, kernel, self.bias, stride=self.stride, dilation=self.dilation, groups=self.groups)
         else:
-            out = quaternion_conv(
-                x, *_weights.components(self), self.bias, stride=self.stride, padding=0, dilation=self.dilation
-            )
+            components = _weights.components(self)
+            out = q_ops.memory_efficient_conv(x, components, self.bias, self.stride, 0, self.dilation)
         return out.transpose(1, -1)
 
 
@@ -121,7 +120,8 @@ class QConv2d(nn.Module):
     """``speechbrain.nnet.quaternion_networks.q_CNN.QConv2d``: input and output ``(batch, time, freq, channels)``.
 
     Same signature, defaults and state_dict keys (with ``bias=False`` SpeechBrain still registers a
-    zero ``bias`` buffer, and so does this layer). ``padding`` is ``"same"`` or ``"valid"``.
+    zero ``bias`` buffer, in the state dict, and so does this layer). ``padding`` is ``"same"`` or
+    ``"valid"``. The initial weights are SpeechBrain's draws (:mod:`.q_ops`).
 
     Known SpeechBrain bug, reproduced so that a checkpoint computes what it computed: the
     convolution strides and dilates both dims by ``stride[0]`` and ``dilation[0]``, while
@@ -130,6 +130,9 @@ class QConv2d(nn.Module):
     ``skip_transpose=True`` (SpeechBrain 1.1.2 then returns None) and ``spinor=True`` (it then calls
     conv1d on 4-d input and fails).
     """
+
+    __prepare_scriptable__ = _weights.refuse_torchscript
+    bias: Tensor  # a parameter, or the zeros SpeechBrain holds for bias=False
 
     def __init__(
         self,
@@ -175,13 +178,8 @@ class QConv2d(nn.Module):
         self.swap, self.skip_transpose = swap, skip_transpose
         self.in_channels = in_channels // 4
         _weights.register_components(self, (out_channels, self.in_channels // groups, *self.kernel_size))
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(4 * out_channels))
-        else:
-            self.register_buffer("bias", torch.zeros(4 * out_channels))
-        receptive = self.kernel_size[0] * self.kernel_size[1]
-        fans = (self.in_channels // groups * receptive, out_channels * receptive)
-        _weights.initialise(self, *fans, weight_init, init_criterion)
+        _weights.register_bias(self, 4 * out_channels, bias, persistent=True)
+        _weights.initialise(self, weight_init, init_criterion, self.kernel_size)
         if self.stride[0] != self.stride[1] or self.dilation[0] != self.dilation[1]:
             warnings.warn(
                 f"{name}: stride {self.stride} and dilation {self.dilation}: SpeechBrain's QConv2d convolves both "
@@ -204,8 +202,7 @@ class QConv2d(nn.Module):
             kernel = _weights.grouped_kernel(self)
             out = F.conv2d(x, kernel, self.bias, stride=self.stride[0], dilation=self.dilation[0], groups=self.groups)
         else:
-            out = quaternion_conv(
-                x, *_weights.components(self), self.bias, stride=self.stride[0], padding=0, dilation=self.dilation[0]
-            )
+            components = _weights.components(self)
+            out = q_ops.memory_efficient_conv(x, components, self.bias, self.stride[0], 0, self.dilation[0])
         out = out.transpose(1, -1)
         return out.transpose(1, 2) if self.swap else out

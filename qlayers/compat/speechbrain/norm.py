@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from qlayers.compat.speechbrain import _weights
 from qlayers.functional.linear import _transforms_active
 
 
@@ -87,8 +88,12 @@ class QBatchNorm(nn.Module):
     batch that set them; the values are the same), and in the buffers' dtype (under autocast,
     SpeechBrain's first batch turns them into float16/bfloat16). With ``track_running_stats=False``,
     SpeechBrain's eval mode fails (it reads a running variance it does not have); this layer then
-    normalises by the batch's statistics, as ``torch.nn.BatchNorm`` does.
+    normalises by the batch's statistics, as ``torch.nn.BatchNorm`` does. A ``torch.jit.trace`` in
+    training mode records the normalisation by the batch's statistics and no running-statistics
+    update, as SpeechBrain's trace records none (its updates are attribute assignments).
     """
+
+    __prepare_scriptable__ = _weights.refuse_torchscript
 
     running_mean: Optional[Tensor]
     running_var: Optional[Tensor]
@@ -127,9 +132,11 @@ class QBatchNorm(nn.Module):
 
     def _lean(self, input: Tensor) -> bool:
         """Whether the lean function serves: quaternions along the last dim, a gamma it can divide
-        by, and plain autograd (not a torch.func transform or forward-mode AD)."""
+        by, and plain autograd (not a torch.func transform or forward-mode AD). Not in a trace, which
+        would record the Function as a Python call that torch.jit.save refuses."""
         return (
-            self.dim % input.dim() == input.dim() - 1
+            not torch.jit.is_tracing()
+            and self.dim % input.dim() == input.dim() - 1
             and input.dim() >= 2
             and not _transforms_active()
             and bool((self.gamma != 0).all())
@@ -137,16 +144,19 @@ class QBatchNorm(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         if self.training or self.running_var is None:
+            # Not in a trace, whose graph would replay the counter's in-place step and none of the
+            # statistics' reassignments (SpeechBrain's trace records no update either).
+            update = self.training and self.running_var is not None and not torch.jit.is_tracing()
             if self._lean(input):
                 output, mean, variance = _TrainingNorm.apply(input, self.gamma, self.beta, self.eps)
-                if self.training and self.running_var is not None:
+                if update:
                     self._update_running(mean, variance)
                 return output
             mean = input.mean(dim=0)
             centred = input - mean
             variance = _modulus_squared(centred.movedim(self.dim, -1)).movedim(-1, self.dim).mean(dim=0)
             normalised = centred * self._tiled(torch.rsqrt(variance + self.eps), input)
-            if self.training and self.running_var is not None:
+            if update:
                 self._update_running(mean.detach(), variance.detach())
         else:
             assert self.running_mean is not None

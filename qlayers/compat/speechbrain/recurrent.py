@@ -30,6 +30,7 @@ SpeechBrain's QRNN crashes when trained with ``dropout > 0`` on a batch size oth
 ``input_shape[0]`` (its refreshed mask bank is half as wide as the state); this one computes.
 """
 
+import contextlib
 import warnings
 from typing import Optional, Sequence, Tuple
 
@@ -57,6 +58,8 @@ def _activation_kind(layer: str, nonlinearity: str, kinds: dict, default: int) -
 class _Layer(nn.Module):
     """One SpeechBrain recurrent layer, both directions: ``w``, ``u``, ``h_init`` and its masks."""
 
+    __prepare_scriptable__ = _weights.refuse_torchscript
+
     h_init: Tensor
     gates: int
     slots: Tuple[int, ...]  # the engine's slot of each canonical gate, in SpeechBrain's layout
@@ -74,7 +77,7 @@ class _Layer(nn.Module):
         bidirectional: bool = False,
         init_criterion: str = "glorot",
         weight_init: str = "quaternion",
-        autograd: bool = True,
+        autograd=True,
     ) -> None:
         super().__init__()
         self.hidden_size = int(hidden_size) // 4  # quaternions, as there
@@ -90,12 +93,13 @@ class _Layer(nn.Module):
         self.register_buffer("h_init", torch.zeros(1, self.hidden_size * 4))
         self.drop = nn.Dropout(p=dropout)
         self.drop_mask_cnt = 0
-        # The bank SpeechBrain draws at construction. Only QLiGRU saves it (a buffer): the others
-        # make it when a training step first needs it.
+        # The bank SpeechBrain draws at construction (from torch's generator, between this layer's
+        # weights and the next layer's). Only QLiGRU saves it (a buffer), as there.
+        masks = self._new_masks(torch.device("cpu"))
         if self.masks_in_state_dict:
-            self.register_buffer("drop_masks", self._new_masks(torch.device("cpu")))
+            self.register_buffer("drop_masks", masks)
         else:
-            self.drop_masks: Optional[Tensor] = None
+            self.drop_masks: Optional[Tensor] = masks
 
     # --- SpeechBrain's dropout masks ---------------------------------------------------------
 
@@ -112,7 +116,7 @@ class _Layer(nn.Module):
         mask = self.drop_masks[self.drop_mask_cnt : self.drop_mask_cnt + self.batch_size]
         self.drop_mask_cnt += self.batch_size
         # A copy of the rows: the engine keeps its mask for backward, and a view would keep the bank.
-        return mask.to(like.dtype, copy=True)
+        return mask.to(like.device, like.dtype, copy=True)
 
     def _follow_batch_size(self, rows: int, like: Tensor) -> None:
         if self.batch_size != rows:
@@ -137,7 +141,7 @@ class _Layer(nn.Module):
         rows = x.shape[0] * (2 if self.bidirectional else 1)
         self._follow_batch_size(rows, x)
         projected = self._project(x)
-        u_bias = _weights.bias_in_use(self.u, self.u.bias)
+        u_bias = _weights.in_use(self.u, "bias")
         if u_bias is not None:
             projected = projected + u_bias
         h0 = self._initial_hidden(hx, rows)
@@ -165,16 +169,21 @@ class _Layer(nn.Module):
 
     def _engine(self, projected: Tensor, h0: Tensor, mask: Optional[Tensor]) -> Tensor:
         rows = projected.shape[0]
-        output, _, _ = engine.recurrent_scan(
-            projected.transpose(0, 1),
-            _weights.components(self.u),
-            h0.contiguous(),
-            self._initial_cell(rows),
-            self.kind,
-            self.slots,
-            gate_major=True,
-            mask=mask,
-        )
+        # The engine keeps its cell states for backward only where autograd records; a trace bakes that
+        # choice into its graph (and torch.jit.trace checks it again without grad), so a trace keeps them
+        # whenever a weight or input requires grad: the traced module can then be trained.
+        recording = torch.enable_grad() if torch.jit.is_tracing() else contextlib.nullcontext()
+        with recording:
+            output, _, _ = engine.recurrent_scan(
+                projected.transpose(0, 1),
+                _weights.components(self.u),
+                h0.contiguous(),
+                self._initial_cell(rows),
+                self.kind,
+                self.slots,
+                gate_major=True,
+                mask=mask,
+            )
         return output.transpose(0, 1)
 
 
@@ -195,7 +204,7 @@ class QRNN_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
         bidirectional=False,
         init_criterion="glorot",
         weight_init="quaternion",
-        autograd=True,
+        autograd="true",  # SpeechBrain's default (a truthy string)
     ):
         common = (input_size, hidden_size, num_layers, batch_size, dropout, bidirectional)
         super().__init__(*common, init_criterion, weight_init, autograd)
@@ -210,6 +219,21 @@ class QLSTM_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
     gates = 4
     slots = (0, 1, 3, 2)  # the engine's order is (input, forget, cell, output)
     kind = engine.LSTM
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers,
+        batch_size,
+        dropout=0.0,
+        bidirectional=False,
+        init_criterion="glorot",
+        weight_init="quaternion",
+        autograd="true",  # SpeechBrain's default (a truthy string)
+    ):
+        common = (input_size, hidden_size, num_layers, batch_size, dropout, bidirectional)
+        super().__init__(*common, init_criterion, weight_init, autograd)
 
     def _initial_cell(self, rows: int) -> Optional[Tensor]:
         return self.h_init.expand(rows, self.hidden_size * 4).contiguous()
@@ -256,6 +280,8 @@ class QLiGRU_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
 
 class _Recurrent(nn.Module):
     """A stack of SpeechBrain recurrent layers: ``forward(x, hx=None) -> (output, h)``."""
+
+    __prepare_scriptable__ = _weights.refuse_torchscript
 
     layer: type
 
