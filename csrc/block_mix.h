@@ -35,7 +35,7 @@ inline int64_t check_block_mix(const at::Tensor& blocks, at::ArrayRef<double> co
 }
 
 // block_mix_into's output: a (B_out, rows, cols) view with unit column stride, of the blocks'
-// dtype and device.
+// dtype and device, that holds each element once and shares no memory with the blocks.
 inline void check_block_mix_into(const at::Tensor& blocks, at::ArrayRef<double> coefficients,
                                  const at::Tensor& out) {
   const int64_t blocks_out = check_block_mix(blocks, coefficients);
@@ -49,6 +49,7 @@ inline void check_block_mix_into(const at::Tensor& blocks, at::ArrayRef<double> 
                    blocks.scalar_type(), ", got ", out.scalar_type());
   TORCH_CHECK_VALUE(out.device() == blocks.device(), "block_mix_into: expected out on ", blocks.device(), ", got ",
                     out.device());
+  check_no_aliasing("block_mix_into", {{"out", out, true}, {"blocks", blocks, false}});
 }
 
 // The functional op's result, and the (B_out, rows, cols) view of it that block_mix_into fills.

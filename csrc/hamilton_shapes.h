@@ -1,11 +1,14 @@
 // Host-side argument checks, shapes and output allocation, shared by every backend's ops.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <array>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
 namespace qlayers {
@@ -17,6 +20,45 @@ inline void check_floating(const char* op, const at::Tensor& t) {
   const at::ScalarType type = t.scalar_type();
   TORCH_CHECK_TYPE(type == at::kDouble || type == at::kFloat || type == at::kHalf || type == at::kBFloat16, op,
                    ": expected a floating-point tensor (float64, float32, float16 or bfloat16), got ", type);
+}
+
+// One tensor argument of an op that writes some of its arguments (out= or in-place ones); an
+// undefined tensor is skipped.
+struct OpArgument {
+  const char* name;
+  const at::Tensor& tensor;
+  bool written;
+};
+
+// Whether two tensors' memory ranges meet: exact for dense tensors, conservative for strided views.
+inline bool memory_ranges_meet(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.storage().is_alias_of(b.storage())) return false;
+  auto range = [](const at::Tensor& t) {
+    int64_t last = 0;  // the offset of the last element (torch's strides are never negative)
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    const char* begin = static_cast<const char*>(t.data_ptr());
+    return std::make_pair(begin, begin + (last + 1) * t.element_size());
+  };
+  const auto [a_begin, a_end] = range(a);
+  const auto [b_begin, b_end] = range(b);
+  return a_begin < b_end && b_begin < a_end;
+}
+
+// The out= rule of torch's own ops: a written tensor holds no element twice (a stride of 0 over
+// several elements), and shares no memory with another argument. The kernels read and write in no
+// set order (on a GPU, in parallel), so an alias would give wrong values rather than an error.
+inline void check_no_aliasing(const char* op, std::initializer_list<OpArgument> arguments) {
+  for (const OpArgument& written : arguments) {
+    if (!written.written || !written.tensor.defined() || written.tensor.numel() == 0) continue;
+    TORCH_CHECK_VALUE(at::has_internal_overlap(written.tensor) != at::MemOverlap::Yes, op, ": expected ",
+                      written.name, " to hold each element once, got strides ", written.tensor.strides(),
+                      " for shape ", written.tensor.sizes());
+    for (const OpArgument& other : arguments) {
+      if (&other == &written || !other.tensor.defined() || other.tensor.numel() == 0) continue;
+      TORCH_CHECK_VALUE(!memory_ranges_meet(written.tensor, other.tensor), op, ": expected ", written.name,
+                        ", which the op writes, to share no memory with ", other.name, " (clone one of them)");
+    }
+  }
 }
 
 // r, i, j, k must share shape, dtype and device, with shape (n, m, *rest).

@@ -29,8 +29,9 @@ enum CellKind : int {
   kRnnRelu = 3,
   kLiGruLeakyRelu = 4,  // torch.nn.LeakyReLU's default slope, SpeechBrain's default light GRU
   kLiGruTanh = 5,
+  kRnnIdentity = 6,  // no activation on the state: core_qnn's QRNN
 };
-constexpr int kCellKinds = 6;
+constexpr int kCellKinds = 7;
 constexpr int kMaxGates = 4;
 
 QLAYERS_HOST_DEVICE constexpr bool cell_is_light_gru(int kind) {
@@ -74,6 +75,7 @@ QLAYERS_HOST_DEVICE static inline V cell_relu(V x) {
 // their backward, given the pre-activation x, the activation y and dL/dy.
 template <typename V>
 QLAYERS_HOST_DEVICE static inline V cell_activation(int kind, V x) {
+  if (kind == kRnnIdentity) return x;
   if (kind == kRnnTanh || kind == kLiGruTanh) return cell_tanh(x);
   if (kind == kLiGruLeakyRelu) return cell_select_positive(x, x, V(kLeakySlope) * x);
   return cell_relu(x);
@@ -81,6 +83,7 @@ QLAYERS_HOST_DEVICE static inline V cell_activation(int kind, V x) {
 
 template <typename V>
 QLAYERS_HOST_DEVICE static inline V cell_activation_backward(int kind, V x, V y, V grad) {
+  if (kind == kRnnIdentity) return grad;
   if (kind == kRnnTanh || kind == kLiGruTanh) return grad * (V(1) - y * y);
   if (kind == kLiGruLeakyRelu) return cell_select_positive(x, grad, grad * V(kLeakySlope));
   return cell_where_positive(x, grad);

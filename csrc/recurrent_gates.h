@@ -18,7 +18,7 @@ namespace qlayers {
 inline void check_cell_layout(const char* op, int64_t kind, at::IntArrayRef slots) {
   TORCH_CHECK_VALUE(kind >= 0 && kind < kCellKinds, op,
                     ": expected cell 0 (RNN tanh), 1 (LSTM), 2 (light GRU, ReLU), 3 (RNN ReLU), "
-                    "4 (light GRU, leaky ReLU) or 5 (light GRU, tanh), got ",
+                    "4 (light GRU, leaky ReLU), 5 (light GRU, tanh) or 6 (RNN, no activation), got ",
                     kind);
   const int gates = cell_gates(static_cast<int>(kind));
   bool permutation = static_cast<int64_t>(slots.size()) == gates;
@@ -69,6 +69,14 @@ inline void check_gates_forward(const at::Tensor& projected, const at::Tensor& r
   check_cell_layout(op, kind, slots);
   check_gate_tensors(op, kind, {&hidden, &cell, &output, &cells_out, &mask}, {&projected, &recurrent});
   require(op, !cell_has_cell_state(static_cast<int>(kind)) || cell.defined(), "a cell state");
+  // hidden and cell are updated in place, each element by the thread that reads it.
+  check_no_aliasing(op, {{"projected", projected, false},
+                         {"recurrent", recurrent, false},
+                         {"hidden", hidden, true},
+                         {"cell", cell, true},
+                         {"output", output, true},
+                         {"cells_out", cells_out, true},
+                         {"mask", mask, false}});
 }
 
 inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_output, const at::Tensor& grad_hidden,
@@ -83,6 +91,15 @@ inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_o
     require(op, grad_cell.defined() && cell_prev.defined() && cell.defined(), "grad_cell, cell_prev and cell");
   }
   if (cell_is_light_gru(kind)) require(op, hidden_prev.defined(), "hidden_prev");
+  // pre takes its own gradients, and grad_hidden / grad_cell are carried in place.
+  check_no_aliasing(op, {{"pre", pre, true},
+                         {"grad_output", grad_output, false},
+                         {"grad_hidden", grad_hidden, true},
+                         {"grad_cell", grad_cell, true},
+                         {"hidden_prev", hidden_prev, false},
+                         {"cell_prev", cell_prev, false},
+                         {"cell", cell, false},
+                         {"mask", mask, false}});
 }
 
 inline at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }

@@ -424,9 +424,9 @@ def test_cuda_kernels_match_the_emulation(emu, dtype):
 
 # ---- The recurrent engine's gate kernels (csrc/kernels/recurrent_kernels.h). ----
 
-RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH = 0, 1, 2, 3, 4, 5
+RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH, RNN_IDENTITY = 0, 1, 2, 3, 4, 5, 6
 LIGHT_GRUS = (LIGRU, LIGRU_LEAKY_RELU, LIGRU_TANH)
-GATE_COUNT = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2}
+GATE_COUNT = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2, RNN_IDENTITY: 1}
 # Each cell's activation (of the state, or of the light GRU's candidate), in plain torch.
 ACTIVATION = {
     RNN_TANH: torch.tanh,
@@ -434,6 +434,7 @@ ACTIVATION = {
     LIGRU: torch.relu,
     LIGRU_LEAKY_RELU: lambda x: torch.nn.functional.leaky_relu(x, 0.01),
     LIGRU_TANH: torch.tanh,
+    RNN_IDENTITY: lambda x: x,
 }
 
 
@@ -458,6 +459,7 @@ CELL_LAYOUTS = [
     (RNN_RELU, [0]),
     (LIGRU_LEAKY_RELU, GateMajor([1, 0])),
     (LIGRU_TANH, GateMajor([1, 0])),
+    (RNN_IDENTITY, [0]),
 ]
 CELL_IDS = [
     "rnn",
@@ -470,6 +472,7 @@ CELL_IDS = [
     "rnn-relu",
     "ligru-leaky-gate-major-10",
     "ligru-tanh-gate-major-10",
+    "rnn-identity",
 ]
 # rtol and atol against float64: the dtype's rounding of the result (half an ulp of float16 is 4.9e-4,
 # of bfloat16 3.9e-3) plus a few ulps of float32 or float64 math.
@@ -704,7 +707,7 @@ FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell", "output", "cell
         ({"slots": [0, 1, 2]}, ValueError, "permutation of 0..3"),
         ({"slots": [0, 1, 1, 2]}, ValueError, "permutation of 0..3"),
         ({"slots": [0, 1, 2, 4]}, ValueError, "permutation of 0..3"),
-        ({"kind": 6}, ValueError, "expected cell 0"),
+        ({"kind": 7}, ValueError, "expected cell 0"),
         ({"cell": None}, ValueError, "needs a cell state"),
         ({"projected": torch.zeros(3, 24)}, ValueError, r"expected shape \(3, 32\)"),
         ({"recurrent": torch.zeros(2, 32)}, ValueError, r"expected shape \(3, 32\)"),

@@ -239,16 +239,19 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
                         const at::Tensor& cells_in, int64_t kind, at::IntArrayRef slots,
                         c10::optional<at::IntArrayRef> batch_sizes, bool reverse, std::array<bool, 4> output_mask,
                         bool gate_major, const c10::optional<at::Tensor>& mask_in) {
-  const at::Tensor c0 = defined_or_empty(c0_in);
-  const Scan scan = check_scan(projected, {r, i, j, k}, h0_in, c0, kind, slots, batch_sizes, reverse);
+  const at::Tensor c0_given = defined_or_empty(c0_in);
+  const Scan scan = check_scan(projected, {r, i, j, k}, h0_in, c0_given, kind, slots, batch_sizes, reverse);
   const at::Tensor mask = checked_mask(mask_in, scan);
   const std::vector<int64_t> states{scan.steps, scan.batch, scan.hidden};
   TORCH_CHECK_VALUE(output_in.sizes() == at::IntArrayRef(states), kOp, ": expected output of shape ",
                     at::IntArrayRef(states), ", got ", output_in.sizes());
   TORCH_CHECK_VALUE(!scan.has_cell() || cells_in.sizes() == at::IntArrayRef(states), kOp,
                     ": expected the kept cell states of shape ", at::IntArrayRef(states), ", got ", cells_in.sizes());
+  // The gate kernels take contiguous rows, and the first step reads h0 and c0 as the previous states
+  // (a learned initial state expanded over the batch is not contiguous).
   const at::Tensor output = output_in.contiguous(), h0 = h0_in.contiguous();
   const at::Tensor cells = scan.has_cell() ? cells_in.contiguous() : at::Tensor();
+  const at::Tensor c0 = c0_given.defined() ? c0_given.contiguous() : c0_given;
   const auto options = projected.options();
   const linear::Components weight{r, i, j, k};
   const int64_t all_rows = scan.steps * scan.batch, n = r.size(0), m = r.size(1);

@@ -29,14 +29,15 @@ from qlayers.functional.linear import _transforms_active
 
 # csrc/recurrent_cells.h's CellKind: the RNN and the light GRU come with several activations (of the
 # state, resp. the candidate).
-RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH = 0, 1, 2, 3, 4, 5
-GATES = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2}
+RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH, RNN_IDENTITY = 0, 1, 2, 3, 4, 5, 6
+GATES = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2, RNN_IDENTITY: 1}
 ACTIVATIONS: Dict[int, Callable[[Tensor], Tensor]] = {
     RNN_TANH: torch.tanh,
     RNN_RELU: torch.relu,
     LIGRU: torch.relu,
     LIGRU_LEAKY_RELU: torch.nn.functional.leaky_relu,  # slope 0.01, as the kernels
     LIGRU_TANH: torch.tanh,
+    RNN_IDENTITY: lambda x: x,  # no activation on the state (core_qnn's QRNN)
 }
 _SCAN = torch.ops.qlayers.recurrent_scan.default
 _SCAN_BACKWARD = torch.ops.qlayers.recurrent_scan_backward.default
@@ -67,6 +68,7 @@ def _rnn_cell(cell: int, gates: List[Tensor], state: List[Tensor], mask: Optiona
 CELLS = {
     RNN_TANH: _rnn_cell,
     RNN_RELU: _rnn_cell,
+    RNN_IDENTITY: _rnn_cell,
     LSTM: _lstm_cell,
     LIGRU: _ligru_cell,
     LIGRU_LEAKY_RELU: _ligru_cell,
@@ -151,8 +153,8 @@ def recurrent_scan(
         projected: ``(T, B, G * H)``, the input projection of every step.
         weight: the recurrent weight's components ``(r, i, j, k)``, each ``(H/4, G * H/4)``.
         h0, c0: ``(B, H)`` initial states (``c0`` for the LSTM cell only, else None).
-        cell: ``RNN_TANH``, ``RNN_RELU``, ``LSTM``, ``LIGRU`` (ReLU candidate), ``LIGRU_LEAKY_RELU``
-            or ``LIGRU_TANH``.
+        cell: ``RNN_TANH``, ``RNN_RELU``, ``RNN_IDENTITY`` (no activation), ``LSTM``, ``LIGRU`` (ReLU
+            candidate), ``LIGRU_LEAKY_RELU`` or ``LIGRU_TANH``.
         slots: the gate layout, ``slots[g]`` the block of gate ``g``.
         batch_sizes: a PackedSequence's rows per step (sorted sequences), or None.
         reverse: run from the last step to the first (the backward direction).

@@ -298,9 +298,10 @@ def _kind(value) -> str:
 
 class QRNN(_QRecurrent):
     """Quaternion Elman RNN: ``h_t = tanh(W x_t + U h_{t-1} + b)``, or ReLU with
-    ``nonlinearity="relu"`` (as torch.nn.RNN). Returns ``(output, h_n)``."""
+    ``nonlinearity="relu"`` (as torch.nn.RNN), or no activation with ``"identity"`` (core_qnn's
+    QRNN). Returns ``(output, h_n)``."""
 
-    cell_kinds = {"tanh": engine.RNN_TANH, "relu": engine.RNN_RELU}
+    cell_kinds = {"tanh": engine.RNN_TANH, "relu": engine.RNN_RELU, "identity": engine.RNN_IDENTITY}
     gates = 1
     gate_slots = (0,)
 
