@@ -1,6 +1,6 @@
 """Train a small quaternion LSTM on the copy task with both paths, and compare what they keep.
 
-    python examples/copy_task.py [--steps 300] [--delay 20]
+    python examples/copy_task.py [--steps 300] [--delay 10]
 
 The model sees a sequence of random quaternion vectors followed by blank steps and must output,
 at each step t >= delay, the input it saw at step t - delay (a task with a known answer: the

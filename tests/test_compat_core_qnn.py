@@ -266,7 +266,6 @@ def test_core_qnn_qrnn_state_maps_into_qrnn_with_the_biases_folded():
     torch.testing.assert_close(h_n[0], want[1], **SAME)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="QRNN identity cell not built yet")
 @pytest.mark.parametrize("memory_efficient", [True, False])
 def test_core_qnn_qrnn_loads_into_identity_qrnn(memory_efficient):
     generator = torch.Generator().manual_seed(3)

@@ -247,10 +247,6 @@ def _scan_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_cells):
         return (*_differentiable_gradients(kept[:7], grads, needs, (*ctx.layout, mask)), *unused)
     wanted = [needs[0], any(needs[1:5]), needs[5], needs[6]]
     # The kept tensors are the op's (projected, r, i, j, k, h0, c0, output, cells), in its order.
-    # The C++ backward's gate kernel reads c0 as a dense (B, H) block; a learned c_0 broadcast over
-    # the batch, or a slice, is kept strided (the forward took it as it is).
-    if kept[6] is not None:
-        kept[6] = kept[6].contiguous()
     layout = (cell, slots, batch_sizes, reverse, wanted, gate_major, mask)
     grads = _SCAN_BACKWARD(grad_output, grad_h_n, grad_c_n, *kept, *layout)
     return (*(g if need else None for g, need in zip(grads, needs)), *unused)
