@@ -173,7 +173,11 @@ def recurrent_scan(
         layout = (cell, slots, batch_sizes, reverse, gate_major, mask)
         return step_loop(projected, lambda h: h @ matrix, h0, c0, *layout)
     tensors = (projected, *weight, h0) if c0 is None else (projected, *weight, h0, c0)
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    # The cell states are kept for backward only where autograd records. A trace bakes that choice
+    # into its graph, and torch.jit.trace checks the graph again without grad: while tracing, keep
+    # them whenever a tensor requires grad, so that the traced module can be trained.
+    recording = torch.is_grad_enabled() or torch.jit.is_tracing()
+    keep = recording and any(t.requires_grad for t in tensors)
     sizes = None if batch_sizes is None else list(batch_sizes)
     output, h_n, c_n, _ = _SCAN(projected, *weight, h0, c0, cell, list(slots), sizes, reverse, keep, gate_major, mask)
     return output, h_n, c_n if cell == LSTM else None

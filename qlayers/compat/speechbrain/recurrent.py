@@ -30,7 +30,6 @@ SpeechBrain's QRNN crashes when trained with ``dropout > 0`` on a batch size oth
 ``input_shape[0]`` (its refreshed mask bank is half as wide as the state); this one computes.
 """
 
-import contextlib
 import warnings
 from typing import Optional, Sequence, Tuple
 
@@ -169,21 +168,16 @@ class _Layer(nn.Module):
 
     def _engine(self, projected: Tensor, h0: Tensor, mask: Optional[Tensor]) -> Tensor:
         rows = projected.shape[0]
-        # The engine keeps its cell states for backward only where autograd records; a trace bakes that
-        # choice into its graph (and torch.jit.trace checks it again without grad), so a trace keeps them
-        # whenever a weight or input requires grad: the traced module can then be trained.
-        recording = torch.enable_grad() if torch.jit.is_tracing() else contextlib.nullcontext()
-        with recording:
-            output, _, _ = engine.recurrent_scan(
-                projected.transpose(0, 1),
-                _weights.components(self.u),
-                h0.contiguous(),
-                self._initial_cell(rows),
-                self.kind,
-                self.slots,
-                gate_major=True,
-                mask=mask,
-            )
+        output, _, _ = engine.recurrent_scan(
+            projected.transpose(0, 1),
+            _weights.components(self.u),
+            h0.contiguous(),
+            self._initial_cell(rows),
+            self.kind,
+            self.slots,
+            gate_major=True,
+            mask=mask,
+        )
         return output.transpose(0, 1)
 
 
