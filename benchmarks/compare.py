@@ -1,6 +1,7 @@
 """qlayers side by side with the other ways to write a quaternion layer, on this machine.
 
-    python benchmarks/compare.py [--quick] [--device cpu|cuda] [--json PATH] [--plot PATH] [--markdown PATH]
+    python benchmarks/compare.py [--quick] [--device cpu|cuda] [--workloads NAME ...] [--budget SECONDS]
+                                 [--json PATH] [--plot PATH] [--markdown PATH]
     python benchmarks/compare.py --from-json PATH [--plot PATH] [--markdown PATH]   (a saved run, redrawn)
 
 For every workload and implementation, in one process:
@@ -18,6 +19,16 @@ Then the kernels alone: hamilton_expand and hamilton_reduce, their bandwidth (by
 per second) against a clone of the (4n, 4m) matrix they write or read. Then two speed grids, forward
 + backward against the dense layer: one QLinear by batch and features (each formulation beside
 "auto"), and one 3 x 3 QConv2d by channels.
+
+--workloads picks what is measured, in the order given: a workload by its key (small, large, mlp,
+recurrence, cnn, pointwise, qlstm, qrnn, qligru), a section (kernels, grid, conv-grid), "recurrent"
+(qlstm qrnn qligru: the lecture's QLSTM memory question and its kin) or "all" (the default: every
+workload, then the sections), each once: `--workloads recurrent all` measures the recurrent layers
+first, then the rest. --json and --markdown are rewritten whole after every measurement, atomically,
+so a run cut short leaves a valid file of what it measured (benchmarks/incremental.py). --budget
+SECONDS stops before the first measurement that would not fit (counted from the first measurement,
+with the unit's last measurement as the estimate), lists what it skipped, writes everything, the
+plot included, and exits 0; SIGTERM (`timeout`) writes what was measured and exits 124.
 
 Implementations: qlayers (memory-efficient), autograd (plain, as the lecture writes it),
 anchor-custom (the best-known libraries' custom backward, benchmarks/baselines.py), checkpoint
@@ -54,6 +65,7 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import baselines  # noqa: E402
+import incremental  # noqa: E402
 
 import qlayers  # noqa: E402
 from qlayers.memory import SavedTensorBytes  # noqa: E402
@@ -100,6 +112,7 @@ class Workload:
     factories: Dict[str, LayerFactory] = None
     # Also time a torch.no_grad() forward (the recurrent layers' inference target).
     inference: bool = False
+    key: str = ""  # its --workloads name
 
     def factory(self, impl):
         return (self.factories or IMPLEMENTATIONS).get(impl)
@@ -210,29 +223,35 @@ def workloads(size: str, device_type: str = "cpu") -> List[Workload]:
     pw_batch, channels, side = s["pointwise"]
     lstm_layers, lstm_hidden, lstm_steps, lstm_batch = s["lstm"]
     return [
-        Workload(f"small batch: 8 x {s['small']}", lambda layer: layer(s["small"], s["small"]), (8, s["small"])),
-        Workload(f"large batch: {batch} x {large}", lambda layer: layer(large, large), (batch, large)),
+        Workload(
+            f"small batch: 8 x {s['small']}", lambda layer: layer(s["small"], s["small"]), (8, s["small"]), key="small"
+        ),
+        Workload(f"large batch: {batch} x {large}", lambda layer: layer(large, large), (batch, large), key="large"),
         Workload(
             f"MLP: 8 layers of {mlp_features}, batch {mlp_batch}",
             lambda layer: mlp(layer, mlp_features, 8),
             (mlp_batch, mlp_features),
+            key="mlp",
         ),
         Workload(
             f"recurrence: {steps} steps, hidden {hidden}, batch {rnn_batch}",
             lambda layer: Recurrence(layer(hidden, hidden)),
             (steps, rnn_batch, hidden),
+            key="recurrence",
         ),
         Workload(
             f"CNN: 4 convs on {cnn_size}x{cnn_size} images, batch {cnn_batch}",
             cnn,
             (cnn_batch, 4, cnn_size, cnn_size),
             CONV_IMPLEMENTATIONS,
+            key="cnn",
         ),
         Workload(
             f"1x1 convs: 3 x {channels} channels, {side}x{side}, batch {pw_batch}",
             lambda conv: pointwise_block(conv, channels),
             (pw_batch, channels, side, side),
             CONV_IMPLEMENTATIONS,
+            key="pointwise",
         ),
     ] + [
         Workload(
@@ -241,6 +260,7 @@ def workloads(size: str, device_type: str = "cpu") -> List[Workload]:
             (lstm_steps, lstm_batch, lstm_hidden),
             implementations,
             inference=True,
+            key=name.lower(),
         )
         for name, implementations in (
             ("QLSTM", LSTM_IMPLEMENTATIONS),
@@ -342,30 +362,38 @@ def kernel_bandwidth(device, min_run_time):
     Bandwidth counts bytes read plus bytes written, for the ops and the copy alike; fraction_of_copy
     is the op's bandwidth over the copy's. Both allocate their outputs, as they do in a layer.
     """
+    return [
+        record
+        for shape, dtype in KERNEL_CASES[device.type]
+        for record in kernel_case(shape, dtype, device, min_run_time)
+    ]
+
+
+def kernel_case(shape, dtype, device, min_run_time) -> List[KernelRecord]:
+    """One case of kernel_bandwidth: both ops and the copy at one shape and dtype."""
     records = []
-    for shape, dtype in KERNEL_CASES[device.type]:
-        parts = [torch.randn(shape, device=device).to(dtype) for _ in range(4)]
-        matrix = torch.ops.qlayers.hamilton_expand(*parts)
-        moved = (matrix.numel() + 4 * parts[0].numel()) * matrix.element_size()
-        copy_seconds = median_seconds(torch.clone, matrix, device, min_run_time)
-        copy_rate = 2 * matrix.numel() * matrix.element_size() / copy_seconds
-        for op, fn, arg in (
-            ("expand", lambda p: torch.ops.qlayers.hamilton_expand(*p), parts),
-            ("reduce", torch.ops.qlayers.hamilton_reduce, matrix),
-        ):
-            seconds = median_seconds(fn, arg, device, min_run_time)
-            rate = moved / seconds
-            records.append(
-                KernelRecord(
-                    op,
-                    "x".join(map(str, shape)),
-                    str(dtype).replace("torch.", ""),
-                    seconds * 1e3,
-                    rate / 1e9,
-                    copy_rate / 1e9,
-                    rate / copy_rate,
-                )
+    parts = [torch.randn(shape, device=device).to(dtype) for _ in range(4)]
+    matrix = torch.ops.qlayers.hamilton_expand(*parts)
+    moved = (matrix.numel() + 4 * parts[0].numel()) * matrix.element_size()
+    copy_seconds = median_seconds(torch.clone, matrix, device, min_run_time)
+    copy_rate = 2 * matrix.numel() * matrix.element_size() / copy_seconds
+    for op, fn, arg in (
+        ("expand", lambda p: torch.ops.qlayers.hamilton_expand(*p), parts),
+        ("reduce", torch.ops.qlayers.hamilton_reduce, matrix),
+    ):
+        seconds = median_seconds(fn, arg, device, min_run_time)
+        rate = moved / seconds
+        records.append(
+            KernelRecord(
+                op,
+                "x".join(map(str, shape)),
+                str(dtype).replace("torch.", ""),
+                seconds * 1e3,
+                rate / 1e9,
+                copy_rate / 1e9,
+                rate / copy_rate,
             )
+        )
     return records
 
 
@@ -407,17 +435,21 @@ class GridRecord:
 
 
 def speed_grid(size, device, min_run_time, impls=GRID_IMPLS):
-    records = []
-    for features in GRID[size]["features"]:
-        for batch in GRID[size]["batches"]:
-            x = torch.randn(batch, features, device=device, requires_grad=True)
-            for impl in impls:
-                torch.manual_seed(0)
-                layer = GRID_IMPLS[impl](features).to(device)
-                training_step(layer, x)
-                seconds = median_seconds(partial(training_step, layer), x, device, min_run_time)
-                records.append(GridRecord(batch, features, impl, seconds * 1e3))
-    return records
+    return [
+        grid_cell(batch, features, impl, device, min_run_time)
+        for features in GRID[size]["features"]
+        for batch in GRID[size]["batches"]
+        for impl in impls
+    ]
+
+
+def grid_cell(batch, features, impl, device, min_run_time) -> GridRecord:
+    x = torch.randn(batch, features, device=device, requires_grad=True)
+    torch.manual_seed(0)
+    layer = GRID_IMPLS[impl](features).to(device)
+    training_step(layer, x)
+    seconds = median_seconds(partial(training_step, layer), x, device, min_run_time)
+    return GridRecord(batch, features, impl, seconds * 1e3)
 
 
 def grid_table(records):
@@ -430,15 +462,20 @@ def grid_table(records):
         "|---:|---:|" + "---:|" * (len(impls) + 2),
     ]
     for batch, features in dict.fromkeys((r.batch, r.features) for r in records):
-        times = [by_key[(batch, features, impl)] for impl in impls]
-        ours = by_key[(batch, features, "qlayers")]
+        # A run cut short may lack some of a row's cells: "-" there.
+        times = [by_key.get((batch, features, impl)) for impl in impls]
+        ours = by_key.get((batch, features, "qlayers"))
         lines.append(
             f"| {batch} | {features} | "
-            + " | ".join(f"{t:.3f}" for t in times)
-            + f" | {ours / by_key[(batch, features, 'dense')]:.2f}"
-            + f" | {ours / by_key[(batch, features, 'autograd')]:.2f} |"
+            + " | ".join("-" if t is None else f"{t:.3f}" for t in times)
+            + f" | {_over(ours, by_key.get((batch, features, 'dense')))}"
+            + f" | {_over(ours, by_key.get((batch, features, 'autograd')))} |"
         )
     return lines
+
+
+def _over(value, base):
+    return "-" if value is None or not base else f"{value / base:.2f}"
 
 
 # The conv grid: one 3 x 3 convolution (padding 1), forward + backward, against nn.Conv2d.
@@ -464,17 +501,21 @@ class ConvGridRecord:
 
 
 def conv_grid(size, device, min_run_time):
+    return [
+        conv_cell(size, channels, impl, device, min_run_time)
+        for channels in CONV_GRID[size]["channels"]
+        for impl in CONV_IMPLS
+    ]
+
+
+def conv_cell(size, channels, impl, device, min_run_time) -> ConvGridRecord:
     shape = CONV_GRID[size]
-    records = []
-    for channels in shape["channels"]:
-        x = torch.randn(shape["batch"], channels, shape["size"], shape["size"], device=device, requires_grad=True)
-        for impl, factory in CONV_IMPLS.items():
-            torch.manual_seed(0)
-            layer = factory(channels).to(device)
-            training_step(layer, x)
-            seconds = median_seconds(partial(training_step, layer), x, device, min_run_time)
-            records.append(ConvGridRecord(channels, shape["batch"], shape["size"], impl, seconds * 1e3))
-    return records
+    x = torch.randn(shape["batch"], channels, shape["size"], shape["size"], device=device, requires_grad=True)
+    torch.manual_seed(0)
+    layer = CONV_IMPLS[impl](channels).to(device)
+    training_step(layer, x)
+    seconds = median_seconds(partial(training_step, layer), x, device, min_run_time)
+    return ConvGridRecord(channels, shape["batch"], shape["size"], impl, seconds * 1e3)
 
 
 def conv_grid_table(records):
@@ -487,10 +528,10 @@ def conv_grid_table(records):
     for r in records:
         if r.impl != impls[0]:
             continue
-        times = [by_key[(r.channels, impl)] for impl in impls]
-        ratio = by_key[(r.channels, "qlayers")] / by_key[(r.channels, "dense")]
-        cells = " | ".join(f"{t:.2f}" for t in times)
-        lines.append(f"| {r.channels} | {r.batch} | {r.size}x{r.size} | {cells} | {ratio:.2f} |")
+        times = [by_key.get((r.channels, impl)) for impl in impls]  # "-" where a run cut short lacks one
+        ratio = _over(by_key.get((r.channels, "qlayers")), by_key.get((r.channels, "dense")))
+        cells = " | ".join("-" if t is None else f"{t:.2f}" for t in times)
+        lines.append(f"| {r.channels} | {r.batch} | {r.size}x{r.size} | {cells} | {ratio} |")
     return lines
 
 
@@ -659,13 +700,88 @@ def plot(records: List[Record], path, title):
     plt.close(fig)
 
 
-def run(options, parser):
-    """Measure on this machine: the header, the records, the kernels and the speed grids."""
+# --workloads: each workload by its key (Workload.key, in workloads()' order), the sections measured
+# after them, and the groups.
+WORKLOAD_KEYS = ("small", "large", "mlp", "recurrence", "cnn", "pointwise", "qlstm", "qrnn", "qligru")
+SECTIONS = ("kernels", "grid", "conv-grid")
+GROUPS = {"all": WORKLOAD_KEYS + SECTIONS, "recurrent": ("qlstm", "qrnn", "qligru")}
+WORKLOAD_CHOICES = (*GROUPS, *WORKLOAD_KEYS, *SECTIONS)
+
+
+def plan(names) -> List[str]:
+    """The units --workloads names, groups expanded, in the order given, each once."""
+    return list(dict.fromkeys(unit for name in names for unit in GROUPS.get(name, (name,))))
+
+
+def tasks(units, impls, size, device, min_run_time) -> List[incremental.Task]:
+    """One task per measurement, in the order of units: each workload with each implementation, each
+    kernel case, each cell of the two grids."""
+    by_key = {w.key: w for w in workloads(size, device.type)}
+    found = []
+    for unit in units:
+        if unit in by_key:
+            w = by_key[unit]
+            found += [
+                incremental.Task("records", unit, f"{w.name} / {impl}", partial(measure, w, impl, device, min_run_time))
+                for impl in impls
+                if w.factory(impl) is not None
+            ]
+        elif unit == "kernels":
+            found += [
+                incremental.Task(
+                    "kernels",
+                    unit,
+                    f"kernels: {'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}",
+                    partial(kernel_case, shape, dtype, device, min_run_time),
+                )
+                for shape, dtype in KERNEL_CASES[device.type]
+            ]
+        elif unit == "grid":
+            found += [
+                incremental.Task(
+                    "grid",
+                    unit,
+                    f"grid: batch {batch}, features {features} / {impl}",
+                    partial(grid_cell, batch, features, impl, device, min_run_time),
+                )
+                for features in GRID[size]["features"]
+                for batch in GRID[size]["batches"]
+                for impl in GRID_IMPLS
+            ]
+        elif unit == "conv-grid":
+            found += [
+                incremental.Task(
+                    "conv_grid",
+                    unit,
+                    f"conv grid: {channels} channels / {impl}",
+                    partial(conv_cell, size, channels, impl, device, min_run_time),
+                )
+                for channels in CONV_GRID[size]["channels"]
+                for impl in CONV_IMPLS
+            ]
+        else:
+            raise ValueError(f"unknown workload {unit!r}; expected one of {WORKLOAD_CHOICES}")
+    return found
+
+
+def run(options, parser, save=lambda result: None):
+    """Measure on this machine: the header, the records, the kernels and the speed grids, calling
+    save(result) after each measurement (incremental.execute: --budget, SIGTERM)."""
     size = options.size or ("quick" if options.quick else "full")
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device")
     min_run_time = {"full": 1.0, "quick": 0.3, "tiny": 0.01}[size]
+    units = plan(options.workloads)
+    result = {
+        "device": machine(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "qlayers": qlayers.__version__,
+        "size": size,
+        "workloads": units,
+        **{key: [] for key, _ in RESULT_LISTS},
+    }
     # Gradients that fade through a long untrained recurrence turn subnormal, and x86 arithmetic
     # on subnormals is slow (seen here: a 16x512x512 GEMM took 0.7 ms instead of 0.03 ms), which
     # would time the CPU's slow path, not the layers.
@@ -673,27 +789,13 @@ def run(options, parser):
 
     from tqdm import tqdm
 
-    pairs = [(w, impl) for w in workloads(size, device.type) for impl in options.impls if w.factory(impl) is not None]
-    records = []
+    todo = tasks(units, options.impls, size, device, min_run_time)
     try:
-        for workload, impl in tqdm(pairs, desc="compare", unit="run", file=sys.stderr):
-            records.append(measure(workload, impl, device, min_run_time))
-        kernels = kernel_bandwidth(device, min_run_time)
-        grid = speed_grid(size, device, min_run_time)
-        convs = conv_grid(size, device, min_run_time)
+        with tqdm(total=len(todo), desc="compare", unit="run", file=sys.stderr) as bar:
+            incremental.execute(todo, result, incremental.Budget(options.budget), save, bar)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whoever called main()
-    return {
-        "device": machine(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "qlayers": qlayers.__version__,
-        "size": size,
-        "records": records,
-        "kernels": kernels,
-        "grid": grid,
-        "conv_grid": convs,
-    }
+    return result
 
 
 RESULT_LISTS = (("records", Record), ("kernels", KernelRecord), ("grid", GridRecord), ("conv_grid", ConvGridRecord))
@@ -708,6 +810,69 @@ def load(path):
     return result
 
 
+def serialised(result) -> dict:
+    lists = [key for key, _ in RESULT_LISTS]
+    found = {key: value for key, value in result.items() if key not in lists}
+    for key in lists:
+        found[key] = [asdict(entry) for entry in result[key]]
+    return found
+
+
+def report(result):
+    """The header and the Markdown lines of a run, whole or cut short (sections with nothing left out)."""
+    records, size = result["records"], result["size"]
+    header = (
+        f"qlayers {result['qlayers']}, torch {result['torch']}, {result['device_type']}: {result['device']}, "
+        f"sizes {size}"
+    )
+    lines = []
+    if records:
+        lines += (
+            table(records)
+            + ["", "Inference (torch.no_grad() forward) of the recurrent workloads:", ""]
+            + inference_table(records)
+            + [""]
+            + lecture_claim(records)
+        )
+    for key, title, rows in (
+        ("kernels", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", kernel_table),
+        ("grid", "One layer, forward + backward, by batch and features (qlayers = algorithm 'auto'):", grid_table),
+        (
+            "conv_grid",
+            "One 3 x 3 convolution, forward + backward, by channels (qlayers = the 'auto' formulation):",
+            conv_grid_table,
+        ),
+    ):
+        if result[key]:
+            lines += ["", title, ""] + rows(result[key])
+    while lines and not lines[0]:
+        lines.pop(0)
+    note = incremental.status_note(result)
+    return header, ([note] + ([""] if lines else []) if note else []) + lines
+
+
+def write_outputs(result, options, plot_too=False):
+    """--json and --markdown, each rewritten whole and atomically; the plot too when asked (not
+    after every measurement: it takes a second or two)."""
+    header, lines = report(result)
+    if options.json:
+        incremental.write_atomically(options.json, json.dumps(serialised(result), indent=1))
+    if options.markdown:
+        incremental.write_atomically(
+            options.markdown,
+            f"# benchmarks/compare.py, sizes {result['size']}\n\n{header}\n\n" + "\n".join(lines) + "\n",
+        )
+    if plot_too and options.plot and result["records"]:
+        folder, name = os.path.split(options.plot)
+        temporary = os.path.join(folder, f".{os.getpid()}.{name}")  # the extension stays: savefig reads it
+        try:
+            plot(result["records"], temporary, header)
+            os.replace(temporary, options.plot)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -717,50 +882,52 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS), default=list(IMPLEMENTATIONS))
     parser.add_argument(
+        "--workloads",
+        nargs="+",
+        type=str.lower,  # QLSTM or qlstm
+        choices=WORKLOAD_CHOICES,
+        default=["all"],
+        metavar="NAME",
+        help="what to measure, in this order, each once: workloads "
+        + ", ".join(WORKLOAD_KEYS)
+        + "; sections "
+        + ", ".join(SECTIONS)
+        + "; recurrent (qlstm qrnn qligru); all (default: every workload, then the sections). "
+        "'recurrent all' measures the recurrent layers first",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="start no measurement past this many seconds from the first (with the last one of its workload as "
+        "the estimate of its own); list what was skipped, write everything, exit 0",
+    )
+    parser.add_argument(
         "--from-json", metavar="PATH", help="measure nothing: report the run a --json file holds (redraw its plot)"
     )
-    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the records as JSON (rewritten after every measurement, atomically)"
+    )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of memory, time and qlayers' ratios")
-    parser.add_argument("--markdown", metavar="PATH", help="write the table, with machine and versions, as Markdown")
+    parser.add_argument(
+        "--markdown",
+        metavar="PATH",
+        help="write the table, with machine and versions, as Markdown (rewritten after every measurement)",
+    )
     options = parser.parse_args(argv)
-    result = load(options.from_json) if options.from_json else run(options, parser)
-    records, size = result["records"], result["size"]
-
-    header = (
-        f"qlayers {result['qlayers']}, torch {result['torch']}, {result['device_type']}: {result['device']}, "
-        f"sizes {size}"
-    )
-    lines = (
-        table(records)
-        + ["", "Inference (torch.no_grad() forward) of the recurrent workloads:", ""]
-        + inference_table(records)
-        + [""]
-        + lecture_claim(records)
-        + ["", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", ""]
-        + kernel_table(result["kernels"])
-        + ["", "One layer, forward + backward, by batch and features (qlayers = algorithm 'auto'):", ""]
-        + grid_table(result["grid"])
-        + ["", "One 3 x 3 convolution, forward + backward, by channels (qlayers = the 'auto' formulation):", ""]
-        + conv_grid_table(result["conv_grid"])
-    )
+    incremental.make_folders(options.json, options.plot, options.markdown)
+    if options.from_json:
+        result = load(options.from_json)
+    else:
+        result = run(options, parser, lambda so_far: write_outputs(so_far, options))
+    header, lines = report(result)
     print(header)
     print("\n".join(lines))
-    for path in (options.json, options.plot, options.markdown):
-        if path and os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-    if options.json:
-        with open(options.json, "w") as f:
-            lists = [key for key, _ in RESULT_LISTS]
-            serialised = {key: value for key, value in result.items() if key not in lists}
-            for key in lists:
-                serialised[key] = [asdict(entry) for entry in result[key]]
-            json.dump(serialised, f, indent=1)
-    if options.markdown:
-        with open(options.markdown, "w") as f:
-            f.write(f"# benchmarks/compare.py, sizes {size}\n\n{header}\n\n" + "\n".join(lines) + "\n")
-    if options.plot:
-        plot(records, options.plot, header)
-    return records
+    write_outputs(result, options, plot_too=True)
+    status = incremental.exit_status(result)
+    if status:
+        sys.exit(status)
+    return result["records"]
 
 
 if __name__ == "__main__":
