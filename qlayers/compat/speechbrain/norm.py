@@ -1,6 +1,6 @@
 """SpeechBrain's ``QBatchNorm``: quaternion batch normalisation by the mean squared modulus."""
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,37 @@ def _modulus_squared(centred: Tensor) -> Tensor:
 
 def _tile(per_quaternion: Tensor) -> Tensor:
     return per_quaternion.repeat(*([1] * (per_quaternion.dim() - 1)), 4)
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts against one of ``target`` to ``target`` (shapes are host data)."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def _cumulative_factors(count: Tensor) -> Tuple[Tensor, Tensor]:
+    """SpeechBrain's ``momentum=None`` factors ``1 - 1/n`` and ``1/n`` of the counter ``n``, as 0-dim
+    tensors on its device: what Python computes in float64 from ``n.item()``, without reading it.
+    MPS has no float64: there float32, where ``(n - 1)/n`` and ``1/n`` round as Python's float64
+    values do to float32 (checked for every n below 2**24)."""
+    if count.device.type == "mps":
+        n = count.to(torch.float32)
+        return (n - 1) / n, 1 / n
+    factor = 1 / count.to(torch.float64)
+    return 1 - factor, factor
+
+
+def _average(running: Tensor, batch: Tensor, keep: Union[float, Tensor], factor: Union[float, Tensor]) -> Tensor:
+    """SpeechBrain's ``keep * running + factor * batch``. Python floats as its scalars; tensor factors
+    rounded as a Python scalar operand is, to the op's compute dtype (float32, or float64 for
+    float64 buffers), and the products rounded to the buffer's dtype, as they are there."""
+    if not isinstance(keep, Tensor) or not isinstance(factor, Tensor):
+        return keep * running + factor * batch
+    compute = torch.float64 if running.dtype == torch.float64 else torch.float32
+    keep, factor = keep.to(compute), factor.to(compute)
+    return (keep * running.to(compute)).to(running.dtype) + (factor * batch.to(compute)).to(running.dtype)
 
 
 class _TrainingNorm(torch.autograd.Function):
@@ -50,7 +81,10 @@ class _TrainingNorm(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor, _grad_mean, _grad_variance):
         output, gamma, beta, scale = ctx.saved_tensors
         gamma_tiled = _tile(gamma)
-        normalised = (output - beta) / gamma_tiled
+        # A zero gamma's quaternion has lost its x_hat (its output is beta): 0 there, which is exact for
+        # the input's gradient (gamma scales that quaternion's share to 0) but not for gamma's, so the
+        # layer takes this function with a zero gamma only when gamma's gradient is not asked for.
+        normalised = (output - beta) / _tile(torch.where(gamma != 0, gamma, torch.ones_like(gamma)))
         grad_input = grad_gamma = grad_beta = None
         if ctx.needs_input_grad[0]:
             grad_normalised = grad_output * gamma_tiled
@@ -91,6 +125,10 @@ class QBatchNorm(nn.Module):
     normalises by the batch's statistics, as ``torch.nn.BatchNorm`` does. A ``torch.jit.trace`` in
     training mode records the normalisation by the batch's statistics and no running-statistics
     update, as SpeechBrain's trace records none (its updates are attribute assignments).
+
+    Host reads in a training step: the running statistics' update reads nothing back from the
+    device (the counter is used as a tensor); choosing the lean backward reads whether gamma has a
+    zero, once per forward, where gamma's gradient is asked for (none with a frozen gamma).
     """
 
     __prepare_scriptable__ = _weights.refuse_torchscript
@@ -131,15 +169,22 @@ class QBatchNorm(nn.Module):
         return per_quaternion.repeat([4 if d == self.dim % input.dim() else 1 for d in range(input.dim())])
 
     def _lean(self, input: Tensor) -> bool:
-        """Whether the lean function serves: quaternions along the last dim, a gamma it can divide
-        by, and plain autograd (not a torch.func transform or forward-mode AD). Not in a trace, which
-        would record the Function as a Python call that torch.jit.save refuses."""
+        """Whether the lean function serves: quaternions along the last dim, plain autograd (not a
+        torch.func transform or forward-mode AD), and, where gamma's gradient is asked for, a gamma
+        without zeros (its backward recovers the normalised input from the output, dividing by
+        gamma). Not in a trace, which would record the Function as a Python call that torch.jit.save
+        refuses.
+
+        That last check reads gamma on the host: a device-to-host sync each training step while
+        gamma trains. No sync-free test can take its place at the same memory: where gamma is 0 the
+        output keeps nothing of the normalised input, which gamma's gradient needs, and which
+        quaternions those are is known only on the device."""
         return (
             not torch.jit.is_tracing()
             and self.dim % input.dim() == input.dim() - 1
             and input.dim() >= 2
             and not _transforms_active()
-            and bool((self.gamma != 0).all())
+            and (not (torch.is_grad_enabled() and self.gamma.requires_grad) or bool((self.gamma != 0).all()))
         )
 
     def forward(self, input: Tensor) -> Tensor:
@@ -164,16 +209,35 @@ class QBatchNorm(nn.Module):
         return self._tiled(self.gamma, input) * normalised + self.beta
 
     def _update_running(self, mean: Tensor, variance: Tensor) -> None:
+        """SpeechBrain's update: the first batch's statistics replace the running ones, later ones
+        are averaged in. Chosen with ``torch.where`` on the counter and, for ``momentum=None``, its
+        factor computed from the counter on the device: no host read of the counter, which would be a
+        device-to-host sync every training step."""
         assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
         # Kept in the buffers' dtype: under autocast the batch statistics come in float16/bfloat16.
         mean, variance = mean.to(self.running_mean.dtype), variance.to(self.running_var.dtype)
-        if int(self.num_batches_tracked) == 1:
-            self.running_mean, self.running_var = mean, variance
-            return
-        factor = 1.0 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean = (1 - factor) * self.running_mean + factor * mean
-        self.running_var = (1 - factor) * self.running_var + factor * variance
+        pairs = ((self.running_mean, mean), (self.running_var, variance))
+        if not all(_broadcasts_to(running.shape, batch.shape) for running, batch in pairs):
+            # SpeechBrain's average of these shapes fails (or takes another shape) while its first
+            # batch replaces them: only the counter tells which. A host read, in this case only: a
+            # running statistic whose shape the batch's does not cover (a batch of another length).
+            if int(self.num_batches_tracked) == 1:
+                self.running_mean, self.running_var = mean, variance
+                return
+            first = None
+        else:
+            first = self.num_batches_tracked == 1
+        keep: Union[float, Tensor]
+        factor: Union[float, Tensor]
+        if self.momentum is None:
+            keep, factor = _cumulative_factors(self.num_batches_tracked)
+        else:
+            keep, factor = 1 - self.momentum, self.momentum
+        averaged = [_average(running, batch, keep, factor) for running, batch in pairs]
+        if first is not None:
+            averaged = [torch.where(first, batch, blend) for (_, batch), blend in zip(pairs, averaged)]
+        self.running_mean, self.running_var = averaged
 
     def extra_repr(self) -> str:
         return f"{4 * self.num_features}, dim={self.dim}, eps={self.eps}, momentum={self.momentum}"
