@@ -254,6 +254,9 @@ def test_conv_formulation_rule():
     assert conv_formulation(x.to(memory_format=torch.channels_last), comps, plain_options, None) == "kernel"
     assert conv_formulation(x[:2], comps, plain_options, None) == "kernel"  # 19M: too small
     assert conv_formulation(x, comps, ((2, 2), (1, 1), (1, 1), False, (0, 0), 1), None) == "kernel"  # stride 2
+    # off the CPU (a GPU; meta stands in here): the real-kernel convolution, one cuDNN call
+    meta_comps = [c.to("meta") for c in comps]
+    assert conv_formulation(x.to("meta"), meta_comps, plain_options, None) == "kernel"
 
 
 def test_conv_eight_gradcheck_and_double_backward(eight_at_any_size):

@@ -98,11 +98,14 @@ def conv_backward(grad_output, input, input_shape, components, bias_shape, compu
 EIGHT_MIN_QUATERNION_CHANNELS = 32
 EIGHT_MIN_KERNEL_ELEMENTS = 9
 EIGHT_MIN_PRODUCT_MACS = 50_000_000
+# Off the CPU the real-kernel convolution, until a GPU measures otherwise: there it is one cuDNN call
+# where eight is eight per chunk of images (chunks sized for a CPU cache) plus a stack copy.
+EIGHT_DEVICE_TYPES = ("cpu",)
 
 
 def conv_formulation(input: Tensor, components, options, compute_dtype) -> str:
-    """ "eight" or "kernel": eight for plain float32/float64 convolutions with enough channels and
-    kernel elements.
+    """ "eight" or "kernel": eight for plain float32/float64 convolutions on the CPU with enough
+    channels and kernel elements; "kernel" on a GPU (one cuDNN convolution).
 
     The eight-product ops have no batching rule, so torch.func transforms take "kernel"; so do
     transposed and grouped convolutions and channels-last inputs, which conv_eight does not serve.
@@ -115,7 +118,8 @@ def conv_formulation(input: Tensor, components, options, compute_dtype) -> str:
     # Output positions, near enough for a threshold: the input's over the strides.
     positions = math.prod(input.shape[:1]) * math.prod(input.shape[2:]) // max(1, math.prod(stride))
     eight = (
-        not transposed
+        input.device.type in EIGHT_DEVICE_TYPES
+        and not transposed
         and groups == 1
         and dtype in (torch.float32, torch.float64)
         and min(a, b) >= EIGHT_MIN_QUATERNION_CHANNELS
