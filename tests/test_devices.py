@@ -22,6 +22,13 @@ def test_cuda_kernels_are_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qlayers::hamilton_{op}", "CUDA")
 
 
+def test_cuda_tests_compute_float32_without_tf32():
+    # The float32 comparisons with the CPU assume full float32 products (tests/conftest.py); cuDNN's
+    # default TF32 convolutions differ from them by about 1e-3 relative.
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_qlinear_same_on_cpu_and_gpu(dtype):
