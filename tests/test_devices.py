@@ -18,8 +18,24 @@ needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible to t
 @pytest.mark.skipif(os.environ.get("QLAYERS_CUDA") == "0", reason="built with QLAYERS_CUDA=0")
 def test_cuda_kernels_are_registered():
     # Runs on any CUDA build of torch, GPU or not: the build compiled and registered the kernels.
-    for op in ("expand", "reduce", "combine", "spread"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qlayers::hamilton_{op}", "CUDA")
+    # Every op with a CPU kernel (csrc/cpu) has a CUDA one (csrc/cuda); the other ops are composite
+    # and run on either. The list pins the set, so an op that loses both kernels shows too.
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("qlayers::")]
+    kernels = {
+        f"qlayers::{op}"
+        for op in (
+            "hamilton_expand",
+            "hamilton_reduce",
+            "hamilton_combine",
+            "hamilton_spread",
+            "block_mix",
+            "block_mix_into",
+            "recurrent_gates_forward",
+            "recurrent_gates_backward",
+        )
+    }
+    for key in ("CPU", "CUDA"):
+        assert {n for n in names if torch._C._dispatch_has_kernel_for_dispatch_key(n, key)} == kernels, key
 
 
 def test_cuda_tests_compute_float32_without_tf32():

@@ -6,6 +6,7 @@ checked against the step loop and by gradcheck. Also: the fallbacks (double back
 forward-mode AD, torch.compile), autocast dtypes, hx checks, the gate layout parameter, and what
 the engine keeps for backward."""
 
+import contextlib
 import itertools
 
 import pytest
@@ -644,18 +645,24 @@ def test_engine_keeps_less_than_the_step_loop_and_torch():
     assert kept["engine"] < kept["torch"]
 
 
-def kernels_per_step(layer, x, device_type, names=None):
-    """Kernels (CUDA) or compute ops (CPU, those in `names`) a forward step runs: the difference
-    between sequences of 2T and T steps, over T, so that what runs once per sequence drops out."""
+def kernels_per_step(layer, x, device_type, names=None, backward=False):
+    """Kernels (CUDA) or compute ops (CPU, those in `names`) a step runs, forward or (backward=True)
+    backward alone: the difference between sequences of 2T and T steps, over T, so that what runs
+    once per sequence drops out."""
     counts = []
     for steps in (x.shape[0] // 2, x.shape[0]):
         activities = [
             torch.profiler.ProfilerActivity.CUDA if device_type == "cuda" else torch.profiler.ProfilerActivity.CPU
         ]
-        with torch.no_grad():
-            layer(x[:steps])  # warm up
-            with torch.profiler.profile(activities=activities) as prof:
-                layer(x[:steps])
+        for profiled in (False, True):  # warm up, then count
+            if backward:
+                out = layer(x[:steps])[0]
+            with torch.profiler.profile(activities=activities) if profiled else contextlib.nullcontext() as prof:
+                if backward:
+                    out.backward(torch.ones_like(out))
+                else:
+                    with torch.no_grad():
+                        layer(x[:steps])
                 if device_type == "cuda":
                     torch.cuda.synchronize()
         if device_type == "cuda":
@@ -667,6 +674,8 @@ def kernels_per_step(layer, x, device_type, names=None):
 
 COMPUTE_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "qlayers::block_mix_into"}
 GATE_OPS = {"qlayers::recurrent_gates_forward"}
+# Backward adds what could add a product to a state gradient.
+BACKWARD_COMPUTE_OPS = COMPUTE_OPS | {"aten::addmm_", "aten::add", "aten::add_"}
 
 
 @pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
@@ -692,3 +701,23 @@ def test_cuda_forward_launches_at_most_three_kernels_per_step(cls):
     layer = cls(64, 64, num_layers=2).cuda()
     x = torch.randn(40, 4, 64, device="cuda")
     assert kernels_per_step(layer, x, "cuda") <= 3 * 2  # two layers
+
+
+@pytest.mark.parametrize("cls,nonlinearity", CELL_CHOICES, ids=[f"{c.__name__}-{n}" for c, n in CELL_CHOICES])
+def test_cpu_backward_step_is_one_product_and_one_gate_kernel(cls, nonlinearity):
+    # Every cell kind (all seven) in the matrix form (hidden 12): one gate kernel and one product a
+    # step, the light GRU's direct part of dL/dh_{t-1} accumulated by that product (addmm), not
+    # added after it.
+    layer = cls(12, 12, nonlinearity=nonlinearity, dtype=torch.float64)
+    x = torch.randn(20, 2, 12, dtype=torch.float64)
+    assert kernels_per_step(layer, x, "cpu", {"qlayers::recurrent_gates_backward"}, backward=True) == 1
+    assert kernels_per_step(layer, x, "cpu", BACKWARD_COMPUTE_OPS, backward=True) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
+def test_cuda_backward_launches_at_most_three_kernels_per_step(cls):
+    # The gate kernel and one GEMM, which cuBLAS may split into two kernels.
+    layer = cls(64, 64, num_layers=2).cuda()
+    x = torch.randn(40, 4, 64, device="cuda")
+    assert kernels_per_step(layer, x, "cuda", backward=True) <= 3 * 2  # two layers

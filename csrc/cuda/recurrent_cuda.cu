@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 #include "../kernels/recurrent_kernels.h"
 #include "../recurrent_gates.h"
@@ -23,6 +24,22 @@ using namespace kernels;
 
 QLAYERS_GRID_STRIDE_KERNEL(gates_forward_kernel, GatesForwardParams, gates_forward_pack)
 QLAYERS_GRID_STRIDE_KERNEL(gates_backward_kernel, GatesBackwardParams, gates_backward_pack)
+// The packed float16 backward, capped for three blocks a multiprocessor. ptxas -v, sm_90
+// (scripts/check-ptxas.sh): uncapped, 109 registers (two blocks, 25% occupancy; 85 with the packs
+// widened per element, still two); capped, 80 and no spill (37.5%). The same cap spills for packed
+// bfloat16 (120 bytes) and double (16 bytes), which keep the plain kernel. The speed-up is left to
+// measure on a GPU.
+QLAYERS_GRID_STRIDE_KERNEL_BOUNDED(gates_backward_capped_kernel, GatesBackwardParams, gates_backward_pack, 3)
+
+// The packed backward kernel for scalar_t.
+template <typename scalar_t>
+constexpr auto packed_gates_backward_kernel() {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) {
+    return gates_backward_capped_kernel<scalar_t, pack_width<scalar_t>()>;
+  } else {
+    return gates_backward_kernel<scalar_t, pack_width<scalar_t>()>;
+  }
+}
 
 // Both ops check their arguments before they build the device guard (see hamilton_cuda.cu), and
 // launch nothing when the states are empty (no rows, or H = 0).
@@ -58,7 +75,7 @@ void recurrent_gates_backward_cuda(const at::Tensor& pre, const std::optional<at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_hidden.scalar_type(), "recurrent_gates_backward", [&] {
     launch(plan_gates_backward<scalar_t>(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_,
                                          mask_, static_cast<int>(cell_kind), slots, resident_blocks(), gate_major),
-           gates_backward_kernel<scalar_t, pack_width<scalar_t>()>, gates_backward_kernel<scalar_t, 1>);
+           packed_gates_backward_kernel<scalar_t>(), gates_backward_kernel<scalar_t, 1>);
   });
 }
 

@@ -127,45 +127,47 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t index = pack * Width;
   const int64_t base = gate_offset(p, index), stride = gate_stride(p);
-  opmath_t pre[kMaxGates][Width] = {};
+  // The packs stay as loaded and are widened one element at a time, the gradients rounded into them
+  // in place: for 16-bit types half the registers that widened arrays take (csrc/cuda/recurrent_cuda.cu).
+  Pack<scalar_t, Width> pre[kMaxGates] = {}, hidden_prev = {}, cell_prev = {}, cell = {}, grad_cell = {};
 #pragma unroll
   for (int g = 0; g < kMaxGates; ++g) {
     if (g >= p.gates) break;
-    widen(load_pack<Width>(p.pre + base + p.slots[g] * stride), pre[g]);
+    pre[g] = load_pack<Width>(p.pre + base + p.slots[g] * stride);
   }
-  opmath_t grad_hidden[Width], from_output[Width], hidden_prev[Width] = {}, cell_prev[Width] = {}, cell[Width] = {},
-      grad_cell[Width] = {};
-  widen(load_pack<Width>(p.grad_hidden + index), grad_hidden);
-  if (p.grad_output != nullptr) {
-    widen(load_pack<Width>(p.grad_output + index), from_output);
-#pragma unroll
-    for (int e = 0; e < Width; ++e) grad_hidden[e] += from_output[e];
-  }
-  if (cell_is_light_gru(p.kind)) widen(load_pack<Width>(p.hidden_prev + index), hidden_prev);
+  Pack<scalar_t, Width> grad_hidden = load_pack<Width>(p.grad_hidden + index), from_output = {}, mask = {};
+  if (p.grad_output != nullptr) from_output = load_pack<Width>(p.grad_output + index);
+  if (cell_is_light_gru(p.kind)) hidden_prev = load_pack<Width>(p.hidden_prev + index);
   if (p.kind == kLstm) {
-    widen(load_pack<Width>(p.cell_prev + index), cell_prev);
-    widen(load_pack<Width>(p.cell + index), cell);
-    widen(load_pack<Width>(p.grad_cell + index), grad_cell);
+    cell_prev = load_pack<Width>(p.cell_prev + index);
+    cell = load_pack<Width>(p.cell + index);
+    grad_cell = load_pack<Width>(p.grad_cell + index);
   }
-  opmath_t grad_pre[kMaxGates][Width], mask[Width];
-  load_mask(p.mask, index, mask);
+  if (p.mask != nullptr) mask = load_pack<Width>(p.mask + index);
 #pragma unroll
   for (int e = 0; e < Width; ++e) {
-    opmath_t gates[kMaxGates], grads[kMaxGates];
+    opmath_t gates[kMaxGates], grads[kMaxGates] = {};  // cell_backward writes the cell's gates only
 #pragma unroll
-    for (int g = 0; g < kMaxGates; ++g) gates[g] = pre[g][e];
-    grad_hidden[e] = cell_backward(p.kind, gates, hidden_prev[e], cell_prev[e], cell[e], grad_hidden[e], grad_cell[e],
-                                   grads, mask[e]);
+    for (int g = 0; g < kMaxGates; ++g) gates[g] = static_cast<opmath_t>(pre[g].v[e]);
+    opmath_t carried = static_cast<opmath_t>(grad_hidden.v[e]);
+    if (p.grad_output != nullptr) carried += static_cast<opmath_t>(from_output.v[e]);
+    opmath_t carried_cell = static_cast<opmath_t>(grad_cell.v[e]);
+    const opmath_t direct = cell_backward(p.kind, gates, static_cast<opmath_t>(hidden_prev.v[e]),
+                                          static_cast<opmath_t>(cell_prev.v[e]), static_cast<opmath_t>(cell.v[e]),
+                                          carried, carried_cell, grads,
+                                          p.mask != nullptr ? static_cast<opmath_t>(mask.v[e]) : opmath_t(1));
 #pragma unroll
-    for (int g = 0; g < kMaxGates; ++g) grad_pre[g][e] = grads[g];
+    for (int g = 0; g < kMaxGates; ++g) pre[g].v[e] = static_cast<scalar_t>(grads[g]);
+    grad_hidden.v[e] = static_cast<scalar_t>(direct);
+    grad_cell.v[e] = static_cast<scalar_t>(carried_cell);
   }
 #pragma unroll
   for (int g = 0; g < kMaxGates; ++g) {
     if (g >= p.gates) break;
-    store_pack(p.pre + base + p.slots[g] * stride, rounded_pack<scalar_t>(grad_pre[g]));
+    store_pack(p.pre + base + p.slots[g] * stride, pre[g]);
   }
-  if (cell_is_light_gru(p.kind)) store_pack(p.grad_hidden + index, rounded_pack<scalar_t>(grad_hidden));
-  if (p.kind == kLstm) store_pack(p.grad_cell + index, rounded_pack<scalar_t>(grad_cell));
+  if (cell_is_light_gru(p.kind)) store_pack(p.grad_hidden + index, grad_hidden);
+  if (p.kind == kLstm) store_pack(p.grad_cell + index, grad_cell);
 }
 
 // ---- Host side: the launch plans, shared by the CUDA launcher and the emulation. ----

@@ -177,6 +177,19 @@ class StepProduct {
     return out;
   }
 
+  // into += rows @ W (or W^T). The matrix form does it in its GEMM (addmm), so a step stays one
+  // product. oneDNN's linear makes a new tensor and the eight-product form ends in a block mix that
+  // overwrites its output, so neither can add: theirs goes to `scratch` (as `out` above; unused where
+  // accumulates()) and is added.
+  bool accumulates() const { return weight_.defined(); }
+  void accumulate(const at::Tensor& rows, at::Tensor into, const at::Tensor& scratch) const {
+    if (accumulates()) {
+      into.addmm_(rows, weight_);
+    } else {
+      into.add_(apply(rows, scratch));
+    }
+  }
+
  private:
   // Below 64 quaternions (hidden 256) a step's product is small enough that a call's overhead counts.
   static constexpr int64_t kMinQuaternions = 64;
@@ -275,8 +288,11 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
                                                             : at::zeros({scan.batch, scan.hidden}, options);
   }
   const StepProduct step_product(weight, /*adjoint=*/true, scan.batch);
-  // The light GRU adds its direct part of dL/dh_{t-1} to the product's.
-  at::Tensor through_weight = cell_is_light_gru(kind) ? at::empty({scan.batch, scan.hidden}, options) : at::Tensor();
+  // The light GRU adds the product to its direct part of dL/dh_{t-1}; the forms that cannot
+  // accumulate write their product here first.
+  at::Tensor through_weight = cell_is_light_gru(kind) && !step_product.accumulates()
+                                  ? at::empty({scan.batch, scan.hidden}, options)
+                                  : at::Tensor();
   for (int64_t s = scan.steps - 1; s >= 0; --s) {
     const int64_t t = scan.time(s), rows = scan.rows(t);
     at::Tensor pre_rows = pre[t].narrow(0, 0, rows), grad_hidden_rows = grad_hidden.narrow(0, 0, rows);
@@ -288,7 +304,8 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
         scan.has_cell() ? first_rows(cells[t], rows) : c10::nullopt, kind, slots, gate_major, first_rows(mask, rows));
     // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
     if (cell_is_light_gru(kind)) {
-      grad_hidden_rows.add_(step_product.apply(pre_rows, through_weight.narrow(0, 0, rows)));
+      step_product.accumulate(pre_rows, grad_hidden_rows,
+                              through_weight.defined() ? through_weight.narrow(0, 0, rows) : through_weight);
     } else if (const at::Tensor product = step_product.apply(pre_rows, grad_hidden_rows);
                !product.is_same(grad_hidden_rows)) {
       if (rows == scan.batch) {
