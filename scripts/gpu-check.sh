@@ -116,7 +116,8 @@ if [ "$command" = truth ]; then
   "$python" -c 'import xdist' 2>/dev/null && xdist=(-n 4)
   step tests 90 "$python" -m pytest tests -m cuda -q -rs "${xdist[@]}" --junitxml="$out_dir/tests-cuda.xml"
   # The raw CUDA ops at small sizes: under the sanitizers every kernel runs many times slower.
-  sanitized=(-m pytest tests/test_ops.py tests/test_devices.py -m cuda -q -p no:cacheprovider)
+  # -v: a run cut at its limit still shows how far it got; a sanitizer report names its kernel.
+  sanitized=(-m pytest tests/test_ops.py tests/test_devices.py -m cuda -v --tb=short -p no:cacheprovider)
   for tool in memcheck racecheck; do
     limit=$([ "$tool" = memcheck ] && echo 40 || echo 35)
     if command -v compute-sanitizer >/dev/null; then
