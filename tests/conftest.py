@@ -41,8 +41,9 @@ HAS_CUDA = torch.cuda.is_available()
 
 # Float32 on a GPU in full float32, as the CPU computes it: cuDNN's default runs float32 convolutions
 # in TF32 (about 1e-3 relative on an H200), which the float32 tolerances above would take for a bug.
-# These are torch's own flags, set for the test session only; a user gets torch's defaults (README,
-# "CUDA"). The legacy flags, which torch 2.9 and later keep in step with their fp32_precision ones.
+# These are torch's own flags, set for the test session only; a user gets torch's defaults
+# (docs/integrations.md, "On a GPU"). The legacy flags, which torch 2.9 and later keep in step with
+# their fp32_precision ones.
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 

@@ -220,9 +220,8 @@ def test_recurrent_checkpoints_are_refused(recurrent, source):
 def test_migration_table_tells_each_speechbrain_layer_s_path():
     # One row per SpeechBrain layer type: recurrent checkpoints do not carry over into qlayers.nn,
     # and every layer has its qlayers.compat.speechbrain class.
-    api = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "API.md")
-    migration = open(api).read().split("## Migration from the best-known implementations")[1]
-    table = migration.split("| SpeechBrain | into `qlayers.nn`")[1]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "migration.md")
+    table = open(path).read().split("| SpeechBrain | into `qlayers.nn`")[1]
     rows = [line for line in table.splitlines() if line.startswith("| `Q")]
     from qlayers.compat import speechbrain
 

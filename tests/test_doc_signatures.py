@@ -1,11 +1,12 @@
-"""Every signature the docs print is the code's: README.md and docs/API.md against inspect.signature.
+"""Every signature the docs print is the code's: README.md, CONTRIBUTING.md and docs/*.md against
+inspect.signature.
 
 A printed signature is a code span `name(parameters)` (or names followed by `(parameters)`, as in
 "`QRNN`, `QLSTM`, `QLiGRU` take `(input_size, ...)`") whose parameters are all of the forms
 `p`, `p=default`, `*`, `*args`, `**kwargs` or `...`; spans such as `QLinear(·, G·hidden)` are
 expressions, not signatures. `...` stands for parameters left out; without it the printed list is
-the whole list, `**kwargs` included. Names resolve in the modules of their API.md section (README:
-the top-level package and qlayers.functional), or by their dotted path.
+the whole list, `**kwargs` included. Names resolve in the modules of their API.md section (the other
+pages: the top-level package and qlayers.functional), or by their dotted path.
 """
 
 import ast
@@ -34,9 +35,14 @@ API_SECTIONS = {
     "`qlayers.compat.speechbrain`": ["qlayers.compat.speechbrain", "qlayers.compat.speechbrain.q_ops"],
     "`qlayers.compat.core_qnn`": ["qlayers.compat.core_qnn"],
 }
-# README: the package's own layers and functions; its SpeechBrain section prints SpeechBrain's.
-README_MODULES = ["qlayers", "qlayers.functional"]
-README_SKIPPED_SECTIONS = ("SpeechBrain: change one import",)
+# The other pages (README, CONTRIBUTING, docs/ but API.md): the package's own layers and functions.
+PAGE_MODULES = ["qlayers", "qlayers.functional"]
+# Pages not checked: the migration page prints the peers' signatures, and calls such as
+# `QLinear(in, out)` that read as signatures.
+SKIPPED_PAGES = ("docs/migration.md",)
+DOCUMENTS = ["README.md", "CONTRIBUTING.md"] + sorted(
+    f"docs/{name}" for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md")
+)
 
 
 def split_parameters(text):
@@ -86,14 +92,18 @@ def expand_dims(name):
     return [f"{match.group(1)}{d}d" for d in [match.group(2)] + re.findall(r"/(\d)d", match.group(3))]
 
 
+def section_modules(document, section):
+    """The modules a section's names resolve in, or None where the section is not checked."""
+    if document == "docs/API.md":
+        return API_SECTIONS.get(section)
+    return None if document in SKIPPED_PAGES else PAGE_MODULES
+
+
 def printed_signatures():
-    """(where, name, parameters, modules) for every signature the two documents print."""
-    documents = {
-        "docs/API.md": open(os.path.join(ROOT, "docs", "API.md")).read(),
-        "README.md": open(os.path.join(ROOT, "README.md")).read(),
-    }
+    """(where, name, parameters, modules) for every signature the documents print."""
     signatures = []
-    for document, text in documents.items():
+    for document in DOCUMENTS:
+        text = open(os.path.join(ROOT, document)).read()
         for span, section in code_spans(text):
             match = re.fullmatch(rf"((?:{IDENTIFIER}\.)*[\w/]+)\((.*)\)", span.strip())
             if not match:
@@ -101,13 +111,8 @@ def printed_signatures():
             parameters = split_parameters(match.group(2))
             if not all(PARAMETER.match(p) for p in parameters):
                 continue  # an expression or a schema, not a Python signature
-            if document == "README.md":
-                if section in README_SKIPPED_SECTIONS:
-                    continue
-                modules = README_MODULES
-            elif section in API_SECTIONS:
-                modules = API_SECTIONS[section]
-            else:
+            modules = section_modules(document, section)
+            if modules is None:
                 continue
             for name in expand_dims(match.group(1)):
                 signatures.append((f"{document} ({section})", name, parameters, modules))

@@ -172,7 +172,7 @@ def test_initial_states_of_a_wrong_shape_name_the_shapes_the_caller_sees(cls, to
 @pytest.mark.parametrize("memory_efficient", [True, False])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_empty_batch_gives_empty_results_like_torch(cls, torch_cls, batch_first, memory_efficient, with_state):
-    # QLSTM raised on (T, 0, F) (an ambiguous view of its empty cell state); the README promises an
+    # QLSTM raised on (T, 0, F) (an ambiguous view of its empty cell state); docs/API.md promises an
     # empty result, as torch.nn.LSTM gives.
     ours = cls(8, 12, num_layers=2, bidirectional=True, batch_first=batch_first, memory_efficient=memory_efficient)
     theirs = torch_cls(8, 12, num_layers=2, bidirectional=True, batch_first=batch_first)

@@ -627,7 +627,7 @@ def test_engine_ops_refuse_bad_arguments():
 def test_engine_keeps_less_than_the_step_loop_and_torch():
     # The benchmark's QLSTM (2 layers, hidden 512, 100 steps, batch 16): the engine keeps `projected`,
     # the outputs and the cell states, 40.75 MiB; the step loop of the efficient layers kept 50.00 MiB
-    # (README), and nn.LSTM keeps its gate workspace besides.
+    # (docs/performance.md), and nn.LSTM keeps its gate workspace besides.
     steps, batch, hidden = 100, 16, 512
     x = torch.randn(steps, batch, hidden)
     kept = {}

@@ -1,4 +1,4 @@
-// algorithm="auto": the measured rule, in one place (README, "Choosing the algorithm").
+// algorithm="auto": the measured rule, in one place (docs/algorithms.md, "Choosing the algorithm").
 #include "linear_choice.h"
 
 #include <c10/util/Exception.h>

@@ -141,7 +141,7 @@ def hamilton_matrix(r_weight: Tensor, i_weight: Tensor, j_weight: Tensor, k_weig
     """The real Hamilton matrix of quaternion components, differentiable.
 
     Components of shape ``(n, m, *rest)`` give a ``(4n, 4m, *rest)`` tensor laid out in 4x4 blocks
-    as the Hamilton convention (README, "The convention") prescribes.
+    as the Hamilton convention (docs/API.md, "The Hamilton convention") prescribes.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
     _check_components("hamilton_matrix", components, linear=False)

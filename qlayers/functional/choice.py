@@ -39,7 +39,7 @@ def choose_algorithm(
     ``n``), for the ``phase`` in :data:`PHASES`. ``"auto"`` takes "direct" for a few rows on the CPU,
     "eight" for large float32/float64 products (never in 16-bit, where its rounded operand sums cost
     accuracy), "components" while the product is memory-bound (few rows per feature), and
-    "hamilton" otherwise; README, "Choosing the algorithm".
+    "hamilton" otherwise; docs/algorithms.md, "Choosing the algorithm".
     """
     check_algorithm(algorithm)
     if phase not in PHASES:

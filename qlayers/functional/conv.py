@@ -109,7 +109,7 @@ def conv_formulation(input: Tensor, components, options, compute_dtype) -> str:
 
     The eight-product ops have no batching rule, so torch.func transforms take "kernel"; so do
     transposed and grouped convolutions and channels-last inputs, which conv_eight does not serve.
-    In 16-bit the eight-product sums cost accuracy (the linear layer's rule, README), so "kernel".
+    In 16-bit the eight-product sums cost accuracy (the linear layer's rule, docs/algorithms.md), so "kernel".
     """
     stride, padding, dilation, transposed, output_padding, groups = options
     a, b = components[0].shape[:2]
