@@ -41,7 +41,7 @@ import sys
 import torch
 
 # torch.utils.benchmark imports torch.utils.cpp_extension, which warns about the CUDA toolkit when a
-# CUDA build of torch sees no GPU; no extension is built here (as in compare.py).
+# CUDA build of torch sees no GPU; no extension is built here (as in measure.py).
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import torch.utils.benchmark as benchmark  # noqa: E402

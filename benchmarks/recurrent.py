@@ -16,22 +16,26 @@ import json
 import sys
 from dataclasses import asdict
 
-import compare
 import incremental
+import measure
+import report
 import torch
+import workloads
+
+import qlayers
 
 
 def run(argv=None):
     """The run as a dict: compare.py's JSON layout with "records" alone."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(compare.SIZES), default="full")
+    parser.add_argument("--size", choices=sorted(workloads.SIZES), default="full")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--workloads",
         nargs="+",
         type=str.lower,  # QLSTM or qlstm
-        choices=compare.GROUPS["recurrent"],
-        default=list(compare.GROUPS["recurrent"]),
+        choices=workloads.GROUPS["recurrent"],
+        default=list(workloads.GROUPS["recurrent"]),
         metavar="NAME",
         help="which of qlstm, qrnn, qligru, in this order (default: all three)",
     )
@@ -44,20 +48,20 @@ def run(argv=None):
         parser.error("--device cuda asked for, but torch sees no CUDA device")
     min_run_time = {"full": 1.0, "quick": 0.3, "tiny": 0.01}[options.size]
     incremental.make_folders(options.json, options.markdown)
-    header = f"torch {torch.__version__}, {device.type}: {compare.machine(device)}, sizes {options.size}"
+    header = f"torch {torch.__version__}, {device.type}: {measure.machine(device)}, sizes {options.size}"
     result = {
-        "device": compare.machine(device),
+        "device": measure.machine(device),
         "device_type": device.type,
         "torch": torch.__version__,
-        "qlayers": compare.qlayers.__version__,
+        "qlayers": qlayers.__version__,
         "size": options.size,
-        "workloads": compare.plan(options.workloads),
+        "workloads": workloads.plan(options.workloads),
         "records": [],
     }
 
     def lines(so_far):
         records = so_far["records"]
-        found = compare.table(records) + ["", *compare.inference_table(records), "", *compare.lecture_claim(records)]
+        found = report.table(records) + ["", *report.inference_table(records), "", *report.lecture_claim(records)]
         note = incremental.status_note(so_far)
         return ([note, ""] if note else []) + found
 
@@ -69,7 +73,7 @@ def run(argv=None):
             text = f"# benchmarks/recurrent.py, sizes {options.size}\n\n{header}\n\n" + "\n".join(lines(so_far))
             incremental.write_atomically(options.markdown, text + "\n")
 
-    tasks = compare.tasks(result["workloads"], list(compare.IMPLEMENTATIONS), options.size, device, min_run_time)
+    tasks = measure.tasks(result["workloads"], list(workloads.IMPLEMENTATIONS), options.size, device, min_run_time)
     torch.set_flush_denormal(True)  # as compare.py: time the layers, not subnormal arithmetic
     try:
         incremental.execute(tasks, result, incremental.Budget(options.budget), save)
@@ -81,7 +85,7 @@ def run(argv=None):
 
 
 def main(argv=None):
-    """The records measured (compare.Record), as before --json; exits 124 after SIGTERM."""
+    """The records measured (measure.Record), as before --json; exits 124 after SIGTERM."""
     result = run(argv)
     status = incremental.exit_status(result)
     if status:

@@ -25,7 +25,8 @@
 #   build      as above; a relink only when the truth command ran on the same machine just before
 #   compare    benchmarks/compare.py --size quick, QRNN and QLiGRU first, no torch.compile, stopped by
 #              --budget; compare.{json,md,png}
-#   kernels    the kernel benchmarks (pytest-benchmark; kernels.json)
+#   kernels    benchmarks/compare.py --workloads kernels: both kernels beside their torch.cat
+#              versions and a copy; kernels.{json,md}
 #   choose     benchmarks/choose_linear.py: each formulation per product, the data a CUDA rule for
 #              algorithm="auto" needs (csrc/layers/linear_choice.cpp); choose-linear.{json,md}
 #
@@ -137,8 +138,8 @@ else
   step compare 120 "$python" benchmarks/compare.py --device "$device" --size "$compare_size" --budget 105 \
     --workloads qrnn qligru all --impls qlayers autograd anchor-custom checkpoint dense \
     --json "$out_dir/compare.json" --markdown "$out_dir/compare.md" --plot "$out_dir/compare.png"
-  step kernels 40 "$python" -m pytest benchmarks --benchmark-only -q -k "$device" \
-    --benchmark-min-time=0.01 --benchmark-max-time=0.1 --benchmark-json="$out_dir/kernels.json"
+  step kernels 40 "$python" benchmarks/compare.py --device "$device" --size "$compare_size" --workloads kernels \
+    --budget 30 --json "$out_dir/kernels.json" --markdown "$out_dir/kernels.md"
   if [ "$device" = cuda ]; then choose=(); else choose=(--rows 8 512 --features 64 512 --min-run-time 0.01); fi
   step choose 60 "$python" benchmarks/choose_linear.py --device "$device" --budget 50 "${choose[@]}" \
     --json "$out_dir/choose-linear.json" --markdown "$out_dir/choose-linear.md"

@@ -22,7 +22,12 @@ OUTPUTS = {
     "speed": {"build": None, "compare": "compare.json", "kernels": "kernels.json", "choose": "choose-linear.json"},
 }
 # The benchmark JSON files and the list that must hold at least one measurement.
-MEASURED = {"lecture.json": "records", "compare.json": "records", "choose-linear.json": "cells"}
+MEASURED = {
+    "lecture.json": "records",
+    "compare.json": "records",
+    "kernels.json": "kernels",
+    "choose-linear.json": "cells",
+}
 
 
 def read_steps(out_dir, command):
@@ -141,11 +146,6 @@ def summarise(out_dir):
                     problems.append(f"{name}: no {key} measured (status {found.get('status', '?')})")
                 else:
                     lines.append(f"- {name}: {len(found[key])} {key}, status {found.get('status', 'complete')}")
-    kernels = os.path.join(out_dir, "kernels.json")
-    if os.path.exists(kernels):
-        found = read_json(kernels, problems)
-        if found is not None:
-            lines.append(f"- kernels.json: {len(found.get('benchmarks', []))} kernel benchmarks")
     return lines, problems
 
 

@@ -18,11 +18,14 @@ sys.path.insert(0, BENCHMARKS)
 import choose_linear  # noqa: E402
 import compare  # noqa: E402
 import incremental  # noqa: E402
+import measure  # noqa: E402
 import recurrent  # noqa: E402
+import workloads  # noqa: E402
 
 CPU = torch.device("cpu")
 RECURRENT_LABELS = [
-    task.label for task in compare.tasks(["qlstm", "qrnn", "qligru"], list(compare.IMPLEMENTATIONS), "tiny", CPU, 0.01)
+    task.label
+    for task in measure.tasks(["qlstm", "qrnn", "qligru"], list(workloads.IMPLEMENTATIONS), "tiny", CPU, 0.01)
 ]
 
 
@@ -60,13 +63,13 @@ def test_budget_semantics():
 
 
 def test_workload_keys_and_order():
-    assert [w.key for w in compare.workloads("tiny")] == list(compare.WORKLOAD_KEYS)
-    assert [w.key for w in compare.workloads("full", "cuda")] == list(compare.WORKLOAD_KEYS)
-    everything = compare.plan(["recurrent", "all"])
+    assert [w.key for w in workloads.at_size("tiny")] == list(workloads.WORKLOAD_KEYS)
+    assert [w.key for w in workloads.at_size("full", "cuda")] == list(workloads.WORKLOAD_KEYS)
+    everything = workloads.plan(["recurrent", "all"])
     assert everything[:3] == ["qlstm", "qrnn", "qligru"]
-    assert sorted(everything) == sorted(compare.WORKLOAD_KEYS + compare.SECTIONS)
-    assert compare.plan(["all"]) == list(compare.WORKLOAD_KEYS + compare.SECTIONS)  # the order reports had
-    labels = [t.label for t in compare.tasks(everything, list(compare.IMPLEMENTATIONS), "tiny", CPU, 0.01)]
+    assert sorted(everything) == sorted(workloads.WORKLOAD_KEYS + workloads.SECTIONS)
+    assert workloads.plan(["all"]) == list(workloads.WORKLOAD_KEYS + workloads.SECTIONS)  # the order reports had
+    labels = [t.label for t in measure.tasks(everything, list(workloads.IMPLEMENTATIONS), "tiny", CPU, 0.01)]
     assert labels[: len(RECURRENT_LABELS)] == RECURRENT_LABELS and len(set(labels)) == len(labels)
 
 
@@ -136,7 +139,7 @@ def test_compare_budget_stops_after_one_measurement(tmp_path):
     assert result["records"][0]["peak_bytes"] > 0 and result["kernels"] == []
     assert result["skipped"][0] == RECURRENT_LABELS[1]  # QLSTM / autograd
     assert result["skipped"][1].startswith("kernels: ") and len(result["skipped"]) == 1 + len(
-        compare.KERNEL_CASES["cpu"]
+        workloads.KERNEL_CASES["cpu"]
     )
     assert result["skipped_workloads"] == ["qlstm", "kernels"]
     assert "| QLSTM" in paths["md"].read_text() and "stopped for budget" in done.stdout
@@ -175,7 +178,7 @@ def test_compare_sigterm_leaves_what_it_measured(tmp_path):
     assert returncode == 124, stderr[-2000:]
     assert result["status"] == "interrupted by SIGTERM" and result["stopped_for_budget"] is False
     measured = [f"{r['workload']} / {r['impl']}" for r in result["records"]]
-    everything = compare.tasks(compare.plan(["recurrent", "all"]), list(compare.IMPLEMENTATIONS), "tiny", CPU, 0.01)
+    everything = measure.tasks(workloads.plan(["recurrent", "all"]), list(workloads.IMPLEMENTATIONS), "tiny", CPU, 0.01)
     done = len(everything) - len(result["skipped"])
     assert result["skipped"] == [t.label for t in everything[done:]]  # the interrupted one included
     assert measured == [t.label for t in everything[:done] if t.section == "records"]
@@ -281,14 +284,12 @@ def test_recurrent_budget_zero_lists_the_three_layers(tmp_path):
     assert "Partial run" in markdown.read_text()
 
 
-@pytest.mark.parametrize("workloads", [["QRNN"], ["qligru", "QLSTM"]])
-def test_recurrent_workloads_pick_and_order(workloads, tmp_path):
+@pytest.mark.parametrize("names", [["QRNN"], ["qligru", "QLSTM"]])
+def test_recurrent_workloads_pick_and_order(names, tmp_path):
     # Names in either case (the layers' own, or compare.py's keys), in the order given.
     path = tmp_path / "recurrent.json"
-    recurrent.main(
-        ["--size", "tiny", "--device", "cpu", "--budget", "0", "--json", str(path), "--workloads", *workloads]
-    )
+    recurrent.main(["--size", "tiny", "--device", "cpu", "--budget", "0", "--json", str(path), "--workloads", *names])
     skipped = [label.split(":")[0] for label in read_json(path)["skipped"]]
     assert skipped == [
-        name for w in workloads for name in [{"qlstm": "QLSTM", "qrnn": "QRNN", "qligru": "QLiGRU"}[w.lower()]] * 3
+        name for w in names for name in [{"qlstm": "QLSTM", "qrnn": "QRNN", "qligru": "QLiGRU"}[w.lower()]] * 3
     ]

@@ -18,8 +18,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import baselines  # noqa: E402
 import choose_linear  # noqa: E402
 import compare  # noqa: E402
+import measure  # noqa: E402
 import per_call  # noqa: E402
 import recurrent  # noqa: E402
+import report  # noqa: E402
+import workloads  # noqa: E402
 
 
 @pytest.mark.parametrize("input_requires_grad", [True, False])
@@ -92,9 +95,9 @@ def test_compare_smoke(tmp_path):
     assert result["torch"] == torch.__version__
     assert isinstance(result["device"], str)
     records = result["records"]
-    expected_pairs = [(w.name, i) for w in compare.workloads("tiny") for i in impls if w.factory(i) is not None]
+    expected_pairs = [(w.name, i) for w in workloads.at_size("tiny") for i in impls if w.factory(i) is not None]
     assert [(r["workload"], r["impl"]) for r in records] == expected_pairs
-    assert any(w.factories is not None for w in compare.workloads("tiny"))  # the convolution workloads ran
+    assert any(w.factories is not None for w in workloads.at_size("tiny"))  # the convolution workloads ran
     for record in records:
         assert set(record) == {"workload", "impl", "retained_bytes", "peak_bytes", "time_ms", "inference_ms"}
         assert isinstance(record["retained_bytes"], int) and record["retained_bytes"] >= 0
@@ -104,11 +107,23 @@ def test_compare_smoke(tmp_path):
         recurrent = record["workload"].split(":")[0] in ("QLSTM", "QRNN", "QLiGRU")
         assert (record["inference_ms"] is not None and record["inference_ms"] > 0) == recurrent
     kept = {(r["workload"], r["impl"]): r["retained_bytes"] for r in records}
-    for workload in compare.workloads("tiny"):
+    for workload in workloads.at_size("tiny"):
         # The plain path keeps the Hamilton matrices that qlayers does not.
         assert kept[(workload.name, "autograd")] > kept[(workload.name, "qlayers")]
         if not workload.inference:  # torch's recurrent layers keep their own gate workspaces
             assert kept[(workload.name, "qlayers")] == kept[(workload.name, "dense")]
+    # The kernel section: both ops beside their torch.cat versions, at every case (the small float32
+    # ones of the former pytest-benchmark suite among them), each against the same copy.
+    kernels = result["kernels"]
+    cases = [
+        ("x".join(map(str, shape)), str(dtype).replace("torch.", "")) for shape, dtype in workloads.KERNEL_CASES["cpu"]
+    ]
+    ops = ["expand", "expand (torch.cat)", "reduce", "reduce (torch.cat backward)"]
+    assert [(k["shape"], k["dtype"], k["op"]) for k in kernels] == [case + (op,) for case in cases for op in ops]
+    assert all(k["time_ms"] > 0 and k["gb_per_s"] > 0 and k["copy_gb_per_s"] > 0 for k in kernels)
+    for shape, dtype in workloads.SMALL_KERNEL_CASES:
+        assert ("x".join(map(str, shape)), str(dtype).replace("torch.", "")) in cases
+    assert "| expand (torch.cat) |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| workload | impl |" in paths["md"].read_text()
 
@@ -127,13 +142,13 @@ def full_size_records():
     """A made-up run over the full workloads' names: qlayers keeps a quarter of autograd's bytes,
     takes half its time and 1.5 times dense's."""
     records = []
-    for workload in compare.workloads("full"):
+    for workload in workloads.at_size("full"):
         for impl, retained, peak, time_ms in (
             ("qlayers", 2**20, 2**21, 3.0),
             ("autograd", 2**22, 2**23, 6.0),
             ("dense", 2**20, 2**21, 2.0),
         ):
-            records.append(compare.Record(workload.name, impl, retained, peak, time_ms))
+            records.append(measure.Record(workload.name, impl, retained, peak, time_ms))
     return records
 
 
@@ -152,7 +167,7 @@ def test_plot_is_readable(tmp_path, monkeypatch):
     monkeypatch.setattr(Text, "draw", record)
     records = full_size_records()
     path = tmp_path / "plot.png"
-    compare.plot(records, path, "title")
+    report.plot(records, path, "title")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     boxes = list(drawn.values())
     strings = [text for text, _ in boxes]
