@@ -240,17 +240,6 @@ def test_bad_arguments_raise_clear_errors_in_kernels_and_fake_kernels(case, devi
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op_input", ["expand", "reduce"])
-def test_opcheck(op_input, device):
-    # Schema, fake kernel and autograd registration; gradient values are gradcheck's job above.
-    if op_input == "expand":
-        torch.library.opcheck(expand, components(3, 2, requires_grad=True, device=device))
-    else:
-        grad = torch.randn(12, 8, 2, dtype=torch.float64, device=device, requires_grad=True)
-        torch.library.opcheck(reduce, (grad,))
-
-
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [8, 9])
 def test_sums_of_negative_zeros_are_negative_zero(m, dtype, device):
