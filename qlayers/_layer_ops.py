@@ -18,6 +18,9 @@ import torch
 from torch import Tensor
 
 from qlayers import functional
+from qlayers.functional._hamilton_ops import _ops as _choose_ops
+from qlayers.functional._shared import bias_gradient
+from qlayers.functional.linear import linear_backward
 
 _ops = functional._RAW_OPS
 
@@ -59,9 +62,17 @@ def _linear_setup_context(ctx, inputs, output):
 
 
 def _linear_backward(ctx, grad_output):
-    # The backward is one opaque operator too: the C++ gradients of the eager layer.
     input, *components = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:6])
+    if torch.is_grad_enabled():
+        # A graph of the gradients is asked for (double backward): the backward op has no derivative
+        # (it runs below autograd), so differentiable ops give them, as the eager layer's do.
+        grad_input, grad_components = linear_backward(
+            grad_output, input, components, ctx.compute_dtype, needs[:5], _choose_ops(True)
+        )
+        grad_bias = bias_gradient(grad_output) if needs[5] else None
+        return grad_input, *grad_components, grad_bias, None, None
+    # The backward is one opaque operator too: the C++ gradients of the eager layer.
     grads = torch.ops.qlayers.quaternion_linear_backward(
         grad_output, input, *components, ctx.compute_dtype, ctx.algorithm, needs
     )

@@ -233,7 +233,7 @@ def test_auto_picks_by_batch_size():
     between = ops_called(qlayers.QLinear(1024, 1024), torch.randn(192, 1024, requires_grad=True))  # n = 256
     large = ops_called(layer, torch.randn(1024, 512, requires_grad=True))
     hamilton = {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
-    eight = {"qlayers::block_mix", "qlayers::block_mix_into"}
+    eight = {"qlayers::block_mix_into"}  # sums and combinations, into given views (one per component gradient)
     assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
     assert medium == hamilton
     assert between == eight

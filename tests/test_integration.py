@@ -44,6 +44,26 @@ def test_gradient_penalty_matches_reference():
     assert ours[4] is not None and theirs[4] is not None
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "hamilton", "components", "eight", "direct"])
+def test_gradient_penalty_through_the_compile_op(algorithm):
+    # qlayers::linear (the torch.compile op) called eagerly: its backward op runs below autograd, so
+    # a graph of the gradients takes differentiable ops (qlayers/_layer_ops.py), whatever the algorithm.
+    x, *weights, bias = linear_args()
+
+    def penalty_grads(fn):
+        xx = x.clone().requires_grad_()
+        ws = [w.clone().requires_grad_() for w in weights]
+        (grad_x,) = torch.autograd.grad(fn(xx, *ws).tanh().sum(), xx, create_graph=True)
+        return torch.autograd.grad(grad_x.pow(2).sum(), ws)
+
+    def compile_op(xx, *ws):
+        return torch.ops.qlayers.linear(xx, *ws, bias, None, algorithm)
+
+    assert_trees_close(
+        penalty_grads(compile_op), penalty_grads(lambda xx, *ws: reference.quaternion_linear(xx, *ws, bias))
+    )
+
+
 # --- forward mode and torch.func ----------------------------------------------------------------
 
 

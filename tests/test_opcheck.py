@@ -169,7 +169,8 @@ ALL = [True] * 6
 
 def quaternion_linear_backward(device):
     """The gradients of every operand. Explicit algorithms: "auto" picks by device (direct on a CPU,
-    hamilton elsewhere), and the formulations return different aliasing (the bugs in SAMPLES)."""
+    hamilton elsewhere), and each formulation makes its component gradients its own way (four
+    tensors, or views of one (4, n, m) result that the op clones)."""
     samples = {}
     for algorithm in ALGORITHMS[1:]:
         x, weight, _ = _linear_operands(device)
@@ -419,16 +420,6 @@ EAGER_ONLY = (
     "eager only, by design: traced code takes the opaque Python ops instead (qlayers::linear, qlayers::conv; "
     "qlayers/_layer_ops.py). Its C++ kernel runs inside a dynamic-shape trace and fails there"
 )
-# The backward ops return some gradients as views of one tensor (the components' four (n, m)
-# gradients as slices of one (4, n, m) result), or one empty tensor for several unneeded gradients,
-# while their schemas promise fresh outputs and their fake kernels return separate tensors.
-ALIASED = "outputs alias each other, against the schema and the fake kernel: '{}'"
-# A C++ composite op with no kernel at an Autograd key: its kernel's own aten calls record a graph
-# on inputs that require grad (or refuse them: out= ops), the outputs require grad through that graph.
-NO_AUTOGRAD_KEY = (
-    "no kernel at an Autograd key (CompositeExplicitAutograd only): outputs require grad through the "
-    "kernel's own aten calls, or an out= call refuses inputs that require grad"
-)
 
 SAMPLES: Dict[str, Entry] = {
     "qlayers::hamilton_expand.default": Entry(hamilton_expand),
@@ -444,15 +435,11 @@ SAMPLES: Dict[str, Entry] = {
     # them: on a CPU "auto" and "direct" read data pointers ("its data is not allocated yet"),
     # "components" calls numel() on symbolic sizes; hamilton and eight trace.
     "qlayers::quaternion_linear.default": Entry(linear, skip={AOT: EAGER_ONLY}),
-    "qlayers::quaternion_linear_backward.default": Entry(
-        quaternion_linear_backward,
-        aot_without_grad=NO_DERIVATIVE,
-        bugs=(
-            Bug(SCHEMA, ALIASED.format("Outputs 1 and 2 alias unexpectedly"), ("components", "eight", "direct")),
-            Bug(FAKE, ALIASED.format("mismatch in outputs_alias_each_other check"), ("components", "eight", "direct")),
-            Bug(AUTOGRAD, NO_AUTOGRAD_KEY),
-        ),
-    ),
+    # The backward ops' outputs are tensors of their own, as their schemas and fake kernels say: no
+    # two share memory (component gradients, empty ones for gradients not asked for). This one and
+    # recurrent_scan_backward run below autograd (an Autograd kernel): their outputs never require
+    # grad, and their callers build any graph of the gradients from differentiable ops.
+    "qlayers::quaternion_linear_backward.default": Entry(quaternion_linear_backward, aot_without_grad=NO_DERIVATIVE),
     "qlayers::linear_formulation.default": Entry(
         linear_formulation,
         skip={
@@ -468,29 +455,14 @@ SAMPLES: Dict[str, Entry] = {
     # on symbolic sizes, is what a trace runs. Its Python caller (qlayers.functional.conv) owns its
     # autograd, and runs it in eager mode only.
     "qlayers::conv_eight.default": Entry(conv_eight, skip={AOT: EAGER_ONLY}),
-    "qlayers::conv_eight_backward.default": Entry(
-        conv_eight_backward,
-        skip={AOT: EAGER_ONLY},
-        bugs=(Bug(SCHEMA, ALIASED.format("Outputs 1 and 2 alias unexpectedly"), ("1d", "2d-strided-dilated-f32")),),
-    ),
+    "qlayers::conv_eight_backward.default": Entry(conv_eight_backward, skip={AOT: EAGER_ONLY}),
     # Mutating ops with no result: their fake kernels are the ones torch makes for such ops.
     "qlayers::recurrent_gates_forward.default": Entry(recurrent_gates_forward),
     "qlayers::recurrent_gates_backward.default": Entry(recurrent_gates_backward),
     "qlayers::recurrent_scan.default": Entry(recurrent_scan),
-    # On a CPU, these sizes take the direct formulation for the weight's gradient (four views of one
-    # (4, n, m) tensor); elsewhere hamilton (four tensors), so there only the sample whose output_mask
-    # leaves out the weight aliases: it returns one empty tensor for all four of its gradients.
-    "qlayers::recurrent_scan_backward.default": Entry(
-        recurrent_scan_backward,
-        aot_without_grad=NO_DERIVATIVE,
-        bugs=(
-            Bug(SCHEMA, ALIASED.format("Outputs 1 and 2 alias unexpectedly"), devices=("cpu",)),
-            Bug(SCHEMA, ALIASED.format("Outputs 1 and 2 alias unexpectedly"), NO_WEIGHT_GRADIENT, ("cuda",)),
-            Bug(FAKE, ALIASED.format("mismatch in outputs_alias_each_other check"), devices=("cpu",)),
-            Bug(FAKE, ALIASED.format("mismatch in outputs_alias_each_other check"), NO_WEIGHT_GRADIENT, ("cuda",)),
-            Bug(AUTOGRAD, NO_AUTOGRAD_KEY),
-        ),
-    ),
+    # On a CPU, these sizes take the direct formulation for the weight's gradient, elsewhere hamilton;
+    # one sample's output_mask leaves out the weight (four empty gradients).
+    "qlayers::recurrent_scan_backward.default": Entry(recurrent_scan_backward, aot_without_grad=NO_DERIVATIVE),
 }
 
 

@@ -165,10 +165,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                           blocks_of(grad_input.narrow(0, first, len)));
     }
   }
+  // The fold, one row of its table at a time, each into a tensor of its own (an operator's outputs
+  // must not share memory): the same terms as one block_mix into a (4, ...) tensor, and only the
+  // components asked for.
   at::Tensor parts[4];
   if (needs_components) {
-    const at::Tensor folded = ops::block_mix(grad_sums.reshape({8, 1, r.numel()}), ref(kLeftTransposed), false);
-    for (int c = 0; c < 4; ++c) parts[c] = folded[c].view(r.sizes());
+    const at::Tensor folded = grad_sums.reshape({8, 1, r.numel()});
+    for (int c = 0; c < 4; ++c) {
+      if (!output_mask[1 + c]) continue;
+      parts[c] = at::empty(r.sizes(), grad_sums.options());
+      ops::block_mix_into(folded, {kLeftTransposed.data() + 8 * c, 8}, parts[c].view({1, 1, r.numel()}));
+    }
   }
   at::Tensor grad_bias;
   if (output_mask[5]) {
@@ -178,9 +185,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   // A gradient not asked for comes back empty: every output of a traced operator must be a tensor.
   auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, g.options()); };
-  return {or_empty(grad_input), or_empty(output_mask[1] ? parts[0] : at::Tensor()),
-          or_empty(output_mask[2] ? parts[1] : at::Tensor()), or_empty(output_mask[3] ? parts[2] : at::Tensor()),
-          or_empty(output_mask[4] ? parts[3] : at::Tensor()), or_empty(grad_bias)};
+  return {or_empty(grad_input), or_empty(parts[0]), or_empty(parts[1]), or_empty(parts[2]), or_empty(parts[3]),
+          or_empty(grad_bias)};
 }
 
 }  // namespace

@@ -3,7 +3,7 @@
 //   qlayers::quaternion_linear  y = x @ W + bias; its Autograd kernel (LinearFunction) keeps only the
 //                               input (when a component needs a gradient) and the components
 //   qlayers::quaternion_linear_backward  the gradients, for callers that run their own autograd
-//                               (the torch.compile op in qlayers/_layer_ops.py)
+//                               (the torch.compile op in qlayers/_layer_ops.py); runs below autograd
 //   qlayers::linear_formulation the choice "auto" makes for one product (linear_choice.cpp)
 //
 // An eager call costs one dispatch and no Python: small layers pay what torch.nn.Linear pays.
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../hamilton_shapes.h"
+#include "below_autograd.h"
 #include "linear_choice.h"
 #include "linear_formulations.h"
 
@@ -223,8 +224,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     std::array<bool, 6> output_mask) {
   auto g = linear_gradients(grad_output, input.value_or(at::Tensor()), {r, i, j, k}, compute_dtype, algorithm,
                             output_mask, false);
-  // A gradient not asked for comes back empty: every output of an operator that torch.compile
-  // traces must be a tensor.
+  // Outputs of their own, as the schema promises: the components formulation's small component
+  // gradients are views of one tensor (the eager LinearFunction keeps them as they are).
+  unshare(g);
+  // A gradient not asked for comes back empty, each its own: every output of an operator that
+  // torch.compile traces must be a tensor.
   for (auto& grad : g) {
     if (!grad.defined()) grad = at::empty({0}, grad_output.options());
   }
@@ -259,7 +263,10 @@ TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
   m.impl("quaternion_linear_backward", &linear_backward_op);
 }
 
-TORCH_LIBRARY_IMPL(qlayers, Autograd, m) { m.impl("quaternion_linear", &quaternion_linear_autograd); }
+TORCH_LIBRARY_IMPL(qlayers, Autograd, m) {
+  m.impl("quaternion_linear", &quaternion_linear_autograd);
+  m.impl("quaternion_linear_backward", below_autograd());
+}
 
 }  // namespace linear
 }  // namespace qlayers

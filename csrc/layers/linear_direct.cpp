@@ -116,12 +116,16 @@ at::Tensor adjoint(const at::Tensor& grad, const Components& weights) {
 Components gradients(const at::Tensor& input, const at::Tensor& grad) {
   const at::Tensor x = input.contiguous(), g = grad.contiguous();
   const int64_t rows = x.size(0), n = x.size(1) / 4, m = g.size(1) / 4;
-  at::Tensor out = at::empty({4, n, m}, x.options());
+  // Four tensors of their own (not views of one (4, n, m) tensor): each can be freed on its own,
+  // and an operator's outputs must not share memory.
+  const Components out = {at::empty({n, m}, x.options()), at::empty({n, m}, x.options()),
+                          at::empty({n, m}, x.options()), at::empty({n, m}, x.options())};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_direct_gradients", [&] {
     using A = at::opmath_type<scalar_t>;
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* gs = g.const_data_ptr<scalar_t>();
-    scalar_t* outs = out.data_ptr<scalar_t>();
+    const std::array<scalar_t*, 4> outs = {out[0].data_ptr<scalar_t>(), out[1].data_ptr<scalar_t>(),
+                                           out[2].data_ptr<scalar_t>(), out[3].data_ptr<scalar_t>()};
     // d c_s[p, :] = sum_r sum_a sign(a, a^s) x_a[r, p] g_{a^s}[r, :]: one output row per task.
     at::parallel_for(0, 4 * n, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, 4 * rows * m)),
                      [&](int64_t begin, int64_t end) {
@@ -137,12 +141,12 @@ Components gradients(const at::Tensor& input, const at::Tensor& grad) {
                              axpy(acc.data(), factor, gs + r * 4 * m + bo * m, m);
                            }
                          }
-                         scalar_t* row = outs + task * m;
+                         scalar_t* row = outs[s] + p * m;
                          for (int64_t q = 0; q < m; ++q) row[q] = static_cast<scalar_t>(acc[q]);
                        }
                      });
   });
-  return {out[0], out[1], out[2], out[3]};
+  return out;
 }
 
 }  // namespace direct

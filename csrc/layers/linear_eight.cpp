@@ -116,8 +116,15 @@ Components gradients(const at::Tensor& x, const at::Tensor& g) {
       products.baddbmm_(x_sums.transpose(1, 2), g_sums);
     }
   }
-  const at::Tensor parts = ops::block_mix(products, ref(tables::kCombine), /*interleave=*/false);
-  return {parts[0], parts[1], parts[2], parts[3]};
+  // The combination, one row of its table at a time, each into a tensor of its own: the same
+  // terms as one block_mix into a (4, n, m) tensor (each row reads only its nonzero terms), but the
+  // four can be freed one by one, and an operator's outputs must not share memory.
+  Components parts;
+  for (int c = 0; c < 4; ++c) {
+    parts[c] = at::empty({n, m}, x.options());
+    ops::block_mix_into(products, {tables::kCombine.data() + 8 * c, 8}, parts[c].unsqueeze(0));
+  }
+  return parts;
 }
 
 }  // namespace eight

@@ -5,13 +5,15 @@
 //   product:   x (R, 4n) -> x @ W + bias (R, 4m)   (bias may be undefined)
 //   adjoint:   g (R, 4m) -> g @ W^T (R, 4n)        (the input gradient)
 //   gradients: x (R, 4n), g (R, 4m) -> the four (n, m) component gradients, x^T g folded by the
-//              Hamilton table
+//              Hamilton table; four tensors of their own, except the components formulation's
+//              below its stacking limit: views of one (4, n, m) result (unshare, below, for ops)
 // None of them keeps anything: W, operand sums and products are temporaries of one call.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <cstddef>
 #include <string>
 
 namespace qlayers {
@@ -63,6 +65,26 @@ at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& b
 at::Tensor adjoint(const at::Tensor& g, const Components& w);
 Components gradients(const at::Tensor& x, const at::Tensor& g);
 }  // namespace direct
+
+// Makes each defined tensor one of its own, for an operator's outputs (its schema promises fresh
+// ones): a tensor that shares memory with another is cloned. Of the formulations only the components
+// one still returns views of one (4, n, m) result, below its stacking limit (n * m <= 64 * 64): the
+// clones cost that result's size again (at most 4 x 64 x 64 elements: 64 KiB in float32) until the
+// op returns.
+template <size_t N>
+void unshare(std::array<at::Tensor, N>& tensors) {
+  std::array<bool, N> shared{};
+  for (size_t a = 0; a < N; ++a) {
+    for (size_t b = a + 1; b < N; ++b) {
+      if (tensors[a].defined() && tensors[b].defined() && tensors[a].is_alias_of(tensors[b])) {
+        shared[a] = shared[b] = true;
+      }
+    }
+  }
+  for (size_t a = 0; a < N; ++a) {
+    if (shared[a]) tensors[a] = tensors[a].clone(at::MemoryFormat::Contiguous);
+  }
+}
 
 // The three products by a chosen formulation.
 at::Tensor product(Formulation formulation, const at::Tensor& x, const Components& w, const at::Tensor& bias);

@@ -30,6 +30,7 @@
 #include "../hamilton_shapes.h"
 #include "../recurrent_cells.h"
 #include "../recurrent_gates.h"
+#include "below_autograd.h"
 #include "linear_choice.h"
 #include "linear_formulations.h"
 #include "onednn_linear.h"
@@ -321,19 +322,23 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
     }
   }
 
-  const at::Tensor empty = at::empty({0}, options);
-  std::array<at::Tensor, 4> grad_weight{empty, empty, empty, empty};
+  // A gradient not asked for comes back empty, each its own: no two outputs share memory.
+  auto empty = [&] { return at::empty({0}, options); };
+  std::array<at::Tensor, 4> grad_weight;
   if (output_mask[1]) {
     grad_weight = linear::gradients(choose(linear::Phase::kGradComponents), previous,
                                     pre.view({all_rows, projected.size(2)}));
+    linear::unshare(grad_weight);  // the components formulation's small ones are views of one tensor
+  } else {
+    grad_weight = {empty(), empty(), empty(), empty()};
   }
-  return {output_mask[0] ? pre : empty,
+  return {output_mask[0] ? pre : empty(),
           grad_weight[0],
           grad_weight[1],
           grad_weight[2],
           grad_weight[3],
-          output_mask[2] ? grad_hidden : empty,
-          output_mask[3] && scan.has_cell() ? grad_cell : empty};
+          output_mask[2] ? grad_hidden : empty(),
+          output_mask[3] && scan.has_cell() ? grad_cell : empty()};
 }
 
 }  // namespace
@@ -342,6 +347,9 @@ TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
   m.impl("recurrent_scan", &recurrent_scan);
   m.impl("recurrent_scan_backward", &recurrent_scan_backward);
 }
+
+// The backward has no derivative: its Python caller takes differentiable ops for double backward.
+TORCH_LIBRARY_IMPL(qlayers, Autograd, m) { m.impl("recurrent_scan_backward", below_autograd()); }
 
 }  // namespace recurrent
 }  // namespace qlayers
