@@ -4,16 +4,8 @@
                                  [--json PATH] [--plot PATH] [--markdown PATH]
     python benchmarks/compare.py --from-json PATH [--plot PATH] [--markdown PATH]   (a saved run, redrawn)
 
-For every workload and implementation, in one process:
-
-- retained: bytes autograd keeps for backward, counted with saved-tensor hooks, each storage once,
-  parameters left out (deterministic);
-- peak: the peak memory of one training step (forward + backward) above what was allocated
-  before it. CUDA: torch.cuda.max_memory_allocated after resetting the peak, minus the baseline.
-  CPU: the allocator's own events from torch.profiler (profile_memory=True, the raw Kineto event
-  list), each allocation and free summed in the order they happened, and the highest running sum
-  taken (RSS is too noisy);
-- time: the median of forward + backward from torch.utils.benchmark, all threads, CUDA synchronised.
+For every workload and implementation, in one process: retained bytes, peak memory and time, as
+benchmarks/measure.py defines them.
 
 Then the kernels alone: hamilton_expand and hamilton_reduce, each beside the torch.cat version that
 plain autograd runs, their bandwidth (bytes read + written per second) against a clone of the
