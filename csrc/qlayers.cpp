@@ -46,15 +46,25 @@ TORCH_LIBRARY(qlayers, m) {
       "quaternion_linear_backward(Tensor grad_output, Tensor? input, Tensor r, Tensor i, Tensor j, Tensor k, "
       "ScalarType? compute_dtype, str algorithm, bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
-  // A quaternion convolution (groups = 1, contiguous input) by the eight-product algorithm, and its
-  // gradients (layers/conv_eight.cpp); empty where output_mask is false.
+  // The choice "auto" makes for one product of the linear layer (layers/linear_choice.cpp).
+  m.def("linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase, Device device) -> str");
+  // The whole convolution layer (1d/2d/3d, transposed, grouped) plus bias, aten::convolution's
+  // options, with its autograd in C++ (layers/conv.cpp). algorithm: "auto", "kernel" or "eight".
   m.def(
-      "conv_eight(Tensor input, Tensor r, Tensor i, Tensor j, Tensor k, Tensor? bias, int[] stride, int[] padding, "
-      "int[] dilation, int groups) -> Tensor");
+      "quaternion_conv(Tensor input, Tensor r, Tensor i, Tensor j, Tensor k, Tensor? bias, int[] stride, "
+      "int[] padding, int[] dilation, bool transposed, int[] output_padding, int groups, ScalarType? compute_dtype, "
+      "str algorithm) -> Tensor");
+  // Its gradients (input, r, i, j, k, bias), empty where output_mask is false; input may be None
+  // when no component gradient is asked for.
   m.def(
-      "conv_eight_backward(Tensor grad_output, Tensor? input, int[] input_shape, Tensor r, Tensor i, Tensor j, "
-      "Tensor k, int[] stride, int[] padding, int[] dilation, int groups, bool[6] output_mask) -> (Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor)");
+      "quaternion_conv_backward(Tensor grad_output, Tensor? input, SymInt[] input_shape, Tensor r, Tensor i, "
+      "Tensor j, Tensor k, int[] stride, int[] padding, int[] dilation, bool transposed, int[] output_padding, "
+      "int groups, ScalarType? compute_dtype, str algorithm, bool[6] output_mask) -> (Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor)");
+  // The formulation ("kernel" or "eight") "auto" takes for one call; reads only metadata.
+  m.def(
+      "conv_formulation(Tensor input, Tensor r, int[] stride, bool transposed, int groups, "
+      "ScalarType? compute_dtype, str algorithm) -> str");
   // The recurrent engine (layers/recurrent.cpp). One step's gate activations and state update,
   // fused, after the step's recurrent GEMM: pre-activations projected + recurrent (rows, gates * H),
   // gate g of the cell in gate block slots[g] of each component block, or with gate_major in

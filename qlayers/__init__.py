@@ -1,7 +1,7 @@
 """qlayers: memory-efficient quaternion layers for PyTorch.
 
 The compiled library is loaded first (it defines the ``torch.ops.qlayers`` operators), then their
-Python-side registrations (autograd and fake kernels) and the layer-product ops, then the public API.
+Python-side registrations (autograd and fake kernels), then the public API.
 """
 
 import importlib
@@ -14,7 +14,6 @@ from qlayers import _library
 _C = _library.load()
 
 from qlayers import (  # noqa: E402
-    _layer_ops,  # noqa: F401  (layer products as single ops, for torch.compile and torch.export)
     _registrations,  # noqa: F401,E402  (autograd and fake kernels for the ops)
     functional,
     init,

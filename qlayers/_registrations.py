@@ -12,6 +12,8 @@ autograd Functions with a jvp for that.
 
 import torch
 
+from qlayers.functional._checks import check_conv_arguments, check_linear_arguments
+
 _expand = torch.ops.qlayers.hamilton_expand
 _reduce = torch.ops.qlayers.hamilton_reduce
 
@@ -209,6 +211,51 @@ def _quaternion_linear_backward_fake(grad_output, input, r, i, j, k, compute_dty
     n, m = r.shape
     dtype = compute_dtype or grad_output.dtype
     shapes = [(*grad_output.shape[:-1], 4 * n), (n, m), (n, m), (n, m), (n, m), (4 * m,)]
+    dtypes = [dtype, r.dtype, i.dtype, j.dtype, k.dtype, dtype]
+    return tuple(
+        grad_output.new_empty(shape if need else (0,), dtype=d if need else grad_output.dtype)
+        for shape, d, need in zip(shapes, dtypes, output_mask)
+    )
+
+
+@torch.library.register_fake("qlayers::quaternion_linear")
+def _quaternion_linear_fake(input, r, i, j, k, bias, compute_dtype, algorithm):
+    check_linear_arguments("quaternion_linear", input, (r, i, j, k), bias, autocast=compute_dtype is not None)
+    return input.new_empty((*input.shape[:-1], 4 * r.shape[1]), dtype=compute_dtype or input.dtype)
+
+
+# --- the convolution layer's operators ----------------------------------------------------------
+
+
+def _real_kernel_shape(r, groups, transposed):
+    """The shape of the real kernel that components ``(a, b, *k)`` make: ``(4a, 4b, *k)``."""
+    a, b, *rest = r.shape
+    return (4 * a, 4 * b, *rest)
+
+
+@torch.library.register_fake("qlayers::quaternion_conv")
+def _quaternion_conv_fake(
+    input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding, groups, compute_dtype, algorithm
+):
+    op = "quaternion_conv_transpose" if transposed else "quaternion_conv"
+    check_conv_arguments(op, input, (r, i, j, k), bias, groups, transposed, autocast=compute_dtype is not None)
+    dtype = compute_dtype or input.dtype
+    # aten's own shape (and memory format) rules, on a kernel of the real kernel's shape.
+    kernel = r.new_empty(_real_kernel_shape(r, groups, transposed), dtype=dtype)
+    bias = None if bias is None else bias.to(dtype)
+    return torch.ops.aten.convolution(
+        input.to(dtype), kernel, bias, stride, padding, dilation, transposed, output_padding, groups
+    )
+
+
+@torch.library.register_fake("qlayers::quaternion_conv_backward")
+def _quaternion_conv_backward_fake(
+    grad_output, input, input_shape, r, i, j, k, stride, padding, dilation, transposed, output_padding, groups,
+    compute_dtype, algorithm, output_mask,
+):  # fmt: skip
+    dtype = compute_dtype or grad_output.dtype
+    out_channels = 4 * r.shape[1] * groups if transposed else 4 * r.shape[0]
+    shapes = [tuple(input_shape), r.shape, r.shape, r.shape, r.shape, (out_channels,)]
     dtypes = [dtype, r.dtype, i.dtype, j.dtype, k.dtype, dtype]
     return tuple(
         grad_output.new_empty(shape if need else (0,), dtype=d if need else grad_output.dtype)

@@ -290,3 +290,41 @@ def test_vmap_over_an_ensemble_of_convolutions():
         layer(x).pow(2).sum().backward()
         for name, param in layer.named_parameters():
             torch.testing.assert_close(grads[name][index], param.grad, **F64)
+
+
+def _qlayers_ops_run(fn):
+    """The qlayers operators a call of ``fn`` ran (CPU profiler events)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events() if event.name.startswith("qlayers::")}
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_conv_takes_the_eight_product_algorithm_where_eager_does(backend):
+    # 32 x 32 quaternion channels, 3 x 3, 2 x 64 x 64 positions: 75M multiply-adds a product, so "auto"
+    # takes eight; the choice is made inside the operator at run time, in eager and compiled calls alike.
+    torch._dynamo.reset()
+    layer = qlayers.QConv2d(128, 128, 3, padding=1)
+    x = torch.randn(2, 128, 64, 64, requires_grad=True)
+    options = (layer.stride, layer.padding, layer.dilation, False, (0, 0), 1)
+    assert qlayers.functional.conv.conv_formulation(x, layer.components(), options, None) == "eight"
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    compiled(x).sum().backward()  # compile outside the profile
+    grads = [p.grad.clone() for p in layer.parameters()]
+    for fn in (layer, compiled):
+        layer.zero_grad()
+        ran = _qlayers_ops_run(lambda: fn(x).sum().backward())
+        assert {"qlayers::quaternion_conv", "qlayers::quaternion_conv_backward", "qlayers::block_mix"} <= ran
+        assert "qlayers::hamilton_expand" not in ran  # no real kernel built, forward or backward
+        for got, want in zip((p.grad for p in layer.parameters()), grads):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_export_names_one_conv_op_per_layer():
+    model = nn.Sequential(qlayers.QConv2d(8, 16, 3, padding=1), nn.ReLU(), qlayers.QConvTranspose2d(16, 8, 3))
+    x = torch.randn(2, 8, 10, 10)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.testing.assert_close(program.module()(x[:1]), model(x[:1]))
+    targets = [str(node.target) for node in program.graph.nodes]
+    assert targets.count("qlayers.quaternion_conv.default") == 2
+    assert not any("hamilton_expand" in target for target in targets)

@@ -179,21 +179,17 @@ CONV_CASES = [  # (module, channels in, out, input shape after channels, options
 ]
 
 
-@pytest.fixture
-def eight_at_any_size(monkeypatch):
-    """Small convolutions take the real kernel (too few multiply-adds); these tests want eight."""
-    monkeypatch.setattr(qlayers.functional.conv, "EIGHT_MIN_PRODUCT_MACS", 0)
-
-
 @pytest.mark.parametrize("batch", [0, 3])
 @pytest.mark.parametrize("module,cin,cout,spatial,options", CONV_CASES)
-def test_conv_eight_matches_the_plain_convolution(module, cin, cout, spatial, options, batch, eight_at_any_size):
+def test_conv_eight_matches_the_plain_convolution(module, cin, cout, spatial, options, batch):
     torch.manual_seed(0)
-    layer = module(cin, cout, dtype=torch.float64, **options)
+    # Small convolutions take the real kernel under "auto" (too few multiply-adds): eight is named.
+    layer = module(cin, cout, dtype=torch.float64, algorithm="eight", **options)
     plain = module(cin, cout, memory_efficient=False, dtype=torch.float64, **options)
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(batch, cin, *spatial, dtype=torch.float64)
-    assert qlayers.functional.conv.conv_formulation(x, layer.components(), _options(layer), None) == "eight"
+    assert qlayers.functional.conv.conv_formulation(x, layer.components(), _options(layer), None, "eight") == "eight"
+    assert qlayers.functional.conv.conv_formulation(x, layer.components(), _options(layer), None) == "kernel"
     leaves = [x.clone().requires_grad_() for _ in range(2)]
     outs = [layer(leaves[0]), plain(leaves[1])]
     grad = torch.randn_like(outs[1])
@@ -211,8 +207,8 @@ def _options(layer):
     return (layer.stride, pad, layer.dilation, False, (0,) * per_dim, layer.groups)
 
 
-def test_conv_eight_keeps_only_the_input_and_honours_flags(eight_at_any_size):
-    layer = qlayers.QConv2d(128, 128, 3, padding=1, dtype=torch.float64)
+def test_conv_eight_keeps_only_the_input_and_honours_flags():
+    layer = qlayers.QConv2d(128, 128, 3, padding=1, dtype=torch.float64, algorithm="eight")
     plain = qlayers.QConv2d(128, 128, 3, padding=1, memory_efficient=False, dtype=torch.float64)
     plain.load_state_dict(layer.state_dict())
     for module in (layer, plain):
@@ -259,13 +255,13 @@ def test_conv_formulation_rule():
     assert conv_formulation(x.to("meta"), meta_comps, plain_options, None) == "kernel"
 
 
-def test_conv_eight_gradcheck_and_double_backward(eight_at_any_size):
+def test_conv_eight_gradcheck_and_double_backward():
     comps = components(32, 32, 9, requires_grad=True)
     x = torch.randn(2, 128, 10, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(128, dtype=torch.float64, requires_grad=True)
 
     def fn(*args):
-        return qlayers.functional.quaternion_conv(*args)
+        return qlayers.functional.quaternion_conv(*args, algorithm="eight")
 
     # fast_mode (random projections): 128 channels and 9 taps make 40k inputs, too many for columns.
     assert gradcheck(fn, (x, *comps, bias), atol=1e-6, fast_mode=True)

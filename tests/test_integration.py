@@ -45,9 +45,9 @@ def test_gradient_penalty_matches_reference():
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "hamilton", "components", "eight", "direct"])
-def test_gradient_penalty_through_the_compile_op(algorithm):
-    # qlayers::linear (the torch.compile op) called eagerly: its backward op runs below autograd, so
-    # a graph of the gradients takes differentiable ops (qlayers/_layer_ops.py), whatever the algorithm.
+def test_gradient_penalty_through_the_operator(algorithm):
+    # The operator eager calls and traced graphs share: its backward operator runs below autograd, so
+    # a graph of the gradients takes differentiable ops (csrc/layers/linear.cpp), whatever the algorithm.
     x, *weights, bias = linear_args()
 
     def penalty_grads(fn):
@@ -57,7 +57,7 @@ def test_gradient_penalty_through_the_compile_op(algorithm):
         return torch.autograd.grad(grad_x.pow(2).sum(), ws)
 
     def compile_op(xx, *ws):
-        return torch.ops.qlayers.linear(xx, *ws, bias, None, algorithm)
+        return torch.ops.qlayers.quaternion_linear(xx, *ws, bias, None, algorithm)
 
     assert_trees_close(
         penalty_grads(compile_op), penalty_grads(lambda xx, *ws: reference.quaternion_linear(xx, *ws, bias))
@@ -311,7 +311,7 @@ def test_export_runs_and_matches_eager(device):
     for batch in (7, 3):
         inputs = torch.randn(batch, 64, device=device)
         torch.testing.assert_close(program.module()(inputs), model(inputs))
-    # The whole layer product is one op (qlayers/_layer_ops.py): no Hamilton matrix in the graph.
+    # The whole layer product is one op, the eager one: no Hamilton matrix in the graph.
     targets = [str(node.target) for node in program.graph.nodes]
-    assert sum("qlayers.linear" in target for target in targets) == 2
+    assert targets.count("qlayers.quaternion_linear.default") == 2
     assert not any("hamilton_expand" in target for target in targets)

@@ -151,7 +151,7 @@ def test_batch_norm_without_running_stats_or_affine_resets_to_nothing():
 
 POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
-CONV_KEYWORDS = ["memory_efficient", "init", "criterion", "device", "dtype"]
+CONV_KEYWORDS = ["memory_efficient", "algorithm", "init", "criterion", "device", "dtype"]
 RECURRENT_KEYWORDS = ["nonlinearity", "memory_efficient", "device", "dtype"]
 # (class, torch.nn peer, the peer's positional parameters we do not take, our keyword-only parameters)
 SIGNATURES = [
@@ -189,8 +189,13 @@ def test_signature_spells_out_torch_nn_parameters_and_the_keywords(cls, peer, no
 
 @pytest.mark.parametrize("cls", [qlayers.QConv2d, qlayers.QConvTranspose2d])
 def test_conv_keywords_reach_the_layer(cls):
-    layer = cls(8, 12, 3, memory_efficient=False, init="unitary", criterion="he", dtype=torch.float64)
-    assert (layer.memory_efficient, layer.init, layer.criterion) == (False, "unitary", "he")
+    layer = cls(8, 12, 3, memory_efficient=False, algorithm="kernel", init="unitary", criterion="he", dtype=torch.float64)
+    assert (layer.memory_efficient, layer.algorithm, layer.init, layer.criterion) == (False, "kernel", "unitary", "he")
     assert layer.r_weight.dtype == torch.float64
-    with pytest.raises(TypeError, match="unexpected keyword argument 'algorithm'"):
-        cls(8, 12, 3, algorithm="eight")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'formulation'"):
+        cls(8, 12, 3, formulation="eight")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        cls(8, 12, 3, algorithm="bogus")
+    if cls.transposed:  # eight serves groups = 1, non-transposed convolutions only
+        with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'kernel'\)"):
+            cls(8, 12, 3, algorithm="eight")

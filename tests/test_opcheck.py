@@ -20,7 +20,6 @@ import torch.utils._pytree as pytree
 from conftest import DEVICES
 
 import qlayers  # noqa: F401  (registers torch.ops.qlayers, its Python ops included)
-from qlayers._layer_ops import conv as conv_op
 from qlayers.functional.recurrent import LIGRU, LSTM, RNN_TANH
 
 SCHEMA, AUTOGRAD, FAKE, AOT = (
@@ -152,7 +151,7 @@ def _linear_operands(device, dtype=F64, rows=(5,), bias=True):
 
 
 def linear(device):
-    """(input, r, i, j, k, bias, compute_dtype, algorithm): qlayers::linear and qlayers::quaternion_linear."""
+    """(input, r, i, j, k, bias, compute_dtype, algorithm): qlayers::quaternion_linear."""
     samples = {}
     for algorithm in ALGORITHMS:
         x, weight, bias = _linear_operands(device)
@@ -218,61 +217,56 @@ def _conv_operands(device, name, dtype=None):
 
 def _grad_output(x, weight, bias, options):
     with torch.no_grad():
-        out = conv_op(x, *weight, bias, *options, None)
+        out = torch.ops.qlayers.quaternion_conv(x, *weight, bias, *options, None, "kernel")
     return torch.randn_like(out).requires_grad_()
 
 
-def conv(device):
+def _conv_algorithms(options):
+    transposed, groups = options[3], options[5]
+    return ("auto", "kernel") if transposed or groups != 1 else ("auto", "kernel", "eight")
+
+
+def quaternion_conv(device):
+    """Every case by each formulation that serves it ("auto" takes the real kernel at these sizes)."""
     samples = {}
     for name in CONVS:
-        x, weight, bias, options = _conv_operands(device, name)
-        samples[name] = ((x, *weight, bias if name != "groups-2" else None, *options, None), {})
+        for algorithm in _conv_algorithms(CONVS[name][2:8]):
+            x, weight, bias, options = _conv_operands(device, name)
+            bias = bias if name != "groups-2" else None
+            samples[f"{name}-{algorithm}"] = ((x, *weight, bias, *options, None, algorithm), {})
     x, weight, bias, options = _conv_operands(device, "1d", F32)
-    samples["compute-dtype"] = ((x, *weight, bias, *options, F64), {})
+    samples["compute-dtype"] = ((x, *weight, bias, *options, F64, "auto"), {})
     return samples
 
 
-def conv_backward(device):
+def quaternion_conv_backward(device):
     samples = {}
     for name in CONVS:
-        x, weight, bias, options = _conv_operands(device, name)
-        mask = ALL if name != "2d-strided-dilated-f32" else [True, False, True, True, False, True]
+        for algorithm in _conv_algorithms(CONVS[name][2:8]):
+            x, weight, bias, options = _conv_operands(device, name)
+            mask = ALL if name != "2d-strided-dilated-f32" else [True, False, True, True, False, True]
+            grad_output = _grad_output(x, weight, bias, options)
+            samples[f"{name}-{algorithm}"] = (
+                (grad_output, x, list(x.shape), *weight, *options, None, algorithm, mask),
+                {},
+            )
+    for algorithm in ("kernel", "eight"):
+        x, weight, bias, options = _conv_operands(device, "1d")
         grad_output = _grad_output(x, weight, bias, options)
-        samples[name] = ((grad_output, x, list(x.shape), *weight, list(bias.shape), *options, None, mask), {})
-    x, weight, bias, options = _conv_operands(device, "1d")
-    grad_output = _grad_output(x, weight, bias, options)
-    mask = [True, False, False, False, False, True]  # no component gradient: no input kept
-    samples["no-input"] = ((grad_output, None, list(x.shape), *weight, list(bias.shape), *options, None, mask), {})
+        mask = [True, False, False, False, False, True]  # no component gradient: no input kept
+        samples[f"no-input-{algorithm}"] = (
+            (grad_output, None, list(x.shape), *weight, *options, None, algorithm, mask),
+            {},
+        )
     return samples
 
 
-EIGHT_CONVS = ("1d", "2d-strided-dilated-f32")  # conv_eight: groups = 1, not transposed
-
-
-def _eight_options(options):
-    stride, padding, dilation, _, _, groups = options
-    return stride, padding, dilation, groups
-
-
-def conv_eight(device):
+def conv_formulation(device):
     samples = {}
-    for name in EIGHT_CONVS:
-        x, weight, bias, options = _conv_operands(device, name)
-        samples[name] = ((x, *weight, bias if name == "1d" else None, *_eight_options(options)), {})
-    return samples
-
-
-def conv_eight_backward(device):
-    samples = {}
-    masks = {"1d": ALL, "2d-strided-dilated-f32": [False, True, True, False, True, True]}
-    for name, mask in masks.items():
-        x, weight, bias, options = _conv_operands(device, name)
-        grad_output = _grad_output(x, weight, bias, options)
-        samples[name] = ((grad_output, x, list(x.shape), *weight, *_eight_options(options), mask), {})
-    x, weight, bias, options = _conv_operands(device, "1d")
-    grad_output = _grad_output(x, weight, bias, options)
-    mask = [True, False, False, False, False, False]  # the input's gradient only: no input kept
-    samples["no-input"] = ((grad_output, None, list(x.shape), *weight, *_eight_options(options), mask), {})
+    for name in CONVS:
+        for algorithm in _conv_algorithms(CONVS[name][2:8]):
+            x, weight, _, (stride, _, _, transposed, _, groups) = _conv_operands(device, name)
+            samples[f"{name}-{algorithm}"] = ((x, weight[0], stride, transposed, groups, None, algorithm), {})
     return samples
 
 
@@ -416,11 +410,6 @@ NO_DERIVATIVE = (
     "no derivative by design: called below autograd (inside another op's forward or backward), and "
     "AOTAutograd never differentiates a backward (it has no double backward); the check traces the forward"
 )
-EAGER_ONLY = (
-    "eager only, by design: traced code takes the opaque Python ops instead (qlayers::linear, qlayers::conv; "
-    "qlayers/_layer_ops.py). Its C++ kernel runs inside a dynamic-shape trace and fails there"
-)
-
 SAMPLES: Dict[str, Entry] = {
     "qlayers::hamilton_expand.default": Entry(hamilton_expand),
     "qlayers::hamilton_reduce.default": Entry(hamilton_reduce),
@@ -431,10 +420,9 @@ SAMPLES: Dict[str, Entry] = {
     # gradient. Their callers run them below autograd.
     "qlayers::block_mix.default": Entry(block_mix, aot_without_grad=NO_DERIVATIVE),
     "qlayers::block_mix_into.default": Entry(block_mix_into, aot_without_grad=NO_DERIVATIVE),
-    # The eager layer's op. Its C++ Autograd kernel calls the formulations directly, so a trace enters
-    # them: on a CPU "auto" and "direct" read data pointers ("its data is not allocated yet"),
-    # "components" calls numel() on symbolic sizes; hamilton and eight trace.
-    "qlayers::quaternion_linear.default": Entry(linear, skip={AOT: EAGER_ONLY}),
+    # The layer ops, eager and traced: their C++ Autograd kernels call the op again below autograd,
+    # and backward calls the backward op, so a trace records one call each, through the fake kernels.
+    "qlayers::quaternion_linear.default": Entry(linear),
     # The backward ops' outputs are tensors of their own, as their schemas and fake kernels say: no
     # two share memory (component gradients, empty ones for gradients not asked for). This one and
     # recurrent_scan_backward run below autograd (an Autograd kernel): their outputs never require
@@ -447,15 +435,15 @@ SAMPLES: Dict[str, Entry] = {
             AOT: "no tensor arguments and a str result: nothing to trace, and opcheck cannot compare strs",
         },
     ),
-    "qlayers::linear.default": Entry(linear),
-    "qlayers::conv.default": Entry(conv),
-    # A torch.library.custom_op with no register_autograd: a backward through it raises.
-    "qlayers::conv_backward.default": Entry(conv_backward, aot_without_grad=NO_DERIVATIVE),
-    # conv_eight (and its backward) has no fake kernel: its C++ composite kernel, which calls numel()
-    # on symbolic sizes, is what a trace runs. Its Python caller (qlayers.functional.conv) owns its
-    # autograd, and runs it in eager mode only.
-    "qlayers::conv_eight.default": Entry(conv_eight, skip={AOT: EAGER_ONLY}),
-    "qlayers::conv_eight_backward.default": Entry(conv_eight_backward, skip={AOT: EAGER_ONLY}),
+    "qlayers::quaternion_conv.default": Entry(quaternion_conv),
+    "qlayers::quaternion_conv_backward.default": Entry(quaternion_conv_backward, aot_without_grad=NO_DERIVATIVE),
+    "qlayers::conv_formulation.default": Entry(
+        conv_formulation,
+        skip={
+            AUTOGRAD: "reads only metadata and returns a str: nothing to differentiate",
+            AOT: "a str result: nothing to trace, and opcheck cannot compare strs",
+        },
+    ),
     # Mutating ops with no result: their fake kernels are the ones torch makes for such ops.
     "qlayers::recurrent_gates_forward.default": Entry(recurrent_gates_forward),
     "qlayers::recurrent_gates_backward.default": Entry(recurrent_gates_backward),
@@ -469,7 +457,6 @@ SAMPLES: Dict[str, Entry] = {
 def test_every_registered_op_has_samples():
     registered = registered_ops()
     assert "qlayers::hamilton_expand.default" in registered  # the dispatcher query sees the C++ ops
-    assert "qlayers::linear.default" in registered  # and the Python ones
     assert sorted(set(registered) - set(SAMPLES)) == [], "registered ops without samples in SAMPLES"
     assert sorted(set(SAMPLES) - set(registered)) == [], "SAMPLES names ops no longer registered"
 

@@ -9,8 +9,8 @@
 // sums' transposes fold them back onto the input and the components.
 //
 // Images go through in chunks so that the eight-fold temporaries stay near a MB each (as the linear
-// layer's rows do, linear_eight.cpp). groups = 1, not transposed, contiguous input: the callers
-// (qlayers/functional/conv.py) take the real-kernel path for the rest.
+// layer's rows do, linear_eight.cpp). groups = 1, not transposed, contiguous input: the layer
+// operator (conv.cpp) takes the real-kernel formulation for the rest.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../eight_product.h"
+#include "conv_eight.h"
 #include "qlayers_ops.h"
 
 namespace qlayers {
@@ -83,9 +84,11 @@ at::Tensor weight_sums(const at::Tensor& r, const at::Tensor& i, const at::Tenso
   return ops::block_mix(parts, ref(tables::kLeft), /*interleave=*/false).view(sizes);
 }
 
-at::Tensor conv_eight(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
-                      const at::Tensor& k, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+}  // namespace
+
+at::Tensor eight_forward(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
+                         const at::Tensor& k, const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, int64_t groups) {
   check_eight(input, r, groups);
   const at::NoGradGuard no_graph;  // a computation, never recorded: callers own the autograd
   const Options o{stride, padding, dilation};
@@ -113,23 +116,24 @@ at::Tensor conv_eight(const at::Tensor& input, const at::Tensor& r, const at::Te
     ops::block_mix_into(at::stack(products).view({8, len, -1}), ref(tables::kCombine),
                         blocks_of(out.narrow(0, first, len)));
   }
-  if (bias.has_value() && bias->defined()) {
+  if (bias.defined()) {
     std::vector<int64_t> view(out.dim(), 1);
     view[1] = -1;
-    out.add_(bias->view(view));
+    out.add_(bias.view(view));
   }
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_eight_backward(
-    const at::Tensor& grad_output, const std::optional<at::Tensor>& input, at::IntArrayRef input_shape,
-    const at::Tensor& r, const at::Tensor& i, const at::Tensor& j, const at::Tensor& k, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 6> output_mask) {
+std::array<at::Tensor, 6> eight_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                         at::IntArrayRef input_shape, const at::Tensor& r, const at::Tensor& i,
+                                         const at::Tensor& j, const at::Tensor& k, at::IntArrayRef stride,
+                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                         std::array<bool, 6> output_mask) {
   TORCH_CHECK_VALUE(groups == 1, "conv_eight_backward: groups = 1 only, got ", groups);
   const at::NoGradGuard no_graph;
   const bool needs_input = output_mask[0];
   const bool needs_components = output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
-  TORCH_CHECK_VALUE(!needs_components || (input.has_value() && input->defined()),
+  TORCH_CHECK_VALUE(!needs_components || input.defined(),
                     "conv_eight_backward: the component gradients need the input");
   const at::Tensor g = grad_output.contiguous();
   const int64_t count = input_shape[0];
@@ -145,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     image_sizes[0] = len;
     const at::Tensor grad_products = ops::block_mix(blocks_of(g.narrow(0, first, len)), ref(kCombineTransposed), false);
     at::Tensor sums;
-    if (needs_components) sums = ops::block_mix(blocks_of(input->narrow(0, first, len)), ref(tables::kRight), false);
+    if (needs_components) sums = ops::block_mix(blocks_of(input.narrow(0, first, len)), ref(tables::kRight), false);
     std::vector<at::Tensor> grad_sums_in;
     for (int t = 0; t < 8; ++t) {
       std::vector<int64_t> out_sizes = g.sizes().vec();
@@ -183,17 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     for (int64_t d = 2; d < g.dim(); ++d) dims.push_back(d);
     grad_bias = g.sum(dims);
   }
-  // A gradient not asked for comes back empty: every output of a traced operator must be a tensor.
-  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, g.options()); };
-  return {or_empty(grad_input), or_empty(parts[0]), or_empty(parts[1]), or_empty(parts[2]), or_empty(parts[3]),
-          or_empty(grad_bias)};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
-  m.impl("conv_eight", &conv_eight);
-  m.impl("conv_eight_backward", &conv_eight_backward);
+  return {grad_input, parts[0], parts[1], parts[2], parts[3], grad_bias};
 }
 
 }  // namespace conv

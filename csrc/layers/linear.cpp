@@ -2,11 +2,13 @@
 //
 //   qlayers::quaternion_linear  y = x @ W + bias; its Autograd kernel (LinearFunction) keeps only the
 //                               input (when a component needs a gradient) and the components
-//   qlayers::quaternion_linear_backward  the gradients, for callers that run their own autograd
-//                               (the torch.compile op in qlayers/_layer_ops.py); runs below autograd
+//   qlayers::quaternion_linear_backward  its gradients; LinearFunction's backward calls it, and a
+//                               traced graph holds it as one op; runs below autograd
 //   qlayers::linear_formulation the choice "auto" makes for one product (linear_choice.cpp)
 //
-// An eager call costs one dispatch and no Python: small layers pay what torch.nn.Linear pays.
+// An eager call costs two dispatches and no Python: small layers pay what torch.nn.Linear pays.
+// torch.compile and torch.export trace the same operator: LinearFunction's forward and backward each
+// call an operator with a fake kernel (qlayers/_registrations.py), so W never enters a graph.
 // Forward-mode AD and torch.func transforms take the Python Function in qlayers/functional/linear.py.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -18,6 +20,7 @@
 
 #include "../hamilton_shapes.h"
 #include "below_autograd.h"
+#include "layer_checks.h"
 #include "linear_choice.h"
 #include "linear_formulations.h"
 
@@ -73,39 +76,20 @@ int64_t rows_of(const at::Tensor& t) {
   return rows;
 }
 
-// The checks qlayers.functional.check_linear_arguments makes, for callers that skip Python. The
-// Python wrapper re-runs its own on failure, for the messages users see.
-void check_operand(const char* what, const at::Tensor& t, const at::Tensor& weight, bool autocast) {
-  TORCH_CHECK_VALUE(t.device() == weight.device(), kOp, ": expected ", what, " on ", weight.device(),
-                    " like the weights, got ", t.device());
-  if (autocast) {
-    TORCH_CHECK_TYPE(t.is_floating_point(), kOp, ": expected a floating-point ", what, ", got ", t.scalar_type());
-  } else {
-    TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), kOp, ": expected ", what, " of dtype ",
-                     weight.scalar_type(), " like the weights, got ", t.scalar_type());
-  }
-}
-
+// The checks qlayers.functional.check_linear_arguments makes in the fake kernel, in its words.
 void check_linear(const at::Tensor& input, const Components& w, const at::Tensor& bias, bool autocast) {
+  layer_checks::components(kOp, w, /*linear=*/true);
   const at::Tensor& r = w[0];
-  TORCH_CHECK_VALUE(r.dim() == 2, kOp, ": expected 2-d components of shape (in_features/4, out_features/4), got ",
-                    r.dim(), "-d r_weight");
-  check_floating(kOp, r);
-  for (int c = 1; c < 4; ++c) {
-    TORCH_CHECK_VALUE(w[c].sizes() == r.sizes(), kOp, ": expected components of one shape, got ", r.sizes(),
-                      " and ", w[c].sizes());
-    TORCH_CHECK_TYPE(w[c].scalar_type() == r.scalar_type(), kOp, ": expected components of one dtype, got ",
-                     r.scalar_type(), " and ", w[c].scalar_type());
-    TORCH_CHECK_VALUE(w[c].device() == r.device(), kOp, ": expected components on one device, got ", r.device(),
-                      " and ", w[c].device());
-  }
-  TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) == 4 * r.size(0), kOp, ": expected input of shape (..., ",
-                    4 * r.size(0), "), got ", input.sizes());
-  check_operand("input", input, r, autocast);
+  const int64_t n = r.size(0), m = r.size(1);
+  TORCH_CHECK_VALUE(input.dim() >= 1, kOp, ": expected input of shape (..., ", 4 * n, "), got a 0-d tensor");
+  TORCH_CHECK_VALUE(input.size(-1) == 4 * n, kOp, ": expected input of shape (..., ", 4 * n,
+                    ") for components of shape (", n, ", ", m, "), got input of shape ",
+                    layer_checks::shape(input.sizes()));
+  layer_checks::operand(kOp, "input", input, r, autocast);
   if (bias.defined()) {
-    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == 4 * r.size(1), kOp, ": expected bias of shape (",
-                      4 * r.size(1), ",), got ", bias.sizes());
-    check_operand("bias", bias, r, autocast);
+    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == 4 * m, kOp, ": expected bias of shape (", 4 * m,
+                      ",), got ", layer_checks::shape(bias.sizes()));
+    layer_checks::operand(kOp, "bias", bias, r, autocast);
   }
 }
 
@@ -165,7 +149,27 @@ std::array<at::Tensor, 6> linear_gradients(const at::Tensor& grad_output, const 
   return grads;
 }
 
-// The eager layer's autograd: saves the input (only when a component needs a gradient) and the
+using ForwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const std::optional<at::Tensor>&,
+                                    std::optional<at::ScalarType>, c10::string_view);
+using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, std::optional<at::ScalarType>, c10::string_view, std::array<bool, 6>);
+
+const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("qlayers::quaternion_linear", "").typed<ForwardSignature>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("qlayers::quaternion_linear_backward", "")
+                             .typed<BackwardSignature>();
+  return op;
+}
+
+// The layer's autograd, for eager calls and traced ones alike: saves the input (only when a component needs a gradient) and the
 // components, never W or any other product-sized temporary.
 struct LinearFunction : public torch::autograd::Function<LinearFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& r,
@@ -178,7 +182,10 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
     ctx->saved_data["algorithm"] = std::string(algorithm);
     // A bias is an autograd input (edge 5) only when given.
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    return linear_forward(input, {r, i, j, k}, bias.value_or(at::Tensor()), compute_dtype, algorithm);
+    // The operator again, below autograd: a traced graph (torch.compile, torch.export) records this
+    // one opaque call, never W, and eager calls reach the same kernel.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op().call(input, r, i, j, k, bias, compute_dtype, algorithm);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -191,13 +198,20 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
     for (size_t a = 0; a < 5; ++a) mask[a] = ctx->needs_input_grad(a);
     mask[5] = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(5);
     const std::string algorithm = ctx->saved_data["algorithm"].toStringRef();
-    const bool differentiable = at::GradMode::is_enabled();
-    // With no graph to record, the kernels are reached directly, past the Python autograd
-    // registrations of the qlayers ops (qlayers/_registrations.py), which cost ~20 us a call.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!differentiable) below_autograd.emplace();
-    const std::array<at::Tensor, 6> result = linear_gradients(
-        grads[0], saved[0], {saved[1], saved[2], saved[3], saved[4]}, compute_dtype, algorithm, mask, differentiable);
+    std::array<at::Tensor, 6> result;
+    if (at::GradMode::is_enabled()) {
+      // A graph of the gradients (create_graph=True): differentiable ops, by the hamilton formulation.
+      result = linear_gradients(grads[0], saved[0], {saved[1], saved[2], saved[3], saved[4]}, compute_dtype,
+                                algorithm, mask, /*differentiable=*/true);
+    } else {
+      // The backward operator: one opaque call in a traced graph, which keeps only what it reads.
+      const auto g = backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], compute_dtype,
+                                        algorithm, mask);
+      result = {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g), std::get<5>(g)};
+      for (size_t a = 0; a < 6; ++a) {
+        if (!mask[a]) result[a] = at::Tensor();
+      }
+    }
     return {result[0], result[1], result[2], result[3], result[4], result[5], at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -253,10 +267,8 @@ std::string linear_formulation(int64_t rows, int64_t n, int64_t m, at::ScalarTyp
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qlayers, m) {
-  m.def("linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase, Device device) -> str",
-        &linear_formulation);
-}
+// No tensors: one kernel for every backend.
+TORCH_LIBRARY_FRAGMENT(qlayers, m) { m.impl("linear_formulation", &linear_formulation); }
 
 TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
   m.impl("quaternion_linear", &quaternion_linear_plain);

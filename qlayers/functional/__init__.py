@@ -11,7 +11,7 @@ autograd keeps exactly what a dense layer keeps, the input (the components are p
 - the raw ops made differentiable in reverse and forward mode (``hamilton_expand`` and the rest).
 """
 
-# Beyond __all__, the names the package's other modules (nn, reference, _layer_ops) import from here.
+# Beyond __all__, the names the package's other modules (nn, reference, compat) import from here.
 from qlayers.functional._autocast import _AUTOCAST_DEVICE_TYPES, _autocast_dtype, _cast  # noqa: F401
 from qlayers.functional._checks import check_conv_arguments, check_linear_arguments  # noqa: F401
 from qlayers.functional._hamilton_ops import (  # noqa: F401

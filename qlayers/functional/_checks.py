@@ -11,6 +11,19 @@ def _shape(t: Tensor) -> tuple:
     return tuple(t.shape)
 
 
+def check_tensors(op: str, input, components: Sequence, bias) -> None:
+    """TypeError unless the input and components are tensors and the bias a tensor or None.
+
+    The operators check everything else, in this module's words; a non-tensor never reaches them
+    (the dispatcher refuses it with a RuntimeError), so the wrappers call this when that happens.
+    """
+    for name, value in (("input", input), *zip(_COMPONENT_NAMES, components)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{op}: expected {name} to be a Tensor, got {type(value).__name__}")
+    if bias is not None and not isinstance(bias, Tensor):
+        raise TypeError(f"{op}: expected bias to be a Tensor or None, got {type(bias).__name__}")
+
+
 def _check_components(op: str, components: Sequence[Tensor], linear: bool) -> None:
     """r, i, j, k: floating tensors of one shape, dtype and device; 2-d for linear layers."""
     for name, c in zip(_COMPONENT_NAMES, components):

@@ -1,10 +1,9 @@
-"""The quaternion linear layer, ``y = x @ W + bias``, memory-efficient: three paths to one operator.
+"""The quaternion linear layer, ``y = x @ W + bias``, memory-efficient: two paths.
 
-- Eager calls (almost all): ``torch.ops.qlayers.quaternion_linear``, one C++ operator with its
-  autograd in C++ (csrc/layers/linear.cpp). It picks a formulation per product and keeps only the
-  input and the components; a call costs one dispatch, no Python.
-- ``torch.compile`` / ``torch.export``: the opaque ``qlayers::linear`` op (qlayers/_layer_ops.py),
-  whose forward and backward are the same C++ code.
+- Eager calls, ``torch.compile`` and ``torch.export``: ``torch.ops.qlayers.quaternion_linear``, one
+  C++ operator with its autograd in C++ (csrc/layers/linear.cpp), whose backward is another
+  (``quaternion_linear_backward``); both have fake kernels. It picks a formulation per product and
+  keeps only the input and the components; an eager call costs no Python beyond this wrapper.
 - Under torch.func transforms or forward-mode AD: :class:`QuaternionLinearFunction`, a Python
   Function with a jvp and a vmap rule. It computes by the hamilton formulation with differentiable
   ops, so that transforms compose to any order; only speed differs from the other paths.
@@ -17,7 +16,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from qlayers.functional._autocast import _autocast_dtype, _cast
-from qlayers.functional._checks import check_linear_arguments
+from qlayers.functional._checks import check_linear_arguments, check_tensors
 from qlayers.functional._hamilton_ops import _RAW_OPS, _ops
 from qlayers.functional._shared import _bilinear_jvp, _keep_input, _rows, bias_gradient
 from qlayers.functional.choice import check_algorithm
@@ -127,26 +126,20 @@ def quaternion_linear(
         needs a gradient) and the components; ``W`` and every other product-sized temporary is
         rebuilt when needed. Under ``torch.autocast`` it computes in the autocast dtype, as
         ``torch.nn.functional.linear`` does. Under ``torch.compile`` and ``torch.export`` the
-        whole product is one opaque op, ``torch.ops.qlayers.linear``, that picks the formulations
-        from the concrete sizes at run time.
+        product is the same one operator, which picks the formulations from the concrete sizes at
+        run time: W never enters a traced graph, and no guard on the batch size is installed.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
-    compiling = torch.compiler.is_compiling()
-    if not compiling and not _transforms_active():
-        # Outside autocast (one cheap flag) there is no compute dtype to look up.
+    if torch.compiler.is_compiling() or not _transforms_active():
+        # Outside autocast (one cheap flag) there is no compute dtype to look up. The operator checks
+        # every argument, in the words of check_linear_arguments (its fake kernel's checks).
         compute_dtype = _autocast_dtype(input, r_weight) if torch._C._is_any_autocast_enabled() else None
         try:
             return _QUATERNION_LINEAR(input, *components, bias, compute_dtype, algorithm)
-        except (TypeError, ValueError, RuntimeError):
-            # The operator checks everything; these checks word the error as the caller wrote it.
-            check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
-            check_algorithm(algorithm)
+        except RuntimeError:
+            check_tensors("quaternion_linear", input, components, bias)  # a non-tensor argument
             raise
     compute_dtype = _autocast_dtype(input, r_weight)
     check_linear_arguments("quaternion_linear", input, components, bias, autocast=compute_dtype is not None)
     check_algorithm(algorithm)
-    if compiling:
-        # One opaque op (qlayers/_layer_ops.py): W never enters the traced graph, so the
-        # partitioner cannot keep it, and no guard on the batch size is installed.
-        return torch.ops.qlayers.linear(input, *components, bias, compute_dtype, algorithm)
     return QuaternionLinearFunction.apply(input, *components, bias, compute_dtype)

@@ -11,6 +11,9 @@ from qlayers import init as quaternion_init
 from qlayers.nn._parameters import register_quaternion_parameters
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+# How the memory-efficient path computes (csrc/layers/conv.cpp); "eight" serves groups = 1,
+# non-transposed convolutions.
+ALGORITHMS = ("auto", "kernel", "eight")
 
 
 class _QConvNd(nn.Module):
@@ -38,6 +41,7 @@ class _QConvNd(nn.Module):
         output_padding=0,
         *,
         memory_efficient: bool = True,
+        algorithm: str = "auto",
         init: str = "quaternion",
         criterion: str = "glorot",
         device=None,
@@ -68,11 +72,14 @@ class _QConvNd(nn.Module):
         if self.transposed and padding_mode != "zeros":
             raise ValueError(f"{name}: only padding_mode='zeros' is supported for transposed convolutions")
         quaternion_init.check_scheme(init, criterion)
+        algorithms = ("auto", "kernel") if self.transposed or groups != 1 else ALGORITHMS
+        if algorithm not in algorithms:
+            raise ValueError(f"{name}: algorithm must be one of {algorithms} here, got {algorithm!r}")
 
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = ntuple(kernel_size), ntuple(stride), ntuple(dilation)
         self.padding, self.padding_mode, self.output_padding = padding, padding_mode, ntuple(output_padding)
-        self.memory_efficient, self.init, self.criterion = memory_efficient, init, criterion
+        self.memory_efficient, self.algorithm, self.init, self.criterion = memory_efficient, algorithm, init, criterion
 
         if self.transposed:
             shape = (in_channels // 4, out_channels // 4 // groups, *self.kernel_size)
@@ -143,6 +150,7 @@ class _QConvNd(nn.Module):
                 self.groups,
                 self.transposed,
                 self.output_padding,
+                self.algorithm,
             )
         # Plain autograd, after the same checks, so both paths fail the same way (and take autocast's
         # low-precision activations alike).
@@ -179,6 +187,8 @@ class _QConvNd(nn.Module):
             text += ", bias=False"
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode!r}"
+        if self.algorithm != "auto":
+            text += f", algorithm={self.algorithm!r}"
         return text + f", memory_efficient={self.memory_efficient}, init={self.init!r}, criterion={self.criterion!r}"
 
 
@@ -200,6 +210,7 @@ class _QConv(_QConvNd):
         padding_mode: str = "zeros",
         *,
         memory_efficient: bool = True,
+        algorithm: str = "auto",
         init: str = "quaternion",
         criterion: str = "glorot",
         device=None,
@@ -217,6 +228,7 @@ class _QConv(_QConvNd):
             padding_mode,
             0,
             memory_efficient=memory_efficient,
+            algorithm=algorithm,
             init=init,
             criterion=criterion,
             device=device,
@@ -241,6 +253,7 @@ class _QConvTranspose(_QConvNd):
         padding_mode: str = "zeros",
         *,
         memory_efficient: bool = True,
+        algorithm: str = "auto",
         init: str = "quaternion",
         criterion: str = "glorot",
         device=None,
@@ -258,6 +271,7 @@ class _QConvTranspose(_QConvNd):
             padding_mode,
             output_padding,
             memory_efficient=memory_efficient,
+            algorithm=algorithm,
             init=init,
             criterion=criterion,
             device=device,
@@ -275,6 +289,9 @@ _CONV_DOC = """Quaternion {kind} over {dims}-d inputs, with the signature of ``t
 
     Keyword-only: ``memory_efficient=True`` keeps only the input and the components for backward
     (the real kernel is rebuilt there); ``False`` is plain autograd on the ``torch.cat`` kernel.
+    ``algorithm``: ``"auto"`` (default) picks per call between the real kernel and, for large
+    float32/float64 convolutions on the CPU, the eight-product algorithm; ``"kernel"`` or ``"eight"``
+    force one (:func:`qlayers.functional.conv.conv_formulation`).
     ``init`` and ``criterion`` as in :class:`qlayers.QLinear`; the bias starts at zero.
 """
 

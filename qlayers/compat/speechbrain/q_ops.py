@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qlayers.functional import _autocast_dtype, check_conv_arguments
 from qlayers.functional._hamilton_ops import _ops
 from qlayers.functional.conv import quaternion_conv
 from qlayers.functional.linear import linear_backward, quaternion_linear
@@ -140,25 +139,9 @@ def _check_conv_dims(op: str, r_weight: Tensor, conv1d: bool) -> None:
 def memory_efficient_conv(
     input: Tensor, components: Sequence[Tensor], bias: Optional[Tensor], stride, padding, dilation
 ) -> Tensor:
-    """qlayers' quaternion convolution (``groups=1``). Under ``torch.jit.trace`` it calls the registered op
-    that torch.compile traces: the eager path's autograd Function would enter the trace as a Python call,
-    which ``torch.jit.save`` refuses; the op computes the same, saves, and loads where qlayers is imported."""
-    r_weight, i_weight, j_weight, k_weight = components
-    if not torch.jit.is_tracing():
-        return quaternion_conv(
-            input, r_weight, i_weight, j_weight, k_weight, bias, stride=stride, padding=padding, dilation=dilation
-        )
-    compute_dtype = _autocast_dtype(input, r_weight)
-    check_conv_arguments("quaternion_conv", input, components, bias, 1, False, autocast=compute_dtype is not None)
-    dims = r_weight.dim() - 2
-
-    def per_dim(value):
-        return [value] * dims if isinstance(value, int) else list(value)
-
-    return torch.ops.qlayers.conv(
-        input, *components, bias, per_dim(stride), per_dim(padding), per_dim(dilation), False, [0] * dims, 1,
-        compute_dtype,
-    )  # fmt: skip
+    """qlayers' quaternion convolution (``groups=1``): one registered op, so ``torch.jit.trace`` records it
+    as one call that ``torch.jit.save`` keeps and that loads where qlayers is imported."""
+    return quaternion_conv(input, *components, bias, stride=stride, padding=padding, dilation=dilation)
 
 
 def _convolve(conv1d: bool, input: Tensor, kernel: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups):
