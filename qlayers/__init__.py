@@ -14,10 +14,10 @@ from qlayers import _library
 _C = _library.load()
 
 from qlayers import (  # noqa: E402
-    _registrations,  # noqa: F401,E402  (autograd and fake kernels for the ops)
     functional,
     init,
     memory,
+    ops,  # noqa: F401  (fake kernels, autograd and vmap rules for the ops)
     quaternion,
     reference,
 )

@@ -39,7 +39,3 @@ def _autocast_dtype(input: Tensor, weight: Tensor) -> Optional[torch.dtype]:
     if torch.float64 in (input.dtype, weight.dtype):
         return None
     return torch.get_autocast_dtype(device_type)
-
-
-def _cast(tensors, dtype):
-    return [t if t is None or dtype is None else t.to(dtype) for t in tensors]

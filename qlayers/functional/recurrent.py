@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 import torch
 from torch import Tensor
 
-from qlayers.functional._hamilton_ops import hamilton_expand
+from qlayers.ops.hamilton import hamilton_expand
 from qlayers.functional.linear import _transforms_active
 
 # csrc/recurrent_cells.h's CellKind: the RNN and the light GRU come with several activations (of the

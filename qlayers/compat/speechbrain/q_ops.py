@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qlayers.functional._hamilton_ops import _ops
 from qlayers.functional.conv import quaternion_conv
-from qlayers.functional.linear import linear_backward, quaternion_linear
+from qlayers.functional.linear import quaternion_linear
+from qlayers.ops.hamilton import _ops
+from qlayers.ops.linear import linear_backward
 from qlayers.init import CRITERIA, quaternion_scale
 
 __all__ = [

@@ -1,8 +1,92 @@
-"""Argument checks of the layer functions: clear errors that name what was expected and what came."""
+"""The argument checks of every qlayers operator's Python side, in one place.
+
+The fake kernels run them (so a call that mixes meta and real tensors raises the error the real
+kernel raises rather than return garbage), and so do the torch.func paths, which never reach a C++
+check. They word each error as the C++ kernels do (csrc/hamilton_shapes.h, csrc/layers/layer_checks.h):
+keep the two in step. Nothing is checked twice on one call.
+"""
 
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
+
+# --- the Hamilton and block_mix ops (csrc/hamilton_shapes.h, csrc/block_mix.h) -------------------
+_KERNEL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_floating(op, t):
+    torch._check_type(
+        t.dtype in _KERNEL_DTYPES,
+        lambda: f"{op}: expected a floating-point tensor (float64, float32, float16 or bfloat16), got {t.dtype}",
+    )
+
+
+def check_hamilton_components(r, i, j, k):
+    torch._check_value(
+        r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {r.dim()}-d r"
+    )
+    check_floating("hamilton_expand", r)
+    for other in (i, j, k):
+        _check_like(r, other)
+
+
+def _check_like(r, other):
+    torch._check_value(
+        other.shape == r.shape,
+        lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {list(r.shape)} and {list(other.shape)}",
+    )
+    torch._check_type(
+        other.dtype == r.dtype,
+        lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {r.dtype} and {other.dtype}",
+    )
+    torch._check_value(
+        other.device == r.device,
+        lambda: f"hamilton_expand: expected r, i, j, k on one device, got {r.device} and {other.device}",
+    )
+
+
+def check_expanded(grad):
+    check_floating("hamilton_reduce", grad)
+    torch._check_value(
+        grad.dim() >= 2 and grad.shape[0] % 4 == 0 and grad.shape[1] % 4 == 0,
+        lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {list(grad.shape)}",
+    )
+
+
+def check_products(products):
+    check_floating("hamilton_combine", products)
+    torch._check_value(
+        products.dim() >= 3 and products.shape[0] == 4 and products.shape[-2] == 4,
+        lambda: f"hamilton_combine: expected products of shape (4, *rows, 4, k), got {list(products.shape)}",
+    )
+
+
+def check_rows(grad):
+    check_floating("hamilton_spread", grad)
+    torch._check_value(
+        grad.dim() >= 1 and grad.shape[-1] % 4 == 0,
+        lambda: f"hamilton_spread: expected a tensor of shape (*rows, 4k), got {list(grad.shape)}",
+    )
+
+
+def check_block_mix(blocks, coefficients):
+    check_floating("block_mix", blocks)
+    torch._check_value(
+        blocks.dim() == 3, lambda: f"block_mix: expected blocks of shape (B, rows, cols), got {list(blocks.shape)}"
+    )
+    blocks_in = blocks.shape[0]
+    torch._check_value(1 <= blocks_in <= 8, lambda: f"block_mix: expected 1 to 8 blocks, got {blocks_in}")
+    count = len(coefficients)
+    torch._check_value(
+        count >= blocks_in and count % blocks_in == 0 and count // blocks_in <= 8,
+        lambda: f"block_mix: expected B_out x {blocks_in} coefficients with B_out from 1 to 8, got {count}",
+    )
+    return count // blocks_in
+
+
+
+# --- the layer ops (csrc/layers/layer_checks.h) ---------------------------------------------------
 
 _COMPONENT_NAMES = ("r_weight", "i_weight", "j_weight", "k_weight")
 
@@ -24,7 +108,7 @@ def check_tensors(op: str, input, components: Sequence, bias) -> None:
         raise TypeError(f"{op}: expected bias to be a Tensor or None, got {type(bias).__name__}")
 
 
-def _check_components(op: str, components: Sequence[Tensor], linear: bool) -> None:
+def check_components(op: str, components: Sequence[Tensor], linear: bool) -> None:
     """r, i, j, k: floating tensors of one shape, dtype and device; 2-d for linear layers."""
     for name, c in zip(_COMPONENT_NAMES, components):
         if not isinstance(c, Tensor):
@@ -74,7 +158,7 @@ def check_linear_arguments(
     Under autocast (``autocast=True``) the input and bias may differ in dtype from the weights:
     everything is cast to the autocast dtype.
     """
-    _check_components(op, components, linear=True)
+    check_components(op, components, linear=True)
     r_weight = components[0]
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: expected input to be a Tensor, got {type(input).__name__}")
@@ -105,7 +189,7 @@ def check_conv_arguments(
     autocast: bool = False,
 ) -> None:
     """Raise a clear error unless the (transposed) convolution is well formed for these components."""
-    _check_components(op, components, linear=False)
+    check_components(op, components, linear=False)
     r_weight = components[0]
     dims = r_weight.dim() - 2
     if not isinstance(input, Tensor):

@@ -1,8 +1,11 @@
-"""The raw Hamilton ops (torch.ops.qlayers), differentiable in reverse and forward mode.
+"""The Hamilton ops (hamilton_expand/reduce/combine/spread) and block_mix: their fake kernels,
+autograd, vmap rules, and the autograd Functions with a jvp that make them differentiable in forward
+mode (torch has no jvp registration for an op).
 
-Each op is wrapped in an autograd Function with a jvp, since forward-mode AD cannot be registered on
-a torch.library op; the raw ops themselves carry their reverse-mode autograd and vmap rules
-(qlayers/_registrations.py).
+hamilton_expand and hamilton_reduce are linear and adjoint to each other, so each one's backward is
+the other; combine and spread likewise. Because those backwards are themselves registered ops with
+autograd, gradients of any order flow through them. block_mix serves computations that own their
+autograd (the eight-product formulations): a fake kernel, no autograd.
 """
 
 from typing import Callable, NamedTuple
@@ -10,7 +13,134 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from qlayers.functional._checks import _check_components
+from qlayers.ops._shared import _fill_zeros
+from qlayers.ops.checks import (
+    check_block_mix,
+    check_components,
+    check_expanded,
+    check_hamilton_components,
+    check_products,
+    check_rows,
+)
+
+_expand = torch.ops.qlayers.hamilton_expand
+_reduce = torch.ops.qlayers.hamilton_reduce
+
+
+@torch.library.register_fake("qlayers::hamilton_expand")
+def _expand_fake(r, i, j, k):
+    check_hamilton_components(r, i, j, k)
+    n, m, *rest = r.shape
+    return r.new_empty((4 * n, 4 * m, *rest))
+
+
+@torch.library.register_fake("qlayers::hamilton_reduce")
+def _reduce_fake(grad):
+    check_expanded(grad)
+    rows, cols, *rest = grad.shape
+    shape = (rows // 4, cols // 4, *rest)
+    return tuple(grad.new_empty(shape) for _ in range(4))
+
+
+def _expand_backward(ctx, grad):
+    return _reduce(grad)
+
+
+def _reduce_backward(ctx, grad_r, grad_i, grad_j, grad_k):
+    return _expand(grad_r, grad_i, grad_j, grad_k)
+
+
+torch.library.register_autograd("qlayers::hamilton_expand", _expand_backward)
+torch.library.register_autograd("qlayers::hamilton_reduce", _reduce_backward)
+
+
+# vmap: the kernels carry trailing dims along untouched, so a batch dim moved to the end rides
+# through them for free and comes out at the end again.
+def _batch_last(t, bdim, batch_size):
+    if bdim is None:
+        return t.unsqueeze(-1).expand(*t.shape, batch_size)
+    return t.movedim(bdim, -1)
+
+
+@torch.library.register_vmap("qlayers::hamilton_expand")
+def _expand_vmap(info, in_dims, r, i, j, k):
+    parts = [_batch_last(t, d, info.batch_size) for t, d in zip((r, i, j, k), in_dims)]
+    out = _expand(*parts)
+    return out, out.dim() - 1
+
+
+@torch.library.register_vmap("qlayers::hamilton_reduce")
+def _reduce_vmap(info, in_dims, grad):
+    (bdim,) = in_dims
+    outs = _reduce(_batch_last(grad, bdim, info.batch_size))
+    return outs, tuple(o.dim() - 1 for o in outs)
+
+
+# hamilton_combine / hamilton_spread: the layer computed from component products, without W.
+_combine = torch.ops.qlayers.hamilton_combine
+_spread = torch.ops.qlayers.hamilton_spread
+
+
+@torch.library.register_fake("qlayers::hamilton_combine")
+def _combine_fake(products, transpose):
+    check_products(products)
+    return products.new_empty((*products.shape[1:-2], 4 * products.shape[-1]))
+
+
+@torch.library.register_fake("qlayers::hamilton_spread")
+def _spread_fake(grad, transpose):
+    check_rows(grad)
+    return grad.new_empty((4, *grad.shape[:-1], 4, grad.shape[-1] // 4))
+
+
+def _remember_transpose(ctx, inputs, output):
+    ctx.transpose = inputs[1]
+
+
+def _combine_backward(ctx, grad):
+    return _spread(grad, ctx.transpose), None
+
+
+def _spread_backward(ctx, grad):
+    return _combine(grad, ctx.transpose), None
+
+
+torch.library.register_autograd("qlayers::hamilton_combine", _combine_backward, setup_context=_remember_transpose)
+torch.library.register_autograd("qlayers::hamilton_spread", _spread_backward, setup_context=_remember_transpose)
+
+
+@torch.library.register_vmap("qlayers::hamilton_combine")
+def _combine_vmap(info, in_dims, products, transpose):
+    # Rows may span several dims: the batch dim becomes the first of them.
+    return _combine(products.movedim(in_dims[0], 1), transpose), 0
+
+
+@torch.library.register_vmap("qlayers::hamilton_spread")
+def _spread_vmap(info, in_dims, grad, transpose):
+    return _spread(grad.movedim(in_dims[0], 0), transpose), 1
+
+
+
+# --- block_mix (the eight-product sums) ------------------------------------------------------------
+
+
+@torch.library.register_fake("qlayers::block_mix")
+def _block_mix_fake(blocks, coefficients, interleave):
+    blocks_out = check_block_mix(blocks, coefficients)
+    _, rows, cols = blocks.shape
+    return blocks.new_empty((rows, blocks_out, cols) if interleave else (blocks_out, rows, cols))
+
+
+@torch.library.register_fake("qlayers::block_mix_into")
+def _block_mix_into_fake(blocks, coefficients, out):
+    blocks_out = check_block_mix(blocks, coefficients)
+    torch._check_value(
+        tuple(out.shape) == (blocks_out, *blocks.shape[1:]),
+        lambda: f"block_mix_into: expected out of shape {(blocks_out, *blocks.shape[1:])}, got {tuple(out.shape)}",
+    )
+
+
+# --- differentiable in forward mode: the Functions torch.func and forward-mode AD take ---------
 
 
 class _Expand(torch.autograd.Function):
@@ -102,11 +232,6 @@ class _Spread(torch.autograd.Function):
         return hamilton_spread(grad_tangent, ctx.transpose)
 
 
-def _fill_zeros(tensors, like):
-    """Autograd passes None for a zero gradient or tangent; the kernels want tensors."""
-    return [torch.zeros_like(like) if t is None else t for t in tensors]
-
-
 def hamilton_expand(r: Tensor, i: Tensor, j: Tensor, k: Tensor) -> Tensor:
     """torch.ops.qlayers.hamilton_expand, differentiable in reverse and forward mode, at any order."""
     # Dynamo refuses an autograd.Function with a jvp; when compiling, the op's own registered
@@ -144,7 +269,7 @@ def hamilton_matrix(r_weight: Tensor, i_weight: Tensor, j_weight: Tensor, k_weig
     as the Hamilton convention (docs/API.md, "The Hamilton convention") prescribes.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
-    _check_components("hamilton_matrix", components, linear=False)
+    check_components("hamilton_matrix", components, linear=False)
     return hamilton_expand(*components)
 
 

@@ -1,11 +1,20 @@
-"""What the layer families' autograd Functions share."""
+"""What the op families' autograd Functions share."""
 
 import math
 
+import torch
 from torch import Tensor
 
-from qlayers.functional._autocast import _cast
-from qlayers.functional._hamilton_ops import _fill_zeros
+
+
+def _cast(tensors, dtype):
+    """Each tensor (None stays None) in ``dtype``; all as they are when ``dtype`` is None."""
+    return [t if t is None or dtype is None else t.to(dtype) for t in tensors]
+
+
+def _fill_zeros(tensors, like):
+    """Autograd passes None for a zero gradient or tangent; the kernels want tensors."""
+    return [torch.zeros_like(like) if t is None else t for t in tensors]
 
 
 def _rows(t: Tensor) -> int:
