@@ -59,18 +59,23 @@ TORCH_LIBRARY(qlayers, m) {
   // fused, after the step's recurrent GEMM: pre-activations projected + recurrent (rows, gates * H),
   // gate g of the cell in gate block slots[g] of each component block, or with gate_major in
   // component block c of gate block slots[g] (kernels/recurrent_kernels.h); states (rows, H) updated
-  // in place. cell_kind: recurrent_cells.h's CellKind. mask (rows, H): a dropout mask on the
-  // candidate (LSTM, light GRU) or the new state (RNN), as SpeechBrain applies it; None for none.
+  // in place (cell_state: the LSTM's). cell: the cell's name, one of "rnn_tanh", "rnn_relu",
+  // "rnn_identity", "lstm", "ligru_relu", "ligru_leaky_relu", "ligru_tanh" (recurrent_gates.h's
+  // kCellNames). mask (rows, H): a dropout mask on the candidate (LSTM, light GRU) or the new state
+  // (RNN), as SpeechBrain applies it; None for none.
   m.def(
-      "recurrent_gates_forward(Tensor projected, Tensor recurrent, Tensor(a!) hidden, Tensor(b!)? cell, "
-      "Tensor(c!) output, Tensor(d!)? cells_out, int cell_kind, int[] slots, bool gate_major=False, "
-      "Tensor? mask=None) -> ()");
+      "recurrent_gates_forward(Tensor projected, Tensor recurrent, Tensor(a!) hidden, Tensor(b!)? cell_state, "
+      "Tensor(c!) output, Tensor(d!)? cells_out, str cell, int[] slots, bool gate_major=False, "
+      "Tensor? mask=None) -> ()",
+      {at::Tag::pt2_compliant_tag});
   // Its backward for one step: pre holds the pre-activations and receives their gradients;
-  // grad_hidden / grad_cell carry dL/dh and dL/dc from step t to step t - 1.
+  // grad_hidden / grad_cell carry dL/dh and dL/dc from step t to step t - 1; cell_prev and
+  // cell_state are the LSTM's c_{t-1} and c_t.
   m.def(
       "recurrent_gates_backward(Tensor(a!) pre, Tensor? grad_output, Tensor(b!) grad_hidden, Tensor(c!)? grad_cell, "
-      "Tensor? hidden_prev, Tensor? cell_prev, Tensor? cell, int cell_kind, int[] slots, bool gate_major=False, "
-      "Tensor? mask=None) -> ()");
+      "Tensor? hidden_prev, Tensor? cell_prev, Tensor? cell_state, str cell, int[] slots, bool gate_major=False, "
+      "Tensor? mask=None) -> ()",
+      {at::Tag::pt2_compliant_tag});
   // A whole layer and direction over a sequence: projected (T, B, gates * H) is the input
   // projection, r, i, j, k the recurrent weight's components, h0 / c0 (B, H) the initial state.
   // batch_sizes: a PackedSequence's active rows per step (non-increasing); reverse: run from the
@@ -79,13 +84,13 @@ TORCH_LIBRARY(qlayers, m) {
   // the cell has none or nothing is kept.
   m.def(
       "recurrent_scan(Tensor projected, Tensor r, Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, "
-      "int cell_kind, int[] slots, int[]? batch_sizes, bool reverse, bool keep, bool gate_major=False, "
+      "str cell, int[] slots, int[]? batch_sizes, bool reverse, bool keep, bool gate_major=False, "
       "Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   // Its gradients (projected, r, i, j, k, h0, c0); output_mask: (projected, the weight, h0, c0).
   m.def(
       "recurrent_scan_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor projected, Tensor r, "
-      "Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, Tensor output, Tensor cells, int cell_kind, int[] slots, "
+      "Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, Tensor output, Tensor cells, str cell, int[] slots, "
       "int[]? batch_sizes, bool reverse, bool[4] output_mask, bool gate_major=False, Tensor? mask=None) -> (Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});

@@ -12,6 +12,8 @@ autograd Functions with a jvp for that.
 
 import torch
 
+from qlayers import _torch_internals
+
 _expand = torch.ops.qlayers.hamilton_expand
 _reduce = torch.ops.qlayers.hamilton_reduce
 
@@ -23,14 +25,14 @@ _KERNEL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _check_floating(op, t):
-    torch._check_type(
+    _torch_internals.check_type(
         t.dtype in _KERNEL_DTYPES,
         lambda: f"{op}: expected a floating-point tensor (float64, float32, float16 or bfloat16), got {t.dtype}",
     )
 
 
 def _check_components(r, i, j, k):
-    torch._check_value(
+    _torch_internals.check_value(
         r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {r.dim()}-d r"
     )
     _check_floating("hamilton_expand", r)
@@ -39,15 +41,15 @@ def _check_components(r, i, j, k):
 
 
 def _check_like(r, other):
-    torch._check_value(
+    _torch_internals.check_value(
         other.shape == r.shape,
         lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {list(r.shape)} and {list(other.shape)}",
     )
-    torch._check_type(
+    _torch_internals.check_type(
         other.dtype == r.dtype,
         lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {r.dtype} and {other.dtype}",
     )
-    torch._check_value(
+    _torch_internals.check_value(
         other.device == r.device,
         lambda: f"hamilton_expand: expected r, i, j, k on one device, got {r.device} and {other.device}",
     )
@@ -55,7 +57,7 @@ def _check_like(r, other):
 
 def _check_expanded(grad):
     _check_floating("hamilton_reduce", grad)
-    torch._check_value(
+    _torch_internals.check_value(
         grad.dim() >= 2 and grad.shape[0] % 4 == 0 and grad.shape[1] % 4 == 0,
         lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {list(grad.shape)}",
     )
@@ -63,7 +65,7 @@ def _check_expanded(grad):
 
 def _check_products(products):
     _check_floating("hamilton_combine", products)
-    torch._check_value(
+    _torch_internals.check_value(
         products.dim() >= 3 and products.shape[0] == 4 and products.shape[-2] == 4,
         lambda: f"hamilton_combine: expected products of shape (4, *rows, 4, k), got {list(products.shape)}",
     )
@@ -71,7 +73,7 @@ def _check_products(products):
 
 def _check_rows(grad):
     _check_floating("hamilton_spread", grad)
-    torch._check_value(
+    _torch_internals.check_value(
         grad.dim() >= 1 and grad.shape[-1] % 4 == 0,
         lambda: f"hamilton_spread: expected a tensor of shape (*rows, 4k), got {list(grad.shape)}",
     )
@@ -175,13 +177,13 @@ def _spread_vmap(info, in_dims, grad, transpose):
 
 def _check_block_mix(blocks, coefficients):
     _check_floating("block_mix", blocks)
-    torch._check_value(
+    _torch_internals.check_value(
         blocks.dim() == 3, lambda: f"block_mix: expected blocks of shape (B, rows, cols), got {list(blocks.shape)}"
     )
     blocks_in = blocks.shape[0]
-    torch._check_value(1 <= blocks_in <= 8, lambda: f"block_mix: expected 1 to 8 blocks, got {blocks_in}")
+    _torch_internals.check_value(1 <= blocks_in <= 8, lambda: f"block_mix: expected 1 to 8 blocks, got {blocks_in}")
     count = len(coefficients)
-    torch._check_value(
+    _torch_internals.check_value(
         count >= blocks_in and count % blocks_in == 0 and count // blocks_in <= 8,
         lambda: f"block_mix: expected B_out x {blocks_in} coefficients with B_out from 1 to 8, got {count}",
     )
@@ -198,7 +200,7 @@ def _block_mix_fake(blocks, coefficients, interleave):
 @torch.library.register_fake("qlayers::block_mix_into")
 def _block_mix_into_fake(blocks, coefficients, out):
     blocks_out = _check_block_mix(blocks, coefficients)
-    torch._check_value(
+    _torch_internals.check_value(
         tuple(out.shape) == (blocks_out, *blocks.shape[1:]),
         lambda: f"block_mix_into: expected out of shape {(blocks_out, *blocks.shape[1:])}, got {tuple(out.shape)}",
     )

@@ -21,7 +21,7 @@ from conftest import DEVICES
 
 import qlayers  # noqa: F401  (registers torch.ops.qlayers, its Python ops included)
 from qlayers._layer_ops import conv as conv_op
-from qlayers.functional.recurrent import LIGRU, LSTM, RNN_TANH
+from qlayers.functional.recurrent import CELLS as CELL_NAMES
 
 SCHEMA, AUTOGRAD, FAKE, AOT = (
     "test_schema",
@@ -280,23 +280,23 @@ def conv_eight_backward(device):
 # name -> (cell, slots, gate_major, dropout mask, dtype): the LSTM in torch's gate order, then with its
 # gates permuted, whole gates outer and a mask; the light GRU with its two gates swapped; the RNN.
 CELLS = {
-    "lstm": (LSTM, [0, 1, 2, 3], False, False, F64),
-    "lstm-permuted-f32": (LSTM, [2, 0, 3, 1], True, True, F32),
-    "ligru-gate-major-mask": (LIGRU, [1, 0], True, True, F64),
-    "rnn-tanh-f32": (RNN_TANH, [0], False, False, F32),
+    "lstm": ("lstm", [0, 1, 2, 3], False, False, F64),
+    "lstm-permuted-f32": ("lstm", [2, 0, 3, 1], True, True, F32),
+    "ligru-gate-major-mask": ("ligru_relu", [1, 0], True, True, F64),
+    "rnn-tanh-f32": ("rnn_tanh", [0], False, False, F32),
 }
 ROWS, HIDDEN = 3, 8
 
 
 def _gates(cell):
-    return 4 if cell == LSTM else 2 if cell == LIGRU else 1
+    return CELL_NAMES[cell][0]
 
 
 def recurrent_gates_forward(device):
     samples = {}
     for name, (cell, slots, gate_major, masked, dtype) in CELLS.items():
         like = dict(dtype=dtype, device=device)
-        has_cell = cell == LSTM
+        has_cell = cell == "lstm"
         args = (
             randn(ROWS, _gates(cell) * HIDDEN, **like, grad=True),  # projected
             randn(ROWS, _gates(cell) * HIDDEN, **like, grad=True),  # recurrent
@@ -316,7 +316,7 @@ def recurrent_gates_backward(device):
     samples = {}
     for name, (cell, slots, gate_major, masked, dtype) in CELLS.items():
         like = dict(dtype=dtype, device=device)
-        has_cell, light = cell == LSTM, cell == LIGRU
+        has_cell, light = cell == "lstm", cell == "ligru_relu"
         args = (
             randn(ROWS, _gates(cell) * HIDDEN, **like),  # pre, takes its own gradients
             randn(ROWS, HIDDEN, **like, grad=True),  # grad_output
@@ -349,7 +349,7 @@ def _scan_operands(device, name):
     projected = randn(STEPS, BATCH, _gates(cell) * HIDDEN, **like, grad=True)
     weight = leaves(HIDDEN // 4, _gates(cell) * HIDDEN // 4, **like)
     h0 = randn(BATCH, HIDDEN, **like, grad=True)
-    c0 = randn(BATCH, HIDDEN, **like, grad=True) if cell == LSTM else None
+    c0 = randn(BATCH, HIDDEN, **like, grad=True) if cell == "lstm" else None
     kwargs = {"gate_major": gate_major, "mask": dropout_mask(BATCH, HIDDEN, **like) if masked else None}
     return projected, weight, h0, c0, (cell, slots, *SCAN_LAYOUTS[name]), kwargs
 

@@ -24,20 +24,20 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 import torch
 from torch import Tensor
 
+from qlayers import _torch_internals
 from qlayers.functional._hamilton_ops import hamilton_expand
 from qlayers.functional.linear import _transforms_active
 
-# csrc/recurrent_cells.h's CellKind: the RNN and the light GRU come with several activations (of the
-# state, resp. the candidate).
-RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH, RNN_IDENTITY = 0, 1, 2, 3, 4, 5, 6
-GATES = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2, RNN_IDENTITY: 1}
-ACTIVATIONS: Dict[int, Callable[[Tensor], Tensor]] = {
-    RNN_TANH: torch.tanh,
-    RNN_RELU: torch.relu,
-    LIGRU: torch.relu,
-    LIGRU_LEAKY_RELU: torch.nn.functional.leaky_relu,  # slope 0.01, as the kernels
-    LIGRU_TANH: torch.tanh,
-    RNN_IDENTITY: lambda x: x,  # no activation on the state (core_qnn's QRNN)
+# The cells, by the names the engine's ops take (csrc/recurrent_gates.h's kCellNames, which parses
+# them): the RNN and the light GRU come with several activations (of the state, resp. the candidate).
+# Each name's activation, in plain torch, for the step loop.
+ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {
+    "rnn_tanh": torch.tanh,
+    "rnn_relu": torch.relu,
+    "rnn_identity": lambda x: x,  # no activation on the state (core_qnn's QRNN)
+    "ligru_relu": torch.relu,
+    "ligru_leaky_relu": torch.nn.functional.leaky_relu,  # slope 0.01, as the kernels
+    "ligru_tanh": torch.tanh,
 }
 _SCAN = torch.ops.qlayers.recurrent_scan.default
 _SCAN_BACKWARD = torch.ops.qlayers.recurrent_scan_backward.default
@@ -49,31 +49,39 @@ def _masked(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return x if mask is None else x * mask
 
 
-def _lstm_cell(cell: int, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
+def _lstm_cell(cell: str, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
     input_gate, forget_gate, cell_gate, output_gate = gates
     candidate = _masked(torch.sigmoid(input_gate) * torch.tanh(cell_gate), mask)
     cell_state = torch.sigmoid(forget_gate) * state[1] + candidate
     return [torch.sigmoid(output_gate) * torch.tanh(cell_state), cell_state]
 
 
-def _ligru_cell(cell: int, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
+def _ligru_cell(cell: str, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
     update = torch.sigmoid(gates[0])
     return [update * state[0] + (1 - update) * _masked(ACTIVATIONS[cell](gates[1]), mask)]
 
 
-def _rnn_cell(cell: int, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
+def _rnn_cell(cell: str, gates: List[Tensor], state: List[Tensor], mask: Optional[Tensor]) -> List[Tensor]:
     return [_masked(ACTIVATIONS[cell](gates[0]), mask)]
 
 
-CELLS = {
-    RNN_TANH: _rnn_cell,
-    RNN_RELU: _rnn_cell,
-    RNN_IDENTITY: _rnn_cell,
-    LSTM: _lstm_cell,
-    LIGRU: _ligru_cell,
-    LIGRU_LEAKY_RELU: _ligru_cell,
-    LIGRU_TANH: _ligru_cell,
+# name -> (gates, the step loop's cell): every cell the engine has.
+CELLS: Dict[str, Tuple[int, Callable[..., List[Tensor]]]] = {
+    "rnn_tanh": (1, _rnn_cell),
+    "rnn_relu": (1, _rnn_cell),
+    "rnn_identity": (1, _rnn_cell),
+    "lstm": (4, _lstm_cell),
+    "ligru_relu": (2, _ligru_cell),
+    "ligru_leaky_relu": (2, _ligru_cell),
+    "ligru_tanh": (2, _ligru_cell),
 }
+
+
+def _check_cell(op: str, cell: str) -> None:
+    """A ValueError for a name :data:`CELLS` does not have, worded as the C++ ops word it."""
+    if cell not in CELLS:
+        accepted = ", ".join(repr(name) for name in CELLS)
+        raise ValueError(f"{op}: cell must be one of ({accepted}), got {cell!r}")
 
 
 def _in_compute_dtype(name: str, projected: Tensor, tensors: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
@@ -94,7 +102,7 @@ def step_loop(
     recurrent: Callable[[Tensor], Tensor],
     h0: Tensor,
     c0: Optional[Tensor],
-    cell: int,
+    cell: str,
     slots: Sequence[int],
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
@@ -106,6 +114,7 @@ def step_loop(
     Returns ``(output (T, B, H), h_n, c_n or None)``; rows a packed sequence has no step for keep
     their state and output zeros, as in the engine.
     """
+    _check_cell("step_loop", cell)
     states = _in_compute_dtype("step_loop", projected, (h0, c0))
     h0, c0 = cast(Tensor, states[0]), states[1]
     steps, batch = projected.shape[:2]
@@ -124,7 +133,7 @@ def step_loop(
         else:
             gate_values = [pre.view(rows, 4, gates, quarter)[:, :, slot] for slot in slots]
         step_mask = None if mask is None else mask[:rows].view(rows, 4, quarter)
-        new = CELLS[cell](cell, gate_values, [s.view(rows, 4, quarter) for s in active], step_mask)
+        new = CELLS[cell][1](cell, gate_values, [s.view(rows, 4, quarter) for s in active], step_mask)
         new = [n.reshape(rows, hidden_size) for n in new]
         if rows < batch:
             state = [torch.cat([n, s[rows:]]) for n, s in zip(new, state)]
@@ -140,7 +149,7 @@ def recurrent_scan(
     weight: Sequence[Tensor],
     h0: Tensor,
     c0: Optional[Tensor],
-    cell: int,
+    cell: str,
     slots: Sequence[int],
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
@@ -153,8 +162,9 @@ def recurrent_scan(
         projected: ``(T, B, G * H)``, the input projection of every step.
         weight: the recurrent weight's components ``(r, i, j, k)``, each ``(H/4, G * H/4)``.
         h0, c0: ``(B, H)`` initial states (``c0`` for the LSTM cell only, else None).
-        cell: ``RNN_TANH``, ``RNN_RELU``, ``RNN_IDENTITY`` (no activation), ``LSTM``, ``LIGRU`` (ReLU
-            candidate), ``LIGRU_LEAKY_RELU`` or ``LIGRU_TANH``.
+        cell: the cell's name (:data:`CELLS`): ``"rnn_tanh"``, ``"rnn_relu"``, ``"rnn_identity"`` (no
+            activation), ``"lstm"``, ``"ligru_relu"``, ``"ligru_leaky_relu"`` or ``"ligru_tanh"``
+            (the light GRU's candidate activation); another name raises a ValueError.
         slots: the gate layout, ``slots[g]`` the block of gate ``g``.
         batch_sizes: a PackedSequence's rows per step (sorted sequences), or None.
         reverse: run from the last step to the first (the backward direction).
@@ -180,7 +190,7 @@ def recurrent_scan(
     keep = recording and any(t.requires_grad for t in tensors)
     sizes = None if batch_sizes is None else list(batch_sizes)
     output, h_n, c_n, _ = _SCAN(projected, *weight, h0, c0, cell, list(slots), sizes, reverse, keep, gate_major, mask)
-    return output, h_n, c_n if cell == LSTM else None
+    return output, h_n, c_n if cell == "lstm" else None
 
 
 # --- registrations: fake kernels and autograd of the engine's ops -------------------------------
@@ -188,12 +198,13 @@ def recurrent_scan(
 
 @torch.library.register_fake("qlayers::recurrent_scan")
 def _scan_fake(projected, r, i, j, k, h0, c0, cell, slots, batch_sizes, reverse, keep, gate_major=False, mask=None):
-    torch._check_value(
+    _check_cell("recurrent_scan", cell)
+    _torch_internals.check_value(
         projected.dim() == 3 and h0.dim() == 2, lambda: "recurrent_scan: expected (T, B, G*H) and (B, H)"
     )
     steps, batch = projected.shape[:2]
     hidden_size = h0.shape[1]
-    has_cell = cell == LSTM
+    has_cell = cell == "lstm"
     empty = projected.new_empty((0,))
     return (
         projected.new_empty((steps, batch, hidden_size)),
@@ -225,9 +236,10 @@ def _scan_backward_fake(
     gate_major=False,
     mask=None,
 ):
+    _check_cell("recurrent_scan", cell)
     empty = projected.new_empty((0,))
     like = [projected, r, i, j, k, h0, c0 if c0 is not None else empty]
-    needs = [output_mask[0], *[output_mask[1]] * 4, output_mask[2], output_mask[3] and cell == LSTM]
+    needs = [output_mask[0], *[output_mask[1]] * 4, output_mask[2], output_mask[3] and cell == "lstm"]
     # The C++ backward returns new contiguous tensors, whatever the inputs' strides.
     return tuple(t.new_empty(t.shape) if need else projected.new_empty((0,)) for t, need in zip(like, needs))
 
