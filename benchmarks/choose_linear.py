@@ -67,7 +67,7 @@ def product_call(phase, formulation, x, components, grad):
     if phase == "forward":
         return lambda: torch.ops.qlayers.quaternion_linear(x, *components, None, None, formulation)
     mask = MASKS[phase]
-    return lambda: torch.ops.qlayers.quaternion_linear_backward(grad, x, *components, None, formulation, mask)
+    return lambda: torch.ops.qlayers._quaternion_linear_backward(grad, x, *components, None, formulation, mask)
 
 
 def formulations_on(device):

@@ -1,4 +1,4 @@
-// qlayers::block_mix and block_mix_into: a small coefficient table applied along a block axis.
+// qlayers::_block_mix and block_mix_into: a small coefficient table applied along a block axis.
 //
 // blocks (B_in, rows, cols) -> out[t] = sum_a coefficients[t * B_in + a] * blocks[a], for t < B_out
 // = coefficients.size() / B_in, laid out (B_out, rows, cols), or (rows, B_out, cols) when

@@ -7,7 +7,7 @@
 // of the component size, half the multiplications of the Hamilton matrix's 16 blocks.
 //
 // Tables are dense (rows = outputs, columns = inputs; components r=0 i=1 j=2 k=3), as
-// qlayers::block_mix applies them along a block axis.
+// qlayers::_block_mix applies them along a block axis.
 #pragma once
 
 #include <array>

@@ -14,7 +14,7 @@
 namespace qlayers {
 
 // The kernels handle float64, float32, float16 and bfloat16; refuse the rest (float8 included) up
-// front, so that an empty integer tensor is refused like a full one. qlayers/_registrations.py runs
+// front, so that an empty integer tensor is refused like a full one. qlayers/ops/checks.py runs
 // these checks again in the fake kernels: keep the two in step.
 inline void check_floating(const char* op, const at::Tensor& t) {
   const at::ScalarType type = t.scalar_type();

@@ -1,7 +1,9 @@
-// The qlayers operator schemas, and the Python module that loads them.
+// Every qlayers operator schema, and the Python module that loads them.
 //
-// Kernels register themselves per backend (cpu/, cuda/); autograd, fake (meta) kernels and the
-// rest of the Python-side registrations live in qlayers/_registrations.py.
+// Kernels register themselves per backend (cpu/, cuda/, layers/); fake (meta) kernels, the Python
+// autograd and vmap registrations live in qlayers/ops/, one module per op family. An underscored
+// op is internal: a backward, a building block or a rule that another op or a wrapper calls.
+// pt2_compliant: the op has a fake kernel and passes opcheck's checks (tests/test_opcheck.py).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -34,53 +36,62 @@ TORCH_LIBRARY(qlayers, m) {
   m.def("hamilton_spread(Tensor grad, bool transpose) -> Tensor", {at::Tag::pt2_compliant_tag});
   // A small coefficient table applied along the block axis of (B_in, rows, cols) blocks
   // (block_mix.h): the eight-product algorithm's operand sums and its final combination.
-  m.def("block_mix(Tensor blocks, float[] coefficients, bool interleave) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("_block_mix(Tensor blocks, float[] coefficients, bool interleave) -> Tensor", {at::Tag::pt2_compliant_tag});
   // The same, written into a given (B_out, rows, cols) view.
-  m.def("block_mix_into(Tensor blocks, float[] coefficients, Tensor(a!) out) -> ()", {at::Tag::pt2_compliant_tag});
+  m.def("_block_mix_into(Tensor blocks, float[] coefficients, Tensor(a!) out) -> ()", {at::Tag::pt2_compliant_tag});
   // The whole linear layer, y = x @ W + bias, with its autograd in C++ (layers/linear.cpp).
   m.def(
       "quaternion_linear(Tensor input, Tensor r, Tensor i, Tensor j, Tensor k, Tensor? bias, "
-      "ScalarType? compute_dtype, str algorithm) -> Tensor");
+      "ScalarType? compute_dtype, str algorithm) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
   // Its gradients (input, r, i, j, k, bias), empty where output_mask is false.
   m.def(
-      "quaternion_linear_backward(Tensor grad_output, Tensor? input, Tensor r, Tensor i, Tensor j, Tensor k, "
+      "_quaternion_linear_backward(Tensor grad_output, Tensor? input, Tensor r, Tensor i, Tensor j, Tensor k, "
       "ScalarType? compute_dtype, str algorithm, bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor)");
+      "Tensor)",
+      {at::Tag::pt2_compliant_tag});
   // The choice "auto" makes for one product of the linear layer (layers/linear_choice.cpp).
-  m.def("linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase, Device device) -> str");
+  m.def("_linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase, Device device) -> str");
   // The whole convolution layer (1d/2d/3d, transposed, grouped) plus bias, aten::convolution's
   // options, with its autograd in C++ (layers/conv.cpp). algorithm: "auto", "kernel" or "eight".
   m.def(
       "quaternion_conv(Tensor input, Tensor r, Tensor i, Tensor j, Tensor k, Tensor? bias, int[] stride, "
       "int[] padding, int[] dilation, bool transposed, int[] output_padding, int groups, ScalarType? compute_dtype, "
-      "str algorithm) -> Tensor");
+      "str algorithm) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
   // Its gradients (input, r, i, j, k, bias), empty where output_mask is false; input may be None
   // when no component gradient is asked for.
   m.def(
-      "quaternion_conv_backward(Tensor grad_output, Tensor? input, SymInt[] input_shape, Tensor r, Tensor i, "
+      "_quaternion_conv_backward(Tensor grad_output, Tensor? input, SymInt[] input_shape, Tensor r, Tensor i, "
       "Tensor j, Tensor k, int[] stride, int[] padding, int[] dilation, bool transposed, int[] output_padding, "
       "int groups, ScalarType? compute_dtype, str algorithm, bool[6] output_mask) -> (Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor)");
+      "Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
   // The formulation ("kernel" or "eight") "auto" takes for one call; reads only metadata.
   m.def(
-      "conv_formulation(Tensor input, Tensor r, int[] stride, bool transposed, int groups, "
+      "_conv_formulation(Tensor input, Tensor r, int[] stride, bool transposed, int groups, "
       "ScalarType? compute_dtype, str algorithm) -> str");
   // The recurrent engine (layers/recurrent.cpp). One step's gate activations and state update,
   // fused, after the step's recurrent GEMM: pre-activations projected + recurrent (rows, gates * H),
   // gate g of the cell in gate block slots[g] of each component block, or with gate_major in
   // component block c of gate block slots[g] (kernels/recurrent_kernels.h); states (rows, H) updated
-  // in place. cell_kind: recurrent_cells.h's CellKind. mask (rows, H): a dropout mask on the
-  // candidate (LSTM, light GRU) or the new state (RNN), as SpeechBrain applies it; None for none.
+  // in place (cell_state: the LSTM's). cell: the cell's name, one of "rnn_tanh", "rnn_relu",
+  // "rnn_identity", "lstm", "ligru_relu", "ligru_leaky_relu", "ligru_tanh" (recurrent_gates.h's
+  // kCellNames). mask (rows, H): a dropout mask on the candidate (LSTM, light GRU) or the new state
+  // (RNN), as SpeechBrain applies it; None for none.
   m.def(
-      "recurrent_gates_forward(Tensor projected, Tensor recurrent, Tensor(a!) hidden, Tensor(b!)? cell, "
-      "Tensor(c!) output, Tensor(d!)? cells_out, int cell_kind, int[] slots, bool gate_major=False, "
-      "Tensor? mask=None) -> ()");
+      "_recurrent_gates_forward(Tensor projected, Tensor recurrent, Tensor(a!) hidden, Tensor(b!)? cell_state, "
+      "Tensor(c!) output, Tensor(d!)? cells_out, str cell, int[] slots, bool gate_major=False, "
+      "Tensor? mask=None) -> ()",
+      {at::Tag::pt2_compliant_tag});
   // Its backward for one step: pre holds the pre-activations and receives their gradients;
-  // grad_hidden / grad_cell carry dL/dh and dL/dc from step t to step t - 1.
+  // grad_hidden / grad_cell carry dL/dh and dL/dc from step t to step t - 1; cell_prev and
+  // cell_state are the LSTM's c_{t-1} and c_t.
   m.def(
-      "recurrent_gates_backward(Tensor(a!) pre, Tensor? grad_output, Tensor(b!) grad_hidden, Tensor(c!)? grad_cell, "
-      "Tensor? hidden_prev, Tensor? cell_prev, Tensor? cell, int cell_kind, int[] slots, bool gate_major=False, "
-      "Tensor? mask=None) -> ()");
+      "_recurrent_gates_backward(Tensor(a!) pre, Tensor? grad_output, Tensor(b!) grad_hidden, Tensor(c!)? grad_cell, "
+      "Tensor? hidden_prev, Tensor? cell_prev, Tensor? cell_state, str cell, int[] slots, bool gate_major=False, "
+      "Tensor? mask=None) -> ()",
+      {at::Tag::pt2_compliant_tag});
   // A whole layer and direction over a sequence: projected (T, B, gates * H) is the input
   // projection, r, i, j, k the recurrent weight's components, h0 / c0 (B, H) the initial state.
   // batch_sizes: a PackedSequence's active rows per step (non-increasing); reverse: run from the
@@ -89,13 +100,13 @@ TORCH_LIBRARY(qlayers, m) {
   // the cell has none or nothing is kept.
   m.def(
       "recurrent_scan(Tensor projected, Tensor r, Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, "
-      "int cell_kind, int[] slots, int[]? batch_sizes, bool reverse, bool keep, bool gate_major=False, "
+      "str cell, int[] slots, int[]? batch_sizes, bool reverse, bool keep, bool gate_major=False, "
       "Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   // Its gradients (projected, r, i, j, k, h0, c0); output_mask: (projected, the weight, h0, c0).
   m.def(
-      "recurrent_scan_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor projected, Tensor r, "
-      "Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, Tensor output, Tensor cells, int cell_kind, int[] slots, "
+      "_recurrent_scan_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor projected, Tensor r, "
+      "Tensor i, Tensor j, Tensor k, Tensor h0, Tensor? c0, Tensor output, Tensor cells, str cell, int[] slots, "
       "int[]? batch_sizes, bool reverse, bool[4] output_mask, bool gate_major=False, Tensor? mask=None) -> (Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});

@@ -18,20 +18,19 @@
 
 namespace qlayers {
 
-// The cells, numbered as the operators' `cell` argument. Canonical gate order: QLSTM (input,
-// forget, cell, output) as torch.nn.LSTM; QLiGRU (update, candidate); QRNN one gate. The RNN and the
-// light GRU come with several activations (of the state, resp. the candidate): the numbers after 2
-// were added later, so each keeps its meaning.
+// The cells. The operators take a cell by name (their `str cell` argument), which the one table in
+// recurrent_gates.h (kCellNames) parses into a CellKind; the numbers are internal. Canonical gate
+// order: QLSTM (input, forget, cell, output) as torch.nn.LSTM; QLiGRU (update, candidate); QRNN one
+// gate. The RNN and the light GRU come with several activations (of the state, resp. the candidate).
 enum CellKind : int {
-  kRnnTanh = 0,
-  kLstm = 1,
-  kLiGru = 2,  // ReLU candidate
-  kRnnRelu = 3,
-  kLiGruLeakyRelu = 4,  // torch.nn.LeakyReLU's default slope, SpeechBrain's default light GRU
-  kLiGruTanh = 5,
-  kRnnIdentity = 6,  // no activation on the state: core_qnn's QRNN
+  kRnnTanh,
+  kLstm,
+  kLiGru,  // ReLU candidate
+  kRnnRelu,
+  kLiGruLeakyRelu,  // torch.nn.LeakyReLU's default slope, SpeechBrain's default light GRU
+  kLiGruTanh,
+  kRnnIdentity,  // no activation on the state: core_qnn's QRNN
 };
-constexpr int kCellKinds = 7;
 constexpr int kMaxGates = 4;
 
 QLAYERS_HOST_DEVICE constexpr bool cell_is_light_gru(int kind) {

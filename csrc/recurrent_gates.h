@@ -1,6 +1,7 @@
 // Argument checks of the fused gate ops (recurrent_gates_forward / _backward), shared by the CPU and
 // CUDA kernels (and the emulation): the engine calls them with right arguments, but they are
-// public operators, so a wrong call must raise, never write out of bounds.
+// public operators, so a wrong call must raise, never write out of bounds. Also the cell names that
+// every recurrent op takes (recurrent_scan and its backward too).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,6 +9,8 @@
 #include <c10/util/Optional.h>
 
 #include <initializer_list>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "hamilton_shapes.h"
@@ -15,12 +18,38 @@
 
 namespace qlayers {
 
-inline void check_cell_layout(const char* op, int64_t kind, at::IntArrayRef slots) {
-  TORCH_CHECK_VALUE(kind >= 0 && kind < kCellKinds, op,
-                    ": expected cell 0 (RNN tanh), 1 (LSTM), 2 (light GRU, ReLU), 3 (RNN ReLU), "
-                    "4 (light GRU, leaky ReLU), 5 (light GRU, tanh) or 6 (RNN, no activation), got ",
-                    kind);
-  const int gates = cell_gates(static_cast<int>(kind));
+// The cells by the name the operators take (their `str cell` argument): the one table that parses
+// it. Python passes these names (qlayers/functional/recurrent.py's CELLS).
+struct CellName {
+  const char* name;
+  CellKind kind;
+};
+inline constexpr CellName kCellNames[] = {
+    {"rnn_tanh", kRnnTanh},
+    {"rnn_relu", kRnnRelu},
+    {"rnn_identity", kRnnIdentity},  // no activation on the state
+    {"lstm", kLstm},
+    {"ligru_relu", kLiGru},
+    {"ligru_leaky_relu", kLiGruLeakyRelu},
+    {"ligru_tanh", kLiGruTanh},
+};
+
+// The cell named `cell`; any other name raises a ValueError that lists the accepted ones.
+inline CellKind parse_cell(const char* op, std::string_view cell) {
+  for (const CellName& known : kCellNames) {
+    if (cell == known.name) return known.kind;
+  }
+  std::string accepted;
+  for (const CellName& known : kCellNames) {
+    accepted += accepted.empty() ? "'" : ", '";
+    accepted += known.name;
+    accepted += "'";
+  }
+  TORCH_CHECK_VALUE(false, op, ": cell must be one of (", accepted, "), got '", std::string(cell), "'");
+}
+
+inline void check_cell_layout(const char* op, CellKind kind, at::IntArrayRef slots) {
+  const int gates = cell_gates(kind);
   bool permutation = static_cast<int64_t>(slots.size()) == gates;
   for (int64_t g = 0; permutation && g < gates; ++g) {
     int64_t seen = 0;
@@ -33,14 +62,14 @@ inline void check_cell_layout(const char* op, int64_t kind, at::IntArrayRef slot
 
 // Every tensor here is (rows, width) with contiguous rows, of one dtype and device; an undefined one
 // is skipped. `states` are (rows, H) with H a multiple of 4; `gate_rows` are (rows, gates * H).
-inline void check_gate_tensors(const char* op, int64_t kind, std::initializer_list<const at::Tensor*> states,
+inline void check_gate_tensors(const char* op, CellKind kind, std::initializer_list<const at::Tensor*> states,
                                std::initializer_list<const at::Tensor*> gate_rows) {
   const at::Tensor& first = **states.begin();
   check_floating(op, first);
   TORCH_CHECK_VALUE(first.dim() == 2 && first.size(1) % 4 == 0, op,
                     ": expected states of shape (rows, H), H a multiple of 4, got ", first.sizes());
   const int64_t rows = first.size(0), hidden = first.size(1);
-  const int64_t width = cell_gates(static_cast<int>(kind)) * hidden;
+  const int64_t width = cell_gates(kind) * hidden;
   auto check = [&](const at::Tensor& t, int64_t columns) {
     TORCH_CHECK_TYPE(t.scalar_type() == first.scalar_type(), op, ": expected one dtype, got ", first.scalar_type(),
                      " and ", t.scalar_type());
@@ -64,16 +93,16 @@ inline void require(const char* op, bool present, const char* what) {
 
 inline void check_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
                                 const at::Tensor& cell, const at::Tensor& output, const at::Tensor& cells_out,
-                                const at::Tensor& mask, int64_t kind, at::IntArrayRef slots) {
+                                const at::Tensor& mask, CellKind kind, at::IntArrayRef slots) {
   constexpr const char* op = "recurrent_gates_forward";
   check_cell_layout(op, kind, slots);
   check_gate_tensors(op, kind, {&hidden, &cell, &output, &cells_out, &mask}, {&projected, &recurrent});
-  require(op, !cell_has_cell_state(static_cast<int>(kind)) || cell.defined(), "a cell state");
+  require(op, !cell_has_cell_state(kind) || cell.defined(), "a cell state");
   // hidden and cell are updated in place, each element by the thread that reads it.
   check_no_aliasing(op, {{"projected", projected, false},
                          {"recurrent", recurrent, false},
                          {"hidden", hidden, true},
-                         {"cell", cell, true},
+                         {"cell_state", cell, true},
                          {"output", output, true},
                          {"cells_out", cells_out, true},
                          {"mask", mask, false}});
@@ -82,12 +111,12 @@ inline void check_gates_forward(const at::Tensor& projected, const at::Tensor& r
 inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_output, const at::Tensor& grad_hidden,
                                  const at::Tensor& grad_cell, const at::Tensor& hidden_prev,
                                  const at::Tensor& cell_prev, const at::Tensor& cell, const at::Tensor& mask,
-                                 int64_t kind, at::IntArrayRef slots) {
+                                 CellKind kind, at::IntArrayRef slots) {
   constexpr const char* op = "recurrent_gates_backward";
   check_cell_layout(op, kind, slots);
   check_gate_tensors(op, kind, {&grad_hidden, &grad_output, &grad_cell, &hidden_prev, &cell_prev, &cell, &mask},
                      {&pre});
-  if (cell_has_cell_state(static_cast<int>(kind))) {
+  if (cell_has_cell_state(kind)) {
     require(op, grad_cell.defined() && cell_prev.defined() && cell.defined(), "grad_cell, cell_prev and cell");
   }
   if (cell_is_light_gru(kind)) require(op, hidden_prev.defined(), "hidden_prev");
@@ -98,7 +127,7 @@ inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_o
                          {"grad_cell", grad_cell, true},
                          {"hidden_prev", hidden_prev, false},
                          {"cell_prev", cell_prev, false},
-                         {"cell", cell, false},
+                         {"cell_state", cell, false},
                          {"mask", mask, false}});
 }
 

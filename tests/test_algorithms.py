@@ -224,7 +224,7 @@ def ops_called(layer, x):
     with torch.profiler.profile() as prof:
         layer(x).sum().backward()
     # The formulations' ops, below the layer's own two (forward and backward).
-    layer_ops = {"qlayers::quaternion_linear", "qlayers::quaternion_linear_backward"}
+    layer_ops = {"qlayers::quaternion_linear", "qlayers::_quaternion_linear_backward"}
     return {e.name for e in prof.events() if e.name.startswith("qlayers::") and e.name not in layer_ops}
 
 
@@ -235,7 +235,7 @@ def test_auto_picks_by_batch_size():
     between = ops_called(qlayers.QLinear(1024, 1024), torch.randn(192, 1024, requires_grad=True))  # n = 256
     large = ops_called(layer, torch.randn(1024, 512, requires_grad=True))
     hamilton = {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
-    eight = {"qlayers::block_mix_into"}  # sums and combinations, into given views (one per component gradient)
+    eight = {"qlayers::_block_mix_into"}  # sums and combinations, into given views (one per component gradient)
     assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
     assert medium == hamilton
     assert between == eight

@@ -10,15 +10,14 @@ import torch
 from conftest import DEVICES
 
 ops = torch.ops.qlayers
-LSTM, RNN_TANH = 1, 0
 
 
 def test_block_mix_into_computes_what_block_mix_does_without_aliasing():
     # The reference the refusals below protect.
     blocks = torch.randn(2, 3, 4, dtype=torch.float64)
     out = torch.empty(2, 3, 4, dtype=torch.float64)
-    ops.block_mix_into(blocks, [1.0, 2.0, -1.0, 0.5], out)
-    assert torch.equal(out, ops.block_mix(blocks, [1.0, 2.0, -1.0, 0.5], False))
+    ops._block_mix_into(blocks, [1.0, 2.0, -1.0, 0.5], out)
+    assert torch.equal(out, ops._block_mix(blocks, [1.0, 2.0, -1.0, 0.5], False))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -27,9 +26,9 @@ def test_block_mix_into_refuses_an_output_overlapping_its_blocks(device):
     # (off by up to 2.3 here).
     buffer = torch.randn(3, 3, 4, dtype=torch.float64, device=device)
     with pytest.raises(ValueError, match="block_mix_into: expected out, which the op writes, to share no memory"):
-        ops.block_mix_into(buffer[:2], [1.0, 2.0, -1.0, 0.5], buffer[1:])
+        ops._block_mix_into(buffer[:2], [1.0, 2.0, -1.0, 0.5], buffer[1:])
     with pytest.raises(ValueError, match="share no memory with blocks"):
-        ops.block_mix_into(buffer[:2], [0.0, 1.0, 1.0, 0.0], buffer[:2])  # in place, even a swap
+        ops._block_mix_into(buffer[:2], [0.0, 1.0, 1.0, 0.0], buffer[:2])  # in place, even a swap
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -37,14 +36,14 @@ def test_block_mix_into_refuses_an_output_with_repeated_elements(device):
     blocks = torch.randn(2, 3, 4, device=device)
     out = torch.empty(1, 3, 4, device=device).expand(2, 3, 4)  # both output blocks are one memory
     with pytest.raises(ValueError, match="expected out to hold each element once, got strides"):
-        ops.block_mix_into(blocks, [1.0, 2.0, -1.0, 0.5], out)
+        ops._block_mix_into(blocks, [1.0, 2.0, -1.0, 0.5], out)
 
 
 def test_block_mix_into_takes_disjoint_views_of_one_buffer():
     # Views of one storage that do not meet are fine (the eight-product code writes into slices).
     buffer = torch.randn(4, 3, 4, dtype=torch.float64)
-    expected = ops.block_mix(buffer[:2].clone(), [1.0, 2.0, -1.0, 0.5], False)
-    ops.block_mix_into(buffer[:2], [1.0, 2.0, -1.0, 0.5], buffer[2:])
+    expected = ops._block_mix(buffer[:2].clone(), [1.0, 2.0, -1.0, 0.5], False)
+    ops._block_mix_into(buffer[:2], [1.0, 2.0, -1.0, 0.5], buffer[2:])
     assert torch.equal(buffer[2:], expected)
 
 
@@ -54,16 +53,16 @@ def lstm_forward_arguments(rows=3, hidden=8, device="cpu"):
         "projected": new(rows, 4 * hidden),
         "recurrent": new(rows, 4 * hidden),
         "hidden": new(rows, hidden),
-        "cell": new(rows, hidden),
+        "cell_state": new(rows, hidden),
         "output": new(rows, hidden),
         "cells_out": new(rows, hidden),
     }
 
 
-def run_forward(arguments, kind=LSTM, slots=(0, 1, 2, 3)):
+def run_forward(arguments, cell="lstm", slots=(0, 1, 2, 3)):
     a = arguments
-    ops.recurrent_gates_forward(
-        a["projected"], a["recurrent"], a["hidden"], a["cell"], a["output"], a["cells_out"], kind, list(slots)
+    ops._recurrent_gates_forward(
+        a["projected"], a["recurrent"], a["hidden"], a["cell_state"], a["output"], a["cells_out"], cell, list(slots)
     )
 
 
@@ -75,7 +74,7 @@ def first_rows_of(tensor, rows, columns):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "written, alias_of",
-    [("output", "projected"), ("output", "recurrent"), ("cells_out", "hidden"), ("hidden", "cell")],
+    [("output", "projected"), ("output", "recurrent"), ("cells_out", "hidden"), ("hidden", "cell_state")],
 )
 def test_gates_forward_refuses_a_written_tensor_aliasing_another(device, written, alias_of):
     arguments = lstm_forward_arguments(device=device)
@@ -89,7 +88,7 @@ def test_gates_forward_with_separate_tensors_matches_the_lstm_cell():
     arguments = lstm_forward_arguments()
     pre = (arguments["projected"] + arguments["recurrent"]).view(3, 4, 4, 2)  # (rows, component, gate, quarter)
     gate = [pre[:, :, g].reshape(3, 8) for g in range(4)]
-    c = torch.sigmoid(gate[1]) * arguments["cell"] + torch.sigmoid(gate[0]) * torch.tanh(gate[2])
+    c = torch.sigmoid(gate[1]) * arguments["cell_state"] + torch.sigmoid(gate[0]) * torch.tanh(gate[2])
     h = torch.sigmoid(gate[3]) * torch.tanh(c)
     run_forward(arguments)
     torch.testing.assert_close(arguments["output"], h, rtol=1e-12, atol=1e-12)
@@ -101,6 +100,6 @@ def test_gates_backward_refuses_a_carried_gradient_aliasing_an_input(device):
     new = lambda *shape: torch.randn(*shape, dtype=torch.float64, device=device)  # noqa: E731
     pre, grad_output, hidden_prev = new(3, 8), new(3, 8), new(3, 8)
     with pytest.raises(ValueError, match="expected grad_hidden, which the op writes, to share no memory with grad_out"):
-        ops.recurrent_gates_backward(pre, grad_output, grad_output, None, hidden_prev, None, None, RNN_TANH, [0])
+        ops._recurrent_gates_backward(pre, grad_output, grad_output, None, hidden_prev, None, None, "rnn_tanh", [0])
     with pytest.raises(ValueError, match="expected pre, which the op writes, to share no memory with hidden_prev"):
-        ops.recurrent_gates_backward(pre, grad_output, new(3, 8), None, pre, None, None, RNN_TANH, [0])
+        ops._recurrent_gates_backward(pre, grad_output, new(3, 8), None, pre, None, None, "rnn_tanh", [0])

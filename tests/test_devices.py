@@ -28,10 +28,10 @@ def test_cuda_kernels_are_registered():
             "hamilton_reduce",
             "hamilton_combine",
             "hamilton_spread",
-            "block_mix",
-            "block_mix_into",
-            "recurrent_gates_forward",
-            "recurrent_gates_backward",
+            "_block_mix",
+            "_block_mix_into",
+            "_recurrent_gates_forward",
+            "_recurrent_gates_backward",
         )
     }
     for key in ("CPU", "CUDA"):

@@ -11,8 +11,8 @@ from qlayers import reference
 from qlayers.functional import choose_algorithm, quaternion_linear
 from qlayers.memory import SavedTensorBytes
 
-block_mix = torch.ops.qlayers.block_mix
-block_mix_into = torch.ops.qlayers.block_mix_into
+block_mix = torch.ops.qlayers._block_mix
+block_mix_into = torch.ops.qlayers._block_mix_into
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 

@@ -311,7 +311,7 @@ def test_block_mix(emu, dtype, layout):
         for rows, cols in [(3, w - 1 or 1), (2, w), (2, w + 1), (5, 2 * w), (0, w), (2, 0)]:
             blocks = mix_blocks((blocks_in, rows, cols), dtype, layout)
             for interleave in (False, True):
-                expected = torch.ops.qlayers.block_mix(blocks, flat, interleave)
+                expected = torch.ops.qlayers._block_mix(blocks, flat, interleave)
                 as_blocks = expected.transpose(0, 1) if interleave else expected
                 assert bits_equal(as_blocks.contiguous(), block_mix_reference(blocks, table))
                 _, planned, _ = emu.block_mix(blocks, flat, interleave)
@@ -418,23 +418,31 @@ def test_cuda_kernels_match_the_emulation(emu, dtype):
         flat = [c for row in table for c in row]
         blocks = mix_blocks((4, 5, 3 * width_of(dtype)), dtype, layout)
         for interleave in (False, True):
-            real = ops.block_mix(blocks.cuda(), flat, interleave).cpu()
+            real = ops._block_mix(blocks.cuda(), flat, interleave).cpu()
             assert bits_equal(real, emu.block_mix(blocks, flat, interleave)[0])
 
 
 # ---- The recurrent engine's gate kernels (csrc/kernels/recurrent_kernels.h). ----
 
-RNN_TANH, LSTM, LIGRU, RNN_RELU, LIGRU_LEAKY_RELU, LIGRU_TANH, RNN_IDENTITY = 0, 1, 2, 3, 4, 5, 6
-LIGHT_GRUS = (LIGRU, LIGRU_LEAKY_RELU, LIGRU_TANH)
-GATE_COUNT = {RNN_TANH: 1, LSTM: 4, LIGRU: 2, RNN_RELU: 1, LIGRU_LEAKY_RELU: 2, LIGRU_TANH: 2, RNN_IDENTITY: 1}
+# The cells, by the names the ops take (csrc/recurrent_gates.h's kCellNames).
+LIGHT_GRUS = ("ligru_relu", "ligru_leaky_relu", "ligru_tanh")
+GATE_COUNT = {
+    "rnn_tanh": 1,
+    "rnn_relu": 1,
+    "rnn_identity": 1,
+    "lstm": 4,
+    "ligru_relu": 2,
+    "ligru_leaky_relu": 2,
+    "ligru_tanh": 2,
+}
 # Each cell's activation (of the state, or of the light GRU's candidate), in plain torch.
 ACTIVATION = {
-    RNN_TANH: torch.tanh,
-    RNN_RELU: torch.relu,
-    LIGRU: torch.relu,
-    LIGRU_LEAKY_RELU: lambda x: torch.nn.functional.leaky_relu(x, 0.01),
-    LIGRU_TANH: torch.tanh,
-    RNN_IDENTITY: lambda x: x,
+    "rnn_tanh": torch.tanh,
+    "rnn_relu": torch.relu,
+    "ligru_relu": torch.relu,
+    "ligru_leaky_relu": lambda x: torch.nn.functional.leaky_relu(x, 0.01),
+    "ligru_tanh": torch.tanh,
+    "rnn_identity": lambda x: x,
 }
 
 
@@ -449,17 +457,17 @@ def gate_major(slots):
 # (cell, slots): every cell in its canonical gate order, LSTM and light GRU permuted, and both
 # gate-major (GateMajor slots).
 CELL_LAYOUTS = [
-    (RNN_TANH, [0]),
-    (LSTM, [0, 1, 2, 3]),
-    (LSTM, [0, 1, 3, 2]),
-    (LIGRU, [0, 1]),
-    (LIGRU, [1, 0]),
-    (LSTM, GateMajor([0, 1, 3, 2])),
-    (LIGRU, GateMajor([1, 0])),
-    (RNN_RELU, [0]),
-    (LIGRU_LEAKY_RELU, GateMajor([1, 0])),
-    (LIGRU_TANH, GateMajor([1, 0])),
-    (RNN_IDENTITY, [0]),
+    ("rnn_tanh", [0]),
+    ("lstm", [0, 1, 2, 3]),
+    ("lstm", [0, 1, 3, 2]),
+    ("ligru_relu", [0, 1]),
+    ("ligru_relu", [1, 0]),
+    ("lstm", GateMajor([0, 1, 3, 2])),
+    ("ligru_relu", GateMajor([1, 0])),
+    ("rnn_relu", [0]),
+    ("ligru_leaky_relu", GateMajor([1, 0])),
+    ("ligru_tanh", GateMajor([1, 0])),
+    ("rnn_identity", [0]),
 ]
 CELL_IDS = [
     "rnn",
@@ -506,7 +514,7 @@ def cell_reference(cell, gates, hidden, cell_state, cell_after=None, mask=None):
     state (RNN), or None.
     """
     m = 1.0 if mask is None else mask.double()
-    if cell == LSTM:
+    if cell == "lstm":
         i, f, g, o = torch.sigmoid(gates[0]), torch.sigmoid(gates[1]), torch.tanh(gates[2]), torch.sigmoid(gates[3])
         c = f * cell_state + i * g * m
         if cell_after is not None:
@@ -529,7 +537,7 @@ def forward_inputs(cell, rows, quarter, dtype, keep):
     """(projected, recurrent, hidden, cell, output, cells_out) for recurrent_gates_forward."""
     h = 4 * quarter
     width = GATE_COUNT[cell] * h
-    lstm = cell == LSTM
+    lstm = cell == "lstm"
     return (
         random((rows, width), dtype),
         random((rows, width), dtype),
@@ -555,7 +563,7 @@ def backward_inputs(cell, slots, rows, quarter, dtype, with_output, mask=None):
     the LSTM's c_t is its forward from c_{t-1}, rounded."""
     h = 4 * quarter
     pre = random((rows, GATE_COUNT[cell] * h), dtype)
-    lstm = cell == LSTM
+    lstm = cell == "lstm"
     cell_prev = random((rows, h), dtype) if lstm else None
     cell_after = None
     if lstm:
@@ -612,7 +620,7 @@ def test_gates_forward(emu, dtype, cell, slots):
                 record("gates_forward", dtype, used, iterations)
                 assert_near(out, expected_h, context)
                 assert bits_equal(h, out), context
-                if cell == LSTM:
+                if cell == "lstm":
                     assert_near(c, expected_c, context)
                     assert kept is None if cells_out is None else bits_equal(kept, c), context
                 else:
@@ -642,7 +650,7 @@ def test_gates_backward(emu, dtype, cell, slots):
                     assert_near(grad_h, expected_h, context)
                 else:  # only the recurrent GEMM adds to it, outside the kernel
                     assert bits_equal(grad_h, grad_hidden), context
-                if cell == LSTM:
+                if cell == "lstm":
                     assert_near(grad_c, expected_c, context)
                 else:
                     assert grad_c is None
@@ -653,7 +661,7 @@ def test_gates_packed_path_taken(emu):
     # width, or a misaligned operand, one element per thread.
     for dtype in DTYPES:
         w = width_of(dtype)
-        for cell in (RNN_TANH, LSTM, LIGRU):
+        for cell in ("rnn_tanh", "lstm", "ligru_relu"):
             slots = list(range(GATE_COUNT[cell]))
             inputs = forward_inputs(cell, 2, w, dtype, keep=True)
             assert emu.gates_forward(*inputs, cell, slots, gate_major=gate_major(slots))[4] == w
@@ -672,10 +680,10 @@ def test_gates_packed_path_taken(emu):
 
 
 def test_gates_forced_packs_on_misaligned_data_fault(emu):
-    inputs = forward_inputs(LSTM, 2, 4, torch.float32, keep=True)
+    inputs = forward_inputs("lstm", 2, 4, torch.float32, keep=True)
     misaligned = (inputs[0], laid_out(inputs[1], "misaligned"), *inputs[2:])
     with pytest.raises(RuntimeError, match="misaligned pack access"):
-        emu.gates_forward(*misaligned, LSTM, [0, 1, 2, 3], width=4)
+        emu.gates_forward(*misaligned, "lstm", [0, 1, 2, 3], width=4)
 
 
 @pytest.mark.parametrize("rows, quarter", [(0, 4), (3, 0)])
@@ -692,13 +700,13 @@ def test_gates_empty_launch_nothing(emu, cell, slots, rows, quarter):
 def test_gates_unwritten_elements_stay_nan(emu):
     # The guard machinery the tests above rely on: where the grid's first block does not run, its
     # packs of the output stay NaN (and the reference comparison would fail on them).
-    inputs = forward_inputs(RNN_TANH, 2, 3, torch.float32, keep=False)
-    _, _, out, _, used, _ = emu.gates_forward(*inputs, RNN_TANH, [0], width=1, blocks=2, threads=4, first_block=1)
+    inputs = forward_inputs("rnn_tanh", 2, 3, torch.float32, keep=False)
+    _, _, out, _, used, _ = emu.gates_forward(*inputs, "rnn_tanh", [0], width=1, blocks=2, threads=4, first_block=1)
     skipped = (torch.arange(out.numel()) % 8 < 4).view(out.shape)  # block 0's threads: packs 8k .. 8k + 3
     assert used == 1 and torch.equal(out.isnan(), skipped)
 
 
-FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell", "output", "cells_out")
+FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell_state", "output", "cells_out")
 
 
 @pytest.mark.parametrize(
@@ -707,8 +715,8 @@ FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell", "output", "cell
         ({"slots": [0, 1, 2]}, ValueError, "permutation of 0..3"),
         ({"slots": [0, 1, 1, 2]}, ValueError, "permutation of 0..3"),
         ({"slots": [0, 1, 2, 4]}, ValueError, "permutation of 0..3"),
-        ({"kind": 7}, ValueError, "expected cell 0"),
-        ({"cell": None}, ValueError, "needs a cell state"),
+        ({"cell": "gru"}, ValueError, r"cell must be one of \('rnn_tanh', 'rnn_relu', .*'ligru_tanh'\), got 'gru'"),
+        ({"cell_state": None}, ValueError, "needs a cell state"),
         ({"projected": torch.zeros(3, 24)}, ValueError, r"expected shape \(3, 32\)"),
         ({"recurrent": torch.zeros(2, 32)}, ValueError, r"expected shape \(3, 32\)"),
         ({"output": torch.zeros(3, 9)}, ValueError, r"expected shape \(3, 8\)"),
@@ -721,8 +729,8 @@ FORWARD_ARGUMENTS = ("projected", "recurrent", "hidden", "cell", "output", "cell
     ],
 )
 def test_gates_forward_rejects_bad_arguments(emu, change, error, message):
-    arguments = dict(zip(FORWARD_ARGUMENTS, forward_inputs(LSTM, 3, 2, torch.float32, keep=True)))
-    arguments.update(kind=LSTM, slots=[0, 1, 2, 3])
+    arguments = dict(zip(FORWARD_ARGUMENTS, forward_inputs("lstm", 3, 2, torch.float32, keep=True)))
+    arguments.update(cell="lstm", slots=[0, 1, 2, 3])
     arguments.update(change)
     with pytest.raises(error, match=message):
         emu.gates_forward(**arguments)
@@ -731,10 +739,10 @@ def test_gates_forward_rejects_bad_arguments(emu, change, error, message):
 @pytest.mark.parametrize(
     "cell, missing, message",
     [
-        (LSTM, 3, "needs grad_cell, cell_prev and cell"),
-        (LSTM, 5, "needs grad_cell, cell_prev and cell"),
-        (LSTM, 6, "needs grad_cell, cell_prev and cell"),
-        (LIGRU, 4, "needs hidden_prev"),
+        ("lstm", 3, "needs grad_cell, cell_prev and cell"),
+        ("lstm", 5, "needs grad_cell, cell_prev and cell"),
+        ("lstm", 6, "needs grad_cell, cell_prev and cell"),
+        ("ligru_relu", 4, "needs hidden_prev"),
     ],
 )
 def test_gates_backward_rejects_missing_state(emu, cell, missing, message):
@@ -746,13 +754,13 @@ def test_gates_backward_rejects_missing_state(emu, cell, missing, message):
 
 
 def test_gates_backward_rejects_bad_layouts(emu):
-    inputs = list(backward_inputs(LIGRU, [0, 1], 3, 2, torch.float32, with_output=True))
+    inputs = list(backward_inputs("ligru_relu", [0, 1], 3, 2, torch.float32, with_output=True))
     with pytest.raises(ValueError, match="permutation of 0..1"):
-        emu.gates_backward(*inputs, LIGRU, [0, 1, 2, 3])
+        emu.gates_backward(*inputs, "ligru_relu", [0, 1, 2, 3])
     with pytest.raises(ValueError, match=r"expected shape \(3, 16\)"):
-        emu.gates_backward(torch.zeros(3, 32), *inputs[1:], LIGRU, [0, 1])  # pre laid out for the LSTM
+        emu.gates_backward(torch.zeros(3, 32), *inputs[1:], "ligru_relu", [0, 1])  # pre laid out for the LSTM
     with pytest.raises(TypeError, match="one dtype"):
-        emu.gates_backward(*inputs[:4], inputs[4].double(), *inputs[5:], LIGRU, [0, 1])
+        emu.gates_backward(*inputs[:4], inputs[4].double(), *inputs[5:], "ligru_relu", [0, 1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
@@ -769,18 +777,18 @@ def test_cuda_gates_match_the_reference(dtype, cell, slots):
         mask = some_mask(n, rows, quarter, dtype)
         expected_h, expected_c = forward_reference(cell, slots, *inputs[:4], mask)
         projected, recurrent, hidden, cell_state, output, cells_out = map(cuda, inputs)
-        ops.recurrent_gates_forward(
+        ops._recurrent_gates_forward(
             projected, recurrent, hidden, cell_state, output, cells_out, cell, slots, gate_major(slots), cuda(mask)
         )
         assert_near(output.cpu(), expected_h, (rows, quarter))
         assert bits_equal(hidden.cpu(), output.cpu())
-        if cell == LSTM:
+        if cell == "lstm":
             assert_near(cell_state.cpu(), expected_c, (rows, quarter))
             assert bits_equal(cells_out.cpu(), cell_state.cpu())
         inputs = backward_inputs(cell, slots, rows, quarter, dtype, with_output=True, mask=mask)
         expected_pre, expected_grad_h, expected_grad_c = backward_reference(cell, slots, *inputs, mask=mask)
         pre, grad_output, grad_h, grad_c, hidden_prev, cell_prev, cell_after = map(cuda, inputs)
-        ops.recurrent_gates_backward(
+        ops._recurrent_gates_backward(
             pre,
             grad_output,
             grad_h,
@@ -796,5 +804,5 @@ def test_cuda_gates_match_the_reference(dtype, cell, slots):
         assert_near(pre.cpu(), expected_pre, (rows, quarter))
         if cell in LIGHT_GRUS:
             assert_near(grad_h.cpu(), expected_grad_h, (rows, quarter))
-        if cell == LSTM:
+        if cell == "lstm":
             assert_near(grad_c.cpu(), expected_grad_c, (rows, quarter))

@@ -189,7 +189,9 @@ def test_signature_spells_out_torch_nn_parameters_and_the_keywords(cls, peer, no
 
 @pytest.mark.parametrize("cls", [qlayers.QConv2d, qlayers.QConvTranspose2d])
 def test_conv_keywords_reach_the_layer(cls):
-    layer = cls(8, 12, 3, memory_efficient=False, algorithm="kernel", init="unitary", criterion="he", dtype=torch.float64)
+    layer = cls(
+        8, 12, 3, memory_efficient=False, algorithm="kernel", init="unitary", criterion="he", dtype=torch.float64
+    )
     assert (layer.memory_efficient, layer.algorithm, layer.init, layer.criterion) == (False, "kernel", "unitary", "he")
     assert layer.r_weight.dtype == torch.float64
     with pytest.raises(TypeError, match="unexpected keyword argument 'formulation'"):

@@ -20,7 +20,7 @@ import torch.utils._pytree as pytree
 from conftest import DEVICES
 
 import qlayers  # noqa: F401  (registers torch.ops.qlayers, its Python ops included)
-from qlayers.functional.recurrent import LIGRU, LSTM, RNN_TANH
+from qlayers.functional.recurrent import CELLS as CELL_NAMES
 
 SCHEMA, AUTOGRAD, FAKE, AOT = (
     "test_schema",
@@ -274,23 +274,23 @@ def conv_formulation(device):
 # name -> (cell, slots, gate_major, dropout mask, dtype): the LSTM in torch's gate order, then with its
 # gates permuted, whole gates outer and a mask; the light GRU with its two gates swapped; the RNN.
 CELLS = {
-    "lstm": (LSTM, [0, 1, 2, 3], False, False, F64),
-    "lstm-permuted-f32": (LSTM, [2, 0, 3, 1], True, True, F32),
-    "ligru-gate-major-mask": (LIGRU, [1, 0], True, True, F64),
-    "rnn-tanh-f32": (RNN_TANH, [0], False, False, F32),
+    "lstm": ("lstm", [0, 1, 2, 3], False, False, F64),
+    "lstm-permuted-f32": ("lstm", [2, 0, 3, 1], True, True, F32),
+    "ligru-gate-major-mask": ("ligru_relu", [1, 0], True, True, F64),
+    "rnn-tanh-f32": ("rnn_tanh", [0], False, False, F32),
 }
 ROWS, HIDDEN = 3, 8
 
 
 def _gates(cell):
-    return 4 if cell == LSTM else 2 if cell == LIGRU else 1
+    return CELL_NAMES[cell][0]
 
 
 def recurrent_gates_forward(device):
     samples = {}
     for name, (cell, slots, gate_major, masked, dtype) in CELLS.items():
         like = dict(dtype=dtype, device=device)
-        has_cell = cell == LSTM
+        has_cell = cell == "lstm"
         args = (
             randn(ROWS, _gates(cell) * HIDDEN, **like, grad=True),  # projected
             randn(ROWS, _gates(cell) * HIDDEN, **like, grad=True),  # recurrent
@@ -310,7 +310,7 @@ def recurrent_gates_backward(device):
     samples = {}
     for name, (cell, slots, gate_major, masked, dtype) in CELLS.items():
         like = dict(dtype=dtype, device=device)
-        has_cell, light = cell == LSTM, cell == LIGRU
+        has_cell, light = cell == "lstm", cell == "ligru_relu"
         args = (
             randn(ROWS, _gates(cell) * HIDDEN, **like),  # pre, takes its own gradients
             randn(ROWS, HIDDEN, **like, grad=True),  # grad_output
@@ -343,7 +343,7 @@ def _scan_operands(device, name):
     projected = randn(STEPS, BATCH, _gates(cell) * HIDDEN, **like, grad=True)
     weight = leaves(HIDDEN // 4, _gates(cell) * HIDDEN // 4, **like)
     h0 = randn(BATCH, HIDDEN, **like, grad=True)
-    c0 = randn(BATCH, HIDDEN, **like, grad=True) if cell == LSTM else None
+    c0 = randn(BATCH, HIDDEN, **like, grad=True) if cell == "lstm" else None
     kwargs = {"gate_major": gate_major, "mask": dropout_mask(BATCH, HIDDEN, **like) if masked else None}
     return projected, weight, h0, c0, (cell, slots, *SCAN_LAYOUTS[name]), kwargs
 
@@ -418,8 +418,8 @@ SAMPLES: Dict[str, Entry] = {
     # block_mix and block_mix_into have no autograd registration; with inputs that require grad a backward
     # through them warns ("an autograd kernel was not registered to the Autograd key(s)") and gives no
     # gradient. Their callers run them below autograd.
-    "qlayers::block_mix.default": Entry(block_mix, aot_without_grad=NO_DERIVATIVE),
-    "qlayers::block_mix_into.default": Entry(block_mix_into, aot_without_grad=NO_DERIVATIVE),
+    "qlayers::_block_mix.default": Entry(block_mix, aot_without_grad=NO_DERIVATIVE),
+    "qlayers::_block_mix_into.default": Entry(block_mix_into, aot_without_grad=NO_DERIVATIVE),
     # The layer ops, eager and traced: their C++ Autograd kernels call the op again below autograd,
     # and backward calls the backward op, so a trace records one call each, through the fake kernels.
     "qlayers::quaternion_linear.default": Entry(linear),
@@ -427,8 +427,8 @@ SAMPLES: Dict[str, Entry] = {
     # two share memory (component gradients, empty ones for gradients not asked for). This one and
     # recurrent_scan_backward run below autograd (an Autograd kernel): their outputs never require
     # grad, and their callers build any graph of the gradients from differentiable ops.
-    "qlayers::quaternion_linear_backward.default": Entry(quaternion_linear_backward, aot_without_grad=NO_DERIVATIVE),
-    "qlayers::linear_formulation.default": Entry(
+    "qlayers::_quaternion_linear_backward.default": Entry(quaternion_linear_backward, aot_without_grad=NO_DERIVATIVE),
+    "qlayers::_linear_formulation.default": Entry(
         linear_formulation,
         skip={
             AUTOGRAD: "no tensor arguments: nothing to differentiate (opcheck would pass without checking)",
@@ -436,8 +436,8 @@ SAMPLES: Dict[str, Entry] = {
         },
     ),
     "qlayers::quaternion_conv.default": Entry(quaternion_conv),
-    "qlayers::quaternion_conv_backward.default": Entry(quaternion_conv_backward, aot_without_grad=NO_DERIVATIVE),
-    "qlayers::conv_formulation.default": Entry(
+    "qlayers::_quaternion_conv_backward.default": Entry(quaternion_conv_backward, aot_without_grad=NO_DERIVATIVE),
+    "qlayers::_conv_formulation.default": Entry(
         conv_formulation,
         skip={
             AUTOGRAD: "reads only metadata and returns a str: nothing to differentiate",
@@ -445,12 +445,12 @@ SAMPLES: Dict[str, Entry] = {
         },
     ),
     # Mutating ops with no result: their fake kernels are the ones torch makes for such ops.
-    "qlayers::recurrent_gates_forward.default": Entry(recurrent_gates_forward),
-    "qlayers::recurrent_gates_backward.default": Entry(recurrent_gates_backward),
+    "qlayers::_recurrent_gates_forward.default": Entry(recurrent_gates_forward),
+    "qlayers::_recurrent_gates_backward.default": Entry(recurrent_gates_backward),
     "qlayers::recurrent_scan.default": Entry(recurrent_scan),
     # On a CPU, these sizes take the direct formulation for the weight's gradient, elsewhere hamilton;
     # one sample's output_mask leaves out the weight (four empty gradients).
-    "qlayers::recurrent_scan_backward.default": Entry(recurrent_scan_backward, aot_without_grad=NO_DERIVATIVE),
+    "qlayers::_recurrent_scan_backward.default": Entry(recurrent_scan_backward, aot_without_grad=NO_DERIVATIVE),
 }
 
 

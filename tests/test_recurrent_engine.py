@@ -270,12 +270,12 @@ def test_non_contiguous_c0_equals_torch_lstm(memory_efficient, form, c0_needs_gr
         torch.testing.assert_close(got, want, **F64)
 
 
-@pytest.mark.parametrize("cell", [engine.LSTM, engine.LIGRU, engine.RNN_TANH], ids=["LSTM", "LiGRU", "RNN"])
+@pytest.mark.parametrize("cell", ["lstm", "ligru_relu", "rnn_tanh"])
 def test_engine_takes_strided_states_and_weights(cell):
     # recurrent_scan (what qlayers.compat.speechbrain calls) on views of every kind: the results and
     # gradients of the step loop on the same views.
     torch.manual_seed(9)
-    gates = engine.GATES[cell]
+    gates = engine.CELLS[cell][0]
     projected = torch.randn(4, 3, gates * 8, dtype=torch.float64, requires_grad=True)
     weight = [(0.4 * torch.randn(gates * 2, 2, dtype=torch.float64)).requires_grad_() for _ in range(4)]
     h_init = torch.randn(1, 8, dtype=torch.float64, requires_grad=True)
@@ -284,7 +284,7 @@ def test_engine_takes_strided_states_and_weights(cell):
 
     weight_views = [w.t() for w in weight]
     h0 = h_init.expand(3, 8)
-    c0 = c_wide[:, ::2] if cell == engine.LSTM else None
+    c0 = c_wide[:, ::2] if cell == "lstm" else None
     slots = tuple(range(gates))
 
     def results_and_gradients(outputs):
@@ -335,13 +335,13 @@ def test_gradcheck_and_gradgradcheck(cls, packed):
     assert gradgradcheck(run, (x, *params))
 
 
-@pytest.mark.parametrize("cell", [engine.LSTM, engine.LIGRU_LEAKY_RELU, engine.RNN_TANH])
+@pytest.mark.parametrize("cell", ["lstm", "ligru_leaky_relu", "rnn_tanh"])
 def test_gradcheck_and_gradgradcheck_with_a_mask(cell):
     # The mask is data (no gradient); first order through the C++ backward, second through the fallback.
     torch.manual_seed(4)
-    gates = engine.GATES[cell]
+    gates = engine.CELLS[cell][0]
     mask = torch.rand(2, 8, dtype=torch.float64) * 2
-    c0 = torch.randn(2, 8, dtype=torch.float64, requires_grad=True) if cell == engine.LSTM else None
+    c0 = torch.randn(2, 8, dtype=torch.float64, requires_grad=True) if cell == "lstm" else None
 
     def run(projected, r, i, j, k, h0, *c):
         c0 = c[0] if c else None
@@ -355,7 +355,7 @@ def test_gradcheck_and_gradgradcheck_with_a_mask(cell):
     assert gradgradcheck(run, inputs)
 
 
-CELL_CHOICES = [(cls, name) for cls in (qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU) for name in cls.cell_kinds]
+CELL_CHOICES = [(cls, name) for cls in (qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU) for name in cls.cell_names]
 
 
 @pytest.mark.parametrize("cls,nonlinearity", CELL_CHOICES, ids=[f"{c.__name__}-{n}" for c, n in CELL_CHOICES])
@@ -381,7 +381,7 @@ def test_engine_equals_step_loop(cls, nonlinearity):
     masks = (None, torch.rand(3, hidden, dtype=torch.float64) * 2)  # a dropout mask, the same at every step
     packings = (None, [3, 3, 2, 2, 1])
     for batch_sizes, reverse, gate_major, mask in itertools.product(packings, (False, True), (False, True), masks):
-        layout = (cls.cell_kinds[nonlinearity], slots, batch_sizes, reverse, gate_major, mask)
+        layout = (cls.cell_names[nonlinearity], slots, batch_sizes, reverse, gate_major, mask)
         got = results_and_gradients(engine.recurrent_scan(projected, weight, h0, c0, *layout))
         want = results_and_gradients(
             engine.step_loop(projected, lambda h: h @ reference.hamilton_matrix(*weight), h0, c0, *layout)
@@ -469,7 +469,7 @@ def test_compile_with_a_strided_projection_matches_eager(backend):
 
     def run(projected, *weight_and_h0):
         *weight, h0 = weight_and_h0
-        out, h_n, _ = engine.recurrent_scan(projected.transpose(0, 1), weight, h0, None, engine.LIGRU, (1, 0))
+        out, h_n, _ = engine.recurrent_scan(projected.transpose(0, 1), weight, h0, None, "ligru_relu", (1, 0))
         return out.pow(2).sum() + h_n.sum()
 
     leaves = [projected, *weight, h0]
@@ -613,15 +613,70 @@ def test_engine_ops_refuse_bad_arguments():
     h0 = torch.zeros(2, 4)
     scan = torch.ops.qlayers.recurrent_scan
     with pytest.raises(ValueError, match="expected gate slots a permutation of 0..3"):
-        scan(projected, *weight, h0, h0, engine.LSTM, [0, 1, 1, 3], None, False, False)
+        scan(projected, *weight, h0, h0, "lstm", [0, 1, 1, 3], None, False, False)
     with pytest.raises(ValueError, match="expected c0 of shape"):
-        scan(projected, *weight, h0, None, engine.LSTM, [0, 1, 2, 3], None, False, False)
+        scan(projected, *weight, h0, None, "lstm", [0, 1, 2, 3], None, False, False)
     with pytest.raises(ValueError, match="expected a sequence length larger than 0"):
-        scan(projected[:0], *weight, h0, h0, engine.LSTM, [0, 1, 2, 3], None, False, False)
+        scan(projected[:0], *weight, h0, h0, "lstm", [0, 1, 2, 3], None, False, False)
     with pytest.raises(ValueError, match=r"expected batch sizes non-increasing from the batch \(2\)"):
-        scan(projected, *weight, h0, h0, engine.LSTM, [0, 1, 2, 3], [2, 3, 1], False, False)
+        scan(projected, *weight, h0, h0, "lstm", [0, 1, 2, 3], [2, 3, 1], False, False)
     with pytest.raises(ValueError, match="expected weight components of shape"):
-        scan(projected, *[w[:, :2] for w in weight], h0, h0, engine.LSTM, [0, 1, 2, 3], None, False, False)
+        scan(projected, *[w[:, :2] for w in weight], h0, h0, "lstm", [0, 1, 2, 3], None, False, False)
+
+
+ACCEPTED_CELLS = "'rnn_tanh', 'rnn_relu', 'rnn_identity', 'lstm', 'ligru_relu', 'ligru_leaky_relu', 'ligru_tanh'"
+
+
+def test_a_wrong_cell_name_raises_naming_the_accepted_ones():
+    # One table in C++ (csrc/recurrent_gates.h) parses the name for every recurrent op; the Python
+    # step loop and the fake kernels say the same.
+    assert ", ".join(repr(name) for name in engine.CELLS) == ACCEPTED_CELLS
+    message = rf"cell must be one of \({ACCEPTED_CELLS}\), got 'gru'"
+    ops = torch.ops.qlayers
+    projected, weight, h0 = torch.randn(3, 2, 4), [torch.randn(1, 1) for _ in range(4)], torch.zeros(2, 4)
+    rows, state = torch.randn(2, 4), torch.zeros(2, 4)
+    # (the op the error names, a call): the scan's backward reports as the scan.
+    calls = [
+        ("recurrent_scan", lambda: ops.recurrent_scan(projected, *weight, h0, None, "gru", [0], None, False, False)),
+        (
+            "recurrent_scan",
+            lambda: ops._recurrent_scan_backward(
+                None,
+                h0,
+                None,
+                projected,
+                *weight,
+                h0,
+                None,
+                projected[..., :4],
+                torch.empty(0),
+                "gru",
+                [0],
+                None,
+                False,
+                [True] * 4,
+            ),
+        ),
+        (
+            "recurrent_gates_forward",
+            lambda: ops._recurrent_gates_forward(rows, rows, state.clone(), None, torch.empty(2, 4), None, "gru", [0]),
+        ),
+        (
+            "recurrent_gates_backward",
+            lambda: ops._recurrent_gates_backward(
+                rows.clone(), None, state.clone(), None, None, None, None, "gru", [0]
+            ),
+        ),
+        ("step_loop", lambda: engine.step_loop(projected, lambda h: h, h0, None, "gru", [0])),
+    ]
+    for op, call in calls:
+        with pytest.raises(ValueError, match=f"{op}: {message}"):
+            call()
+    meta = [t.to("meta") for t in (projected, *weight, h0)]
+    with pytest.raises(ValueError, match=f"recurrent_scan: {message}"):  # the fake kernel
+        ops.recurrent_scan(*meta, None, "gru", [0], None, False, False)
+    with pytest.raises(ValueError, match=message):
+        engine.recurrent_scan(projected, weight, h0, None, "gru", [0])
 
 
 def test_engine_keeps_less_than_the_step_loop_and_torch():
@@ -672,8 +727,8 @@ def kernels_per_step(layer, x, device_type, names=None, backward=False):
     return (counts[1] - counts[0]) / (x.shape[0] - x.shape[0] // 2)
 
 
-COMPUTE_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "qlayers::block_mix_into"}
-GATE_OPS = {"qlayers::recurrent_gates_forward"}
+COMPUTE_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "qlayers::_block_mix_into"}
+GATE_OPS = {"qlayers::_recurrent_gates_forward"}
 # Backward adds what could add a product to a state gradient.
 BACKWARD_COMPUTE_OPS = COMPUTE_OPS | {"aten::addmm_", "aten::add", "aten::add_"}
 
@@ -710,7 +765,7 @@ def test_cpu_backward_step_is_one_product_and_one_gate_kernel(cls, nonlinearity)
     # added after it.
     layer = cls(12, 12, nonlinearity=nonlinearity, dtype=torch.float64)
     x = torch.randn(20, 2, 12, dtype=torch.float64)
-    assert kernels_per_step(layer, x, "cpu", {"qlayers::recurrent_gates_backward"}, backward=True) == 1
+    assert kernels_per_step(layer, x, "cpu", {"qlayers::_recurrent_gates_backward"}, backward=True) == 1
     assert kernels_per_step(layer, x, "cpu", BACKWARD_COMPUTE_OPS, backward=True) == 1
 
 

@@ -1,4 +1,4 @@
-// CPU kernel for qlayers::block_mix (block_mix.h).
+// CPU kernel for qlayers::_block_mix (block_mix.h).
 //
 // One pass: each task takes a chunk of one row from every input block, keeps it in L1, and writes
 // that chunk of every output block, accumulating in opmath (float for 16-bit types) and rounding
@@ -91,8 +91,8 @@ at::Tensor block_mix_cpu(const at::Tensor& blocks, at::ArrayRef<double> coeffici
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qlayers, CPU, m) {
-  m.impl("block_mix", &block_mix_cpu);
-  m.impl("block_mix_into", &block_mix_into_cpu);
+  m.impl("_block_mix", &block_mix_cpu);
+  m.impl("_block_mix_into", &block_mix_into_cpu);
 }
 
 }  // namespace qlayers

@@ -100,8 +100,8 @@ at::Tensor block_mix_cuda(const at::Tensor& blocks, at::ArrayRef<double> coeffic
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qlayers, CUDA, m) {
-  m.impl("block_mix", &block_mix_cuda);
-  m.impl("block_mix_into", &block_mix_into_cuda);
+  m.impl("_block_mix", &block_mix_cuda);
+  m.impl("_block_mix_into", &block_mix_into_cuda);
   m.impl("hamilton_expand", &hamilton_expand_cuda);
   m.impl("hamilton_reduce", &hamilton_reduce_cuda);
   m.impl("hamilton_combine", &hamilton_combine_cuda);

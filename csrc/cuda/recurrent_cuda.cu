@@ -45,8 +45,9 @@ constexpr auto packed_gates_backward_kernel() {
 // launch nothing when the states are empty (no rows, or H = 0).
 void recurrent_gates_forward_cuda(const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
                                   const std::optional<at::Tensor>& cell, const at::Tensor& output,
-                                  const std::optional<at::Tensor>& cells_out, int64_t cell_kind,
+                                  const std::optional<at::Tensor>& cells_out, c10::string_view cell_name,
                                   at::IntArrayRef slots, bool gate_major, const std::optional<at::Tensor>& mask) {
+  const CellKind cell_kind = parse_cell("recurrent_gates_forward", cell_name);
   const at::Tensor cell_ = defined_or_empty(cell), cells_out_ = defined_or_empty(cells_out);
   const at::Tensor mask_ = defined_or_empty(mask);
   check_gates_forward(projected, recurrent, hidden, cell_, output, cells_out_, mask_, cell_kind, slots);
@@ -54,7 +55,7 @@ void recurrent_gates_forward_cuda(const at::Tensor& projected, const at::Tensor&
   if (hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "recurrent_gates_forward", [&] {
     launch(plan_gates_forward<scalar_t>(projected, recurrent, hidden, cell_, output, cells_out_, mask_,
-                                        static_cast<int>(cell_kind), slots, resident_blocks(), gate_major),
+                                        cell_kind, slots, resident_blocks(), gate_major),
            gates_forward_kernel<scalar_t, pack_width<scalar_t>()>, gates_forward_kernel<scalar_t, 1>);
   });
 }
@@ -63,8 +64,9 @@ void recurrent_gates_backward_cuda(const at::Tensor& pre, const std::optional<at
                                    const at::Tensor& grad_hidden, const std::optional<at::Tensor>& grad_cell,
                                    const std::optional<at::Tensor>& hidden_prev,
                                    const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell,
-                                   int64_t cell_kind, at::IntArrayRef slots, bool gate_major,
+                                   c10::string_view cell_name, at::IntArrayRef slots, bool gate_major,
                                    const std::optional<at::Tensor>& mask) {
+  const CellKind cell_kind = parse_cell("recurrent_gates_backward", cell_name);
   const at::Tensor grad_output_ = defined_or_empty(grad_output), grad_cell_ = defined_or_empty(grad_cell);
   const at::Tensor hidden_prev_ = defined_or_empty(hidden_prev), cell_prev_ = defined_or_empty(cell_prev);
   const at::Tensor cell_ = defined_or_empty(cell), mask_ = defined_or_empty(mask);
@@ -74,7 +76,7 @@ void recurrent_gates_backward_cuda(const at::Tensor& pre, const std::optional<at
   if (grad_hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_hidden.scalar_type(), "recurrent_gates_backward", [&] {
     launch(plan_gates_backward<scalar_t>(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_,
-                                         mask_, static_cast<int>(cell_kind), slots, resident_blocks(), gate_major),
+                                         mask_, cell_kind, slots, resident_blocks(), gate_major),
            packed_gates_backward_kernel<scalar_t>(), gates_backward_kernel<scalar_t, 1>);
   });
 }
@@ -82,8 +84,8 @@ void recurrent_gates_backward_cuda(const at::Tensor& pre, const std::optional<at
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qlayers, CUDA, m) {
-  m.impl("recurrent_gates_forward", &recurrent_gates_forward_cuda);
-  m.impl("recurrent_gates_backward", &recurrent_gates_backward_cuda);
+  m.impl("_recurrent_gates_forward", &recurrent_gates_forward_cuda);
+  m.impl("_recurrent_gates_backward", &recurrent_gates_backward_cuda);
 }
 
 }  // namespace qlayers

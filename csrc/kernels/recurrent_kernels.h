@@ -31,7 +31,8 @@ struct GatesForwardParams {
   const T* mask;       // the cell's dropout mask, as the states; null for none (all ones)
   int64_t quarter;
   KernelArray<int, kMaxGates> slots;
-  int kind, gates;
+  CellKind kind;
+  int gates;
   bool gate_major;
   int64_t packs;
 };
@@ -48,7 +49,8 @@ struct GatesBackwardParams {
   const T* mask;  // the forward's dropout mask; null for none
   int64_t quarter;
   KernelArray<int, kMaxGates> slots;
-  int kind, gates;
+  CellKind kind;
+  int gates;
   bool gate_major;
   int64_t packs;
 };
@@ -173,7 +175,7 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
 // ---- Host side: the launch plans, shared by the CUDA launcher and the emulation. ----
 
 template <typename Params, typename scalar_t>
-void fill_gate_layout(Params& p, int kind, int64_t quarter, at::IntArrayRef slots, bool gate_major) {
+void fill_gate_layout(Params& p, CellKind kind, int64_t quarter, at::IntArrayRef slots, bool gate_major) {
   p.kind = kind;
   p.gate_major = gate_major;
   p.gates = cell_gates(kind);
@@ -195,7 +197,7 @@ template <typename scalar_t>
 Launch<GatesForwardParams<scalar_t>> plan_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent,
                                                         const at::Tensor& hidden, const at::Tensor& cell,
                                                         const at::Tensor& output, const at::Tensor& cells_out,
-                                                        const at::Tensor& mask, int kind, at::IntArrayRef slots,
+                                                        const at::Tensor& mask, CellKind kind, at::IntArrayRef slots,
                                                         int64_t resident, bool gate_major = false) {
   auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
   GatesForwardParams<scalar_t> p{};
@@ -215,7 +217,7 @@ template <typename scalar_t>
 Launch<GatesBackwardParams<scalar_t>> plan_gates_backward(const at::Tensor& pre, const at::Tensor& grad_output,
                                                           const at::Tensor& grad_hidden, const at::Tensor& grad_cell,
                                                           const at::Tensor& hidden_prev, const at::Tensor& cell_prev,
-                                                          const at::Tensor& cell, const at::Tensor& mask, int kind,
+                                                          const at::Tensor& cell, const at::Tensor& mask, CellKind kind,
                                                           at::IntArrayRef slots, int64_t resident,
                                                           bool gate_major = false) {
   auto pointer = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };

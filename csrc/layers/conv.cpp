@@ -3,9 +3,9 @@
 //   qlayers::quaternion_conv           the convolution plus bias; its Autograd kernel (ConvFunction)
 //                                      keeps only the input (when a component needs a gradient) and
 //                                      the components
-//   qlayers::quaternion_conv_backward  its gradients; ConvFunction's backward calls it, and a traced
+//   qlayers::_quaternion_conv_backward  its gradients; ConvFunction's backward calls it, and a traced
 //                                      graph holds it as one op; runs below autograd
-//   qlayers::conv_formulation          the choice "auto" makes for one call
+//   qlayers::_conv_formulation          the choice "auto" makes for one call
 //
 // Two formulations, chosen inside the operators from the concrete sizes (so a graph compiled with
 // dynamic shapes has no guard on them), as the linear layer's are:
@@ -13,7 +13,7 @@
 //             and dropped; backward rebuilds it only when the input needs a gradient;
 //   "eight":  the eight-product algorithm (conv_eight.cpp), half the multiplications.
 // torch.compile and torch.export trace this same operator: its forward and backward each call an
-// operator with a fake kernel (qlayers/_registrations.py), so the real kernel never enters a graph.
+// operator with a fake kernel (qlayers/ops/conv.py), so the real kernel never enters a graph.
 // torch.func transforms and forward-mode AD take the Python Function in qlayers/functional/conv.py.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -253,7 +253,7 @@ const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
 
 const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlayers::quaternion_conv_backward", "")
+                             .findSchemaOrThrow("qlayers::_quaternion_conv_backward", "")
                              .typed<BackwardSignature>();
   return op;
 }
@@ -374,13 +374,13 @@ std::string conv_formulation(const at::Tensor& input, const at::Tensor& r, at::I
 
 TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
   m.impl("quaternion_conv", &quaternion_conv_plain);
-  m.impl("quaternion_conv_backward", &conv_backward_op);
-  m.impl("conv_formulation", &conv_formulation);
+  m.impl("_quaternion_conv_backward", &conv_backward_op);
+  m.impl("_conv_formulation", &conv_formulation);
 }
 
 TORCH_LIBRARY_IMPL(qlayers, Autograd, m) {
   m.impl("quaternion_conv", &quaternion_conv_autograd);
-  m.impl("quaternion_conv_backward", below_autograd());
+  m.impl("_quaternion_conv_backward", below_autograd());
 }
 
 }  // namespace conv

@@ -1,5 +1,5 @@
 // The argument checks of the layer operators (quaternion_linear, quaternion_conv), worded as the
-// fake kernels' checks in qlayers/functional/_checks.py word them: these are the messages eager
+// fake kernels' checks in qlayers/ops/checks.py word them: these are the messages eager
 // users see, the Python ones those of meta tensors and traced graphs.
 #pragma once
 

@@ -2,13 +2,13 @@
 //
 //   qlayers::quaternion_linear  y = x @ W + bias; its Autograd kernel (LinearFunction) keeps only the
 //                               input (when a component needs a gradient) and the components
-//   qlayers::quaternion_linear_backward  its gradients; LinearFunction's backward calls it, and a
+//   qlayers::_quaternion_linear_backward  its gradients; LinearFunction's backward calls it, and a
 //                               traced graph holds it as one op; runs below autograd
-//   qlayers::linear_formulation the choice "auto" makes for one product (linear_choice.cpp)
+//   qlayers::_linear_formulation the choice "auto" makes for one product (linear_choice.cpp)
 //
 // An eager call costs two dispatches and no Python: small layers pay what torch.nn.Linear pays.
 // torch.compile and torch.export trace the same operator: LinearFunction's forward and backward each
-// call an operator with a fake kernel (qlayers/_registrations.py), so W never enters a graph.
+// call an operator with a fake kernel (qlayers/ops/linear.py), so W never enters a graph.
 // Forward-mode AD and torch.func transforms take the Python Function in qlayers/functional/linear.py.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -164,7 +164,7 @@ const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
 
 const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlayers::quaternion_linear_backward", "")
+                             .findSchemaOrThrow("qlayers::_quaternion_linear_backward", "")
                              .typed<BackwardSignature>();
   return op;
 }
@@ -268,16 +268,16 @@ std::string linear_formulation(int64_t rows, int64_t n, int64_t m, at::ScalarTyp
 }  // namespace
 
 // No tensors: one kernel for every backend.
-TORCH_LIBRARY_FRAGMENT(qlayers, m) { m.impl("linear_formulation", &linear_formulation); }
+TORCH_LIBRARY_FRAGMENT(qlayers, m) { m.impl("_linear_formulation", &linear_formulation); }
 
 TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
   m.impl("quaternion_linear", &quaternion_linear_plain);
-  m.impl("quaternion_linear_backward", &linear_backward_op);
+  m.impl("_quaternion_linear_backward", &linear_backward_op);
 }
 
 TORCH_LIBRARY_IMPL(qlayers, Autograd, m) {
   m.impl("quaternion_linear", &quaternion_linear_autograd);
-  m.impl("quaternion_linear_backward", below_autograd());
+  m.impl("_quaternion_linear_backward", below_autograd());
 }
 
 }  // namespace linear

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/string_view.h>
 
 #include <array>
 #include <tuple>
@@ -44,43 +45,44 @@ inline at::Tensor hamilton_spread(const at::Tensor& grad, bool transpose) {
 
 inline at::Tensor block_mix(const at::Tensor& blocks, at::ArrayRef<double> coefficients, bool interleave) {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlayers::block_mix", "")
+                             .findSchemaOrThrow("qlayers::_block_mix", "")
                              .typed<at::Tensor(const at::Tensor&, at::ArrayRef<double>, bool)>();
   return op.call(blocks, coefficients, interleave);
 }
 
 inline void block_mix_into(const at::Tensor& blocks, at::ArrayRef<double> coefficients, const at::Tensor& out) {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlayers::block_mix_into", "")
+                             .findSchemaOrThrow("qlayers::_block_mix_into", "")
                              .typed<void(const at::Tensor&, at::ArrayRef<double>, const at::Tensor&)>();
   op.call(blocks, coefficients, out);
 }
 
 inline void recurrent_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
                                     const c10::optional<at::Tensor>& cell, const at::Tensor& output,
-                                    const c10::optional<at::Tensor>& cells_out, int64_t kind,
+                                    const c10::optional<at::Tensor>& cells_out, c10::string_view cell_name,
                                     at::IntArrayRef slots, bool gate_major, const c10::optional<at::Tensor>& mask) {
   static const auto op =
       c10::Dispatcher::singleton()
-          .findSchemaOrThrow("qlayers::recurrent_gates_forward", "")
+          .findSchemaOrThrow("qlayers::_recurrent_gates_forward", "")
           .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                      const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, at::IntArrayRef, bool,
+                      const at::Tensor&, const c10::optional<at::Tensor>&, c10::string_view, at::IntArrayRef, bool,
                       const c10::optional<at::Tensor>&)>();
-  op.call(projected, recurrent, hidden, cell, output, cells_out, kind, slots, gate_major, mask);
+  op.call(projected, recurrent, hidden, cell, output, cells_out, cell_name, slots, gate_major, mask);
 }
 
 inline void recurrent_gates_backward(const at::Tensor& pre, const c10::optional<at::Tensor>& grad_output,
                                      const at::Tensor& grad_hidden, const c10::optional<at::Tensor>& grad_cell,
                                      const c10::optional<at::Tensor>& hidden_prev,
                                      const c10::optional<at::Tensor>& cell_prev, const c10::optional<at::Tensor>& cell,
-                                     int64_t kind, at::IntArrayRef slots, bool gate_major,
+                                     c10::string_view cell_name, at::IntArrayRef slots, bool gate_major,
                                      const c10::optional<at::Tensor>& mask) {
   using Optional = const c10::optional<at::Tensor>&;
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlayers::recurrent_gates_backward", "")
+                             .findSchemaOrThrow("qlayers::_recurrent_gates_backward", "")
                              .typed<void(const at::Tensor&, Optional, const at::Tensor&, Optional, Optional, Optional,
-                                         Optional, int64_t, at::IntArrayRef, bool, Optional)>();
-  op.call(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell, kind, slots, gate_major, mask);
+                                         Optional, c10::string_view, at::IntArrayRef, bool, Optional)>();
+  op.call(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell, cell_name, slots, gate_major,
+          mask);
 }
 
 }  // namespace ops

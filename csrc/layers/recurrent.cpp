@@ -3,7 +3,7 @@
 //
 //   qlayers::recurrent_scan           forward: per step one recurrent product (h_{t-1} @ W) and one
 //                                     fused gate kernel
-//   qlayers::recurrent_scan_backward  the reverse loop: per step one gate kernel and one product
+//   qlayers::_recurrent_scan_backward  the reverse loop: per step one gate kernel and one product
 //                                     (dL/dpre @ W^T)
 //
 // The input projection is not here: the caller runs it for all steps as one QLinear product and
@@ -44,7 +44,8 @@ constexpr const char* kOp = "recurrent_scan";
 
 // One sequence's shape and step order.
 struct Scan {
-  int kind;
+  CellKind kind;
+  c10::string_view cell;  // its name, as the gate ops take it
   int64_t steps, batch, hidden;
   std::vector<int64_t> slots;
   std::optional<std::vector<int64_t>> batch_sizes;
@@ -65,11 +66,12 @@ struct Scan {
 };
 
 Scan check_scan(const at::Tensor& projected, const std::array<at::Tensor, 4>& weight, const at::Tensor& h0,
-                const at::Tensor& c0, int64_t kind, at::IntArrayRef slots,
+                const at::Tensor& c0, c10::string_view cell, at::IntArrayRef slots,
                 const c10::optional<at::IntArrayRef>& batch_sizes, bool reverse) {
+  const CellKind kind = parse_cell(kOp, cell);
   check_cell_layout(kOp, kind, slots);
   check_floating(kOp, projected);
-  const int gates = cell_gates(static_cast<int>(kind));
+  const int gates = cell_gates(kind);
   TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(1) > 0 && h0.size(1) % 4 == 0, kOp,
                     ": expected h0 of shape (batch, H), H a positive multiple of 4, got ", h0.sizes());
   const int64_t batch = h0.size(0), hidden = h0.size(1);
@@ -79,7 +81,7 @@ Scan check_scan(const at::Tensor& projected, const std::array<at::Tensor, 4>& we
   TORCH_CHECK_VALUE(projected.size(0) > 0, kOp, ": expected a sequence length larger than 0, got ",
                     projected.sizes());
   std::vector<const at::Tensor*> same = {&h0, &weight[0], &weight[1], &weight[2], &weight[3]};
-  if (cell_has_cell_state(static_cast<int>(kind))) {
+  if (cell_has_cell_state(kind)) {
     TORCH_CHECK_VALUE(c0.defined() && c0.sizes() == h0.sizes(), kOp, ": expected c0 of shape ", h0.sizes(),
                       c0.defined() ? std::string(", got ") + c10::str(c0.sizes()) : std::string(", got none"));
     same.push_back(&c0);
@@ -96,7 +98,7 @@ Scan check_scan(const at::Tensor& projected, const std::array<at::Tensor, 4>& we
                       kOp, ": expected weight components of shape (", hidden / 4, ", ", gates * hidden / 4,
                       "), got ", component.sizes());
   }
-  Scan scan{static_cast<int>(kind), projected.size(0), batch, hidden, slots.vec(), std::nullopt, reverse};
+  Scan scan{kind, cell, projected.size(0), batch, hidden, slots.vec(), std::nullopt, reverse};
   if (batch_sizes) {
     TORCH_CHECK_VALUE(static_cast<int64_t>(batch_sizes->size()) == scan.steps, kOp, ": expected ", scan.steps,
                       " batch sizes, one per step, got ", batch_sizes->size());
@@ -214,11 +216,11 @@ c10::optional<at::Tensor> first_rows(const at::Tensor& t, int64_t rows) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
     const at::Tensor& projected_in, const at::Tensor& r, const at::Tensor& i, const at::Tensor& j, const at::Tensor& k,
-    const at::Tensor& h0, const c10::optional<at::Tensor>& c0_in, int64_t kind, at::IntArrayRef slots,
+    const at::Tensor& h0, const c10::optional<at::Tensor>& c0_in, c10::string_view cell_name, at::IntArrayRef slots,
     c10::optional<at::IntArrayRef> batch_sizes, bool reverse, bool keep, bool gate_major,
     const c10::optional<at::Tensor>& mask_in) {
   const at::Tensor c0 = defined_or_empty(c0_in);
-  const Scan scan = check_scan(projected_in, {r, i, j, k}, h0, c0, kind, slots, batch_sizes, reverse);
+  const Scan scan = check_scan(projected_in, {r, i, j, k}, h0, c0, cell_name, slots, batch_sizes, reverse);
   const at::Tensor mask = checked_mask(mask_in, scan);
   const at::Tensor projected = projected_in.contiguous();
   const StepProduct step_product({r, i, j, k}, /*adjoint=*/false, scan.batch);
@@ -240,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_scan(
                                  scan.has_cell() ? c10::optional<at::Tensor>(cell.narrow(0, 0, rows)) : c10::nullopt,
                                  output[t].narrow(0, 0, rows),
                                  keep_cells ? c10::optional<at::Tensor>(cells[t].narrow(0, 0, rows)) : c10::nullopt,
-                                 kind, slots, gate_major, first_rows(mask, rows));
+                                 scan.cell, slots, gate_major, first_rows(mask, rows));
   }
   return {output, hidden, cell, cells};
 }
@@ -250,11 +252,12 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
                         const c10::optional<at::Tensor>& grad_c_n, const at::Tensor& projected, const at::Tensor& r,
                         const at::Tensor& i, const at::Tensor& j, const at::Tensor& k, const at::Tensor& h0_in,
                         const c10::optional<at::Tensor>& c0_in, const at::Tensor& output_in,
-                        const at::Tensor& cells_in, int64_t kind, at::IntArrayRef slots,
+                        const at::Tensor& cells_in, c10::string_view cell_name, at::IntArrayRef slots,
                         c10::optional<at::IntArrayRef> batch_sizes, bool reverse, std::array<bool, 4> output_mask,
                         bool gate_major, const c10::optional<at::Tensor>& mask_in) {
   const at::Tensor c0_given = defined_or_empty(c0_in);
-  const Scan scan = check_scan(projected, {r, i, j, k}, h0_in, c0_given, kind, slots, batch_sizes, reverse);
+  const Scan scan = check_scan(projected, {r, i, j, k}, h0_in, c0_given, cell_name, slots, batch_sizes, reverse);
+  const CellKind kind = scan.kind;
   const at::Tensor mask = checked_mask(mask_in, scan);
   const std::vector<int64_t> states{scan.steps, scan.batch, scan.hidden};
   TORCH_CHECK_VALUE(output_in.sizes() == at::IntArrayRef(states), kOp, ": expected output of shape ",
@@ -302,7 +305,8 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
         first_rows(grad_cell, rows),
         cell_is_light_gru(kind) ? c10::optional<at::Tensor>(previous_rows(scan, output, h0, t)) : c10::nullopt,
         scan.has_cell() ? c10::optional<at::Tensor>(previous_rows(scan, cells, c0, t)) : c10::nullopt,
-        scan.has_cell() ? first_rows(cells[t], rows) : c10::nullopt, kind, slots, gate_major, first_rows(mask, rows));
+        scan.has_cell() ? first_rows(cells[t], rows) : c10::nullopt, scan.cell, slots, gate_major,
+        first_rows(mask, rows));
     // dL/dh_{t-1} through the recurrent weight (plus the light GRU's direct part, already there).
     if (cell_is_light_gru(kind)) {
       step_product.accumulate(pre_rows, grad_hidden_rows,
@@ -345,11 +349,11 @@ recurrent_scan_backward(const c10::optional<at::Tensor>& grad_output_in, const c
 
 TORCH_LIBRARY_IMPL(qlayers, CompositeExplicitAutograd, m) {
   m.impl("recurrent_scan", &recurrent_scan);
-  m.impl("recurrent_scan_backward", &recurrent_scan_backward);
+  m.impl("_recurrent_scan_backward", &recurrent_scan_backward);
 }
 
 // The backward has no derivative: its Python caller takes differentiable ops for double backward.
-TORCH_LIBRARY_IMPL(qlayers, Autograd, m) { m.impl("recurrent_scan_backward", below_autograd()); }
+TORCH_LIBRARY_IMPL(qlayers, Autograd, m) { m.impl("_recurrent_scan_backward", below_autograd()); }
 
 }  // namespace recurrent
 }  // namespace qlayers

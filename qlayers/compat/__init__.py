@@ -40,8 +40,8 @@ from typing import Any, Dict, Mapping, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _ntuple
 
+from qlayers import _torch_internals
 from qlayers.compat import core_qnn
 from qlayers.compat.speechbrain.conv import QConv1d as SpeechBrainQConv1d
 from qlayers.compat.speechbrain.conv import same_padding
@@ -288,7 +288,7 @@ def speechbrain_conv(
         raise ValueError(
             f"speechbrain_conv: groups must be 1, got {groups!r}. A SpeechBrain convolution {_GROUPS_DIFFER}"
         )
-    ntuple = _ntuple(dims)
+    ntuple = _torch_internals.ntuple(dims)
     kernels, strides, dilations = ntuple(kernel_size), ntuple(stride), ntuple(dilation)
     pads = tuple(same_padding(k, s, d)[0] if padding == "same" else 0 for k, s, d in zip(kernels, strides, dilations))
     mode = _SPEECHBRAIN_PADDING_MODES[padding_mode] if padding == "same" else "zeros"

@@ -19,6 +19,7 @@ from qlayers.functional._autocast import _AUTOCAST_DEVICE_TYPES, _autocast_dtype
 from qlayers.functional.choice import ALGORITHMS, PHASES, check_algorithm, choose_algorithm  # noqa: F401
 from qlayers.functional.conv import quaternion_conv  # noqa: F401
 from qlayers.functional.linear import quaternion_linear  # noqa: F401
+from qlayers.functional.recurrent import recurrent_scan, step_loop  # noqa: F401
 from qlayers.ops._shared import _cast, _keep_input  # noqa: F401
 from qlayers.ops.checks import check_conv_arguments, check_linear_arguments  # noqa: F401
 from qlayers.ops.conv import QuaternionConvFunction  # noqa: F401
@@ -31,7 +32,6 @@ from qlayers.ops.hamilton import (  # noqa: F401
     hamilton_spread,
 )
 from qlayers.ops.linear import QuaternionLinearFunction  # noqa: F401
-from qlayers.functional.recurrent import recurrent_scan, step_loop  # noqa: F401
 
 __all__ = [
     "ALGORITHMS",

@@ -5,13 +5,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from qlayers import _torch_internals
+
 
 def _autocast_device_types() -> frozenset:
     """The device types torch.autocast can be enabled for, looked up once at import.
 
     The lookup must not run inside traced code: Dynamo before torch 2.12 cannot trace it.
     """
-    names = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "ipu", torch._C._get_privateuse1_backend_name())
+    names = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "ipu", _torch_internals.privateuse1_backend_name())
     available = set()
     for name in names:
         try:

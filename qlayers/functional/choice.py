@@ -44,6 +44,6 @@ def choose_algorithm(
     check_algorithm(algorithm)
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    return torch.ops.qlayers.linear_formulation(
+    return torch.ops.qlayers._linear_formulation(
         rows, n, n if m is None else m, dtype, algorithm, phase, torch.device(device)
     )

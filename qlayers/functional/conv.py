@@ -20,10 +20,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.nn.modules.utils import _ntuple
 
+from qlayers import _torch_internals
 from qlayers.functional._autocast import _autocast_dtype
-from qlayers.functional.linear import _transforms_active
+from qlayers.ops._shared import _transforms_active
 from qlayers.ops.checks import check_conv_arguments, check_tensors
 from qlayers.ops.conv import QuaternionConvFunction
 
@@ -37,7 +37,7 @@ def conv_formulation(input: Tensor, components, options, compute_dtype, algorith
     csrc/layers/conv.cpp. Reads only the tensors' metadata (meta tensors serve).
     """
     stride, _, _, transposed, _, groups = options
-    return torch.ops.qlayers.conv_formulation(
+    return torch.ops.qlayers._conv_formulation(
         input, components[0], list(stride), transposed, groups, compute_dtype, algorithm
     )
 
@@ -73,7 +73,7 @@ def quaternion_conv(
     if not isinstance(r_weight, Tensor):
         check_tensors(op, input, components, bias)
     compute_dtype = _autocast_dtype(input, r_weight)
-    per_dim = _ntuple(max(r_weight.dim() - 2, 0))
+    per_dim = _torch_internals.ntuple(max(r_weight.dim() - 2, 0))
     options = (per_dim(stride), per_dim(padding), per_dim(dilation), transposed, per_dim(output_padding), groups)
     if torch.compiler.is_compiling() or not _transforms_active():
         # The operator checks every argument, in the words of check_conv_arguments (its fake kernel's).

@@ -13,19 +13,15 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
+from qlayers import _torch_internals
 from qlayers.functional._autocast import _autocast_dtype
 from qlayers.functional.choice import check_algorithm
+from qlayers.ops._shared import _transforms_active
 from qlayers.ops.checks import check_linear_arguments, check_tensors
 from qlayers.ops.linear import QuaternionLinearFunction
 
 _QUATERNION_LINEAR = torch.ops.qlayers.quaternion_linear.default
-
-
-def _transforms_active() -> bool:
-    """A torch.func transform or a forward-mode AD level is active: the C++ autograd cannot serve."""
-    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 def quaternion_linear(
@@ -58,7 +54,7 @@ def quaternion_linear(
     if torch.compiler.is_compiling() or not _transforms_active():
         # Outside autocast (one cheap flag) there is no compute dtype to look up. The operator checks
         # every argument, in the words of check_linear_arguments (its fake kernel's checks).
-        compute_dtype = _autocast_dtype(input, r_weight) if torch._C._is_any_autocast_enabled() else None
+        compute_dtype = _autocast_dtype(input, r_weight) if _torch_internals.any_autocast_enabled() else None
         try:
             return _QUATERNION_LINEAR(input, *components, bias, compute_dtype, algorithm)
         except RuntimeError:

@@ -4,9 +4,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _ntuple
 
-from qlayers import functional, reference
+from qlayers import _torch_internals, functional, reference
 from qlayers import init as quaternion_init
 from qlayers.nn._parameters import register_quaternion_parameters
 
@@ -59,7 +58,7 @@ class _QConvNd(nn.Module):
                 )
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"{name}: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        ntuple = _ntuple(self.dims)
+        ntuple = _torch_internals.ntuple(self.dims)
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"{name}: padding must be a number, a tuple, 'same' or 'valid', got {padding!r}")
@@ -94,7 +93,7 @@ class _QConvNd(nn.Module):
 
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         """Redraw the components (fans in quaternions, kernel included) and zero the bias."""
-        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(self.r_weight)
+        fan_in, fan_out = _torch_internals.fan_in_and_fan_out(self.r_weight)
         quaternion_init.quaternion_init_(
             *self.components(),
             fan_in=fan_in,

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from qlayers import _torch_internals
 from qlayers.functional import recurrent as engine
 from qlayers.nn._parameters import quaternion_parameters
 from qlayers.nn.linear import QLinear
@@ -63,8 +64,9 @@ class _Cell(nn.Module):
 
 
 class _QRecurrent(nn.Module):
-    # The activation choices (``nonlinearity``, the first the default) and their engine cells.
-    cell_kinds: Dict[str, int]
+    # The activation choices (``nonlinearity``, the first the default) and their engine cells, by name
+    # (qlayers.functional.recurrent.CELLS).
+    cell_names: Dict[str, str]
     gates: int
     has_cell_state = False
     # Where each gate sits among the projection's gate blocks, and which way the blocks nest (see
@@ -89,11 +91,11 @@ class _QRecurrent(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        choices = list(self.cell_kinds)
+        choices = list(self.cell_names)
         self.nonlinearity = choices[0] if nonlinearity is None else nonlinearity
-        if self.nonlinearity not in self.cell_kinds:
+        if self.nonlinearity not in self.cell_names:
             raise ValueError(f"{name}: nonlinearity must be one of {choices}, got {nonlinearity!r}")
-        self.cell_kind = self.cell_kinds[self.nonlinearity]
+        self.cell_name = self.cell_names[self.nonlinearity]
         for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or value <= 0 or value % 4 != 0:
                 raise ValueError(
@@ -129,10 +131,10 @@ class _QRecurrent(nn.Module):
         if self.memory_efficient:
             weight = quaternion_parameters(cell.recurrent)[:4]
             return engine.recurrent_scan(
-                projected, weight, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse, self.gate_major
+                projected, weight, h0, c0, self.cell_name, self.gate_slots, batch_sizes, reverse, self.gate_major
             )
         return engine.step_loop(
-            projected, cell.recurrent, h0, c0, self.cell_kind, self.gate_slots, batch_sizes, reverse, self.gate_major
+            projected, cell.recurrent, h0, c0, self.cell_name, self.gate_slots, batch_sizes, reverse, self.gate_major
         )
 
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
@@ -197,17 +199,17 @@ class _QRecurrent(nn.Module):
         initial = self._initial_states(states, batch, input.data, f"a PackedSequence of batch {batch}")
         if states is not None and input.sorted_indices is not None:
             initial = [s.index_select(1, input.sorted_indices) for s in initial]
-        if compiling:  # torch._VF's packing reads the lengths' data too
+        if compiling:  # torch's packing kernels read the lengths' data too
             padded = _pad_steps(input.data, batch_sizes)
         else:
-            padded, lengths = torch._VF._pad_packed_sequence(
+            padded, lengths = _torch_internals.pad_packed_sequence(
                 input.data, input.batch_sizes, False, 0.0, len(batch_sizes)
             )
         output, final_states = self._layers(padded, initial, batch_sizes)
         if compiling:
             data = _pack_steps(output, batch_sizes)
         else:
-            data, _ = torch._VF._pack_padded_sequence(output, lengths, False)
+            data, _ = _torch_internals.pack_padded_sequence(output, lengths, False)
         if input.unsorted_indices is not None:
             final_states = [s.index_select(1, input.unsorted_indices) for s in final_states]
         packed = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
@@ -268,7 +270,7 @@ class _QRecurrent(nn.Module):
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
         defaults = (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False))
-        for label, default in (*defaults, ("nonlinearity", next(iter(self.cell_kinds)))):
+        for label, default in (*defaults, ("nonlinearity", next(iter(self.cell_names)))):
             if getattr(self, label) != default:
                 text += f", {label}={getattr(self, label)}"
         return text + f", memory_efficient={self.memory_efficient}"
@@ -301,7 +303,7 @@ class QRNN(_QRecurrent):
     ``nonlinearity="relu"`` (as torch.nn.RNN), or no activation with ``"identity"`` (core_qnn's
     QRNN). Returns ``(output, h_n)``."""
 
-    cell_kinds = {"tanh": engine.RNN_TANH, "relu": engine.RNN_RELU, "identity": engine.RNN_IDENTITY}
+    cell_names = {"tanh": "rnn_tanh", "relu": "rnn_relu", "identity": "rnn_identity"}
     gates = 1
     gate_slots = (0,)
 
@@ -309,7 +311,7 @@ class QRNN(_QRecurrent):
 class QLSTM(_QRecurrent):
     """Quaternion LSTM, torch.nn.LSTM's gates with split activations. Returns ``(output, (h_n, c_n))``."""
 
-    cell_kinds = {"tanh": engine.LSTM}  # torch.nn.LSTM's activations, the only choice
+    cell_names = {"tanh": "lstm"}  # torch.nn.LSTM's activations, the only choice
     gates = 4
     gate_slots = (0, 1, 2, 3)
     has_cell_state = True
@@ -321,6 +323,6 @@ class QLiGRU(_QRecurrent):
     ``nonlinearity`` takes ``"relu"`` (the default), ``"leaky_relu"`` (slope 0.01) or ``"tanh"`` for
     the candidate. Returns ``(output, h_n)``."""
 
-    cell_kinds = {"relu": engine.LIGRU, "leaky_relu": engine.LIGRU_LEAKY_RELU, "tanh": engine.LIGRU_TANH}
+    cell_names = {"relu": "ligru_relu", "leaky_relu": "ligru_leaky_relu", "tanh": "ligru_tanh"}
     gates = 2
     gate_slots = (0, 1)

@@ -12,4 +12,4 @@ reverse-mode autograd is C++ (csrc/layers/).
 - :mod:`~qlayers.ops.recurrent`: recurrent_scan and its backward.
 """
 
-from qlayers.ops import conv, hamilton, linear  # noqa: F401  (registers)
+from qlayers.ops import conv, hamilton, linear, recurrent  # noqa: F401  (registers)

@@ -5,6 +5,7 @@ import math
 import torch
 from torch import Tensor
 
+from qlayers import _torch_internals
 
 
 def _cast(tensors, dtype):
@@ -48,3 +49,8 @@ def _bilinear_jvp(ctx, tangents, product, bias_view):
     if bias_tangent is not None:
         terms.append(bias_view(bias_tangent.to(input.dtype)))
     return sum(terms[1:], terms[0])
+
+
+def _transforms_active() -> bool:
+    """A torch.func transform or a forward-mode AD level is active: the C++ autograd cannot serve."""
+    return _torch_internals.functorch_transforms_active() or _torch_internals.forward_ad_active()

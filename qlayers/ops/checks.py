@@ -11,19 +11,21 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from qlayers import _torch_internals
+
 # --- the Hamilton and block_mix ops (csrc/hamilton_shapes.h, csrc/block_mix.h) -------------------
 _KERNEL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_floating(op, t):
-    torch._check_type(
+    _torch_internals.check_type(
         t.dtype in _KERNEL_DTYPES,
         lambda: f"{op}: expected a floating-point tensor (float64, float32, float16 or bfloat16), got {t.dtype}",
     )
 
 
 def check_hamilton_components(r, i, j, k):
-    torch._check_value(
+    _torch_internals.check_value(
         r.dim() >= 2, lambda: f"hamilton_expand: expected components of shape (n, m, *rest), got {r.dim()}-d r"
     )
     check_floating("hamilton_expand", r)
@@ -32,15 +34,15 @@ def check_hamilton_components(r, i, j, k):
 
 
 def _check_like(r, other):
-    torch._check_value(
+    _torch_internals.check_value(
         other.shape == r.shape,
         lambda: f"hamilton_expand: expected r, i, j, k of one shape, got {list(r.shape)} and {list(other.shape)}",
     )
-    torch._check_type(
+    _torch_internals.check_type(
         other.dtype == r.dtype,
         lambda: f"hamilton_expand: expected r, i, j, k of one dtype, got {r.dtype} and {other.dtype}",
     )
-    torch._check_value(
+    _torch_internals.check_value(
         other.device == r.device,
         lambda: f"hamilton_expand: expected r, i, j, k on one device, got {r.device} and {other.device}",
     )
@@ -48,7 +50,7 @@ def _check_like(r, other):
 
 def check_expanded(grad):
     check_floating("hamilton_reduce", grad)
-    torch._check_value(
+    _torch_internals.check_value(
         grad.dim() >= 2 and grad.shape[0] % 4 == 0 and grad.shape[1] % 4 == 0,
         lambda: f"hamilton_reduce: expected a tensor of shape (4n, 4m, *rest), got {list(grad.shape)}",
     )
@@ -56,7 +58,7 @@ def check_expanded(grad):
 
 def check_products(products):
     check_floating("hamilton_combine", products)
-    torch._check_value(
+    _torch_internals.check_value(
         products.dim() >= 3 and products.shape[0] == 4 and products.shape[-2] == 4,
         lambda: f"hamilton_combine: expected products of shape (4, *rows, 4, k), got {list(products.shape)}",
     )
@@ -64,7 +66,7 @@ def check_products(products):
 
 def check_rows(grad):
     check_floating("hamilton_spread", grad)
-    torch._check_value(
+    _torch_internals.check_value(
         grad.dim() >= 1 and grad.shape[-1] % 4 == 0,
         lambda: f"hamilton_spread: expected a tensor of shape (*rows, 4k), got {list(grad.shape)}",
     )
@@ -72,18 +74,17 @@ def check_rows(grad):
 
 def check_block_mix(blocks, coefficients):
     check_floating("block_mix", blocks)
-    torch._check_value(
+    _torch_internals.check_value(
         blocks.dim() == 3, lambda: f"block_mix: expected blocks of shape (B, rows, cols), got {list(blocks.shape)}"
     )
     blocks_in = blocks.shape[0]
-    torch._check_value(1 <= blocks_in <= 8, lambda: f"block_mix: expected 1 to 8 blocks, got {blocks_in}")
+    _torch_internals.check_value(1 <= blocks_in <= 8, lambda: f"block_mix: expected 1 to 8 blocks, got {blocks_in}")
     count = len(coefficients)
-    torch._check_value(
+    _torch_internals.check_value(
         count >= blocks_in and count % blocks_in == 0 and count // blocks_in <= 8,
         lambda: f"block_mix: expected B_out x {blocks_in} coefficients with B_out from 1 to 8, got {count}",
     )
     return count // blocks_in
-
 
 
 # --- the layer ops (csrc/layers/layer_checks.h) ---------------------------------------------------

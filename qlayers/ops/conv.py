@@ -89,7 +89,7 @@ def _quaternion_conv_fake(
     )
 
 
-@torch.library.register_fake("qlayers::quaternion_conv_backward")
+@torch.library.register_fake("qlayers::_quaternion_conv_backward")
 def _quaternion_conv_backward_fake(
     grad_output, input, input_shape, r, i, j, k, stride, padding, dilation, transposed, output_padding, groups,
     compute_dtype, algorithm, output_mask,
@@ -102,7 +102,6 @@ def _quaternion_conv_backward_fake(
         grad_output.new_empty(shape if need else (0,), dtype=d if need else grad_output.dtype)
         for shape, d, need in zip(shapes, dtypes, output_mask)
     )
-
 
 
 class QuaternionConvFunction(torch.autograd.Function):

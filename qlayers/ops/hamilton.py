@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from qlayers import _torch_internals
 from qlayers.ops._shared import _fill_zeros
 from qlayers.ops.checks import (
     check_block_mix,
@@ -120,21 +121,20 @@ def _spread_vmap(info, in_dims, grad, transpose):
     return _spread(grad.movedim(in_dims[0], 0), transpose), 1
 
 
-
 # --- block_mix (the eight-product sums) ------------------------------------------------------------
 
 
-@torch.library.register_fake("qlayers::block_mix")
+@torch.library.register_fake("qlayers::_block_mix")
 def _block_mix_fake(blocks, coefficients, interleave):
     blocks_out = check_block_mix(blocks, coefficients)
     _, rows, cols = blocks.shape
     return blocks.new_empty((rows, blocks_out, cols) if interleave else (blocks_out, rows, cols))
 
 
-@torch.library.register_fake("qlayers::block_mix_into")
+@torch.library.register_fake("qlayers::_block_mix_into")
 def _block_mix_into_fake(blocks, coefficients, out):
     blocks_out = check_block_mix(blocks, coefficients)
-    torch._check_value(
+    _torch_internals.check_value(
         tuple(out.shape) == (blocks_out, *blocks.shape[1:]),
         lambda: f"block_mix_into: expected out of shape {(blocks_out, *blocks.shape[1:])}, got {tuple(out.shape)}",
     )

@@ -16,8 +16,7 @@ def _quaternion_linear_fake(input, r, i, j, k, bias, compute_dtype, algorithm):
     return input.new_empty((*input.shape[:-1], 4 * r.shape[1]), dtype=compute_dtype or input.dtype)
 
 
-
-@torch.library.register_fake("qlayers::quaternion_linear_backward")
+@torch.library.register_fake("qlayers::_quaternion_linear_backward")
 def _quaternion_linear_backward_fake(grad_output, input, r, i, j, k, compute_dtype, algorithm, output_mask):
     n, m = r.shape
     dtype = compute_dtype or grad_output.dtype
@@ -27,7 +26,6 @@ def _quaternion_linear_backward_fake(grad_output, input, r, i, j, k, compute_dty
         grad_output.new_empty(shape if need else (0,), dtype=d if need else grad_output.dtype)
         for shape, d, need in zip(shapes, dtypes, output_mask)
     )
-
 
 
 def _hamilton_product(input, components, bias, ops):

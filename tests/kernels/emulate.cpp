@@ -12,6 +12,7 @@
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -232,8 +233,9 @@ std::tuple<int64_t, int64_t> run_overridden(Launch<Params> plan, const Overrides
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gates_forward(
     const at::Tensor& projected, const at::Tensor& recurrent, const at::Tensor& hidden,
     const std::optional<at::Tensor>& cell, const at::Tensor& output, const std::optional<at::Tensor>& cells_out,
-    int64_t kind, std::vector<int64_t> slots, bool gate_major, const std::optional<at::Tensor>& mask, int64_t width,
-    int64_t blocks, int64_t threads, int64_t first_block) {
+    const std::string& cell_name, std::vector<int64_t> slots, bool gate_major, const std::optional<at::Tensor>& mask,
+    int64_t width, int64_t blocks, int64_t threads, int64_t first_block) {
+  const CellKind kind = parse_cell("recurrent_gates_forward", cell_name);
   const at::Tensor drop = defined_or_empty(mask);
   check_gates_forward(projected, recurrent, hidden, defined_or_empty(cell), output, defined_or_empty(cells_out), drop,
                       kind, slots);
@@ -244,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gat
   if (h.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "emulated_gates_forward", [&] {
       auto plan =
-          plan_gates_forward<scalar_t>(projected, recurrent, h, c, out, kept, drop, static_cast<int>(kind), slots,
+          plan_gates_forward<scalar_t>(projected, recurrent, h, c, out, kept, drop, kind, slots,
                                        kResident, gate_major);
       ran = run_overridden<scalar_t>(plan, {width, blocks, threads, first_block},
                                      QLAYERS_PACK_FN(gates_forward_pack, scalar_t, pack_width<scalar_t>()),
@@ -261,9 +263,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gat
 std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gates_backward(
     const at::Tensor& pre, const std::optional<at::Tensor>& grad_output, const at::Tensor& grad_hidden,
     const std::optional<at::Tensor>& grad_cell, const std::optional<at::Tensor>& hidden_prev,
-    const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell, int64_t kind,
+    const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell, const std::string& cell_name,
     std::vector<int64_t> slots, bool gate_major, const std::optional<at::Tensor>& mask, int64_t width, int64_t blocks,
     int64_t threads, int64_t first_block) {
+  const CellKind kind = parse_cell("recurrent_gates_backward", cell_name);
   const at::Tensor from_output = defined_or_empty(grad_output), previous = defined_or_empty(hidden_prev);
   const at::Tensor cell_before = defined_or_empty(cell_prev), cell_after = defined_or_empty(cell);
   const at::Tensor drop = defined_or_empty(mask);
@@ -276,7 +279,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gates_backward(
   if (gh.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gh.scalar_type(), "emulated_gates_backward", [&] {
       auto plan = plan_gates_backward<scalar_t>(p, from_output, gh, gc, previous, cell_before, cell_after, drop,
-                                                static_cast<int>(kind), slots, kResident, gate_major);
+                                                kind, slots, kResident, gate_major);
       ran = run_overridden<scalar_t>(plan, {width, blocks, threads, first_block},
                                      QLAYERS_PACK_FN(gates_backward_pack, scalar_t, pack_width<scalar_t>()),
                                      QLAYERS_PACK_FN(gates_backward_pack, scalar_t, 1));
@@ -299,10 +302,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spread", &k::spread, "grad"_a, "transpose"_a, "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.def("block_mix", &k::block_mix, "blocks"_a, "coefficients"_a, "interleave"_a, "width"_a = 0, "blocks_override"_a = -1,
         "threads"_a = -1, "first_block"_a = 0);
-  m.def("gates_forward", &k::gates_forward, "projected"_a, "recurrent"_a, "hidden"_a, "cell"_a, "output"_a,
-        "cells_out"_a, "kind"_a, "slots"_a, "gate_major"_a = false, "mask"_a = pybind11::none(), "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
+  m.def("gates_forward", &k::gates_forward, "projected"_a, "recurrent"_a, "hidden"_a, "cell_state"_a, "output"_a,
+        "cells_out"_a, "cell"_a, "slots"_a, "gate_major"_a = false, "mask"_a = pybind11::none(), "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.def("gates_backward", &k::gates_backward, "pre"_a, "grad_output"_a, "grad_hidden"_a, "grad_cell"_a,
-        "hidden_prev"_a, "cell_prev"_a, "cell"_a, "kind"_a, "slots"_a, "gate_major"_a = false,
+        "hidden_prev"_a, "cell_prev"_a, "cell_state"_a, "cell"_a, "slots"_a, "gate_major"_a = false,
         "mask"_a = pybind11::none(), "width"_a = 0, "blocks"_a = -1, "threads"_a = -1, "first_block"_a = 0);
   m.attr("THREADS") = k::kThreads;
   m.attr("PACK_BYTES") = k::kPackBytes;

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from qlayers.compat.speechbrain import _weights
-from qlayers.functional.linear import _transforms_active
+from qlayers.ops._shared import _transforms_active
 
 
 def _per_quaternion(x: Tensor) -> Tensor:

@@ -31,9 +31,9 @@ from torch import Tensor
 
 from qlayers.functional.conv import quaternion_conv
 from qlayers.functional.linear import quaternion_linear
+from qlayers.init import CRITERIA, quaternion_scale
 from qlayers.ops.hamilton import _ops
 from qlayers.ops.linear import linear_backward
-from qlayers.init import CRITERIA, quaternion_scale
 
 __all__ = [
     "QuaternionLinearCustomBackward",
@@ -142,7 +142,10 @@ def memory_efficient_conv(
 ) -> Tensor:
     """qlayers' quaternion convolution (``groups=1``): one registered op, so ``torch.jit.trace`` records it
     as one call that ``torch.jit.save`` keeps and that loads where qlayers is imported."""
-    return quaternion_conv(input, *components, bias, stride=stride, padding=padding, dilation=dilation)
+    r_weight, i_weight, j_weight, k_weight = components
+    return quaternion_conv(
+        input, r_weight, i_weight, j_weight, k_weight, bias, stride=stride, padding=padding, dilation=dilation
+    )
 
 
 def _convolve(conv1d: bool, input: Tensor, kernel: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups):

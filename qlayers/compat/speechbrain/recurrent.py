@@ -31,7 +31,7 @@ SpeechBrain's QRNN crashes when trained with ``dropout > 0`` on a batch size oth
 """
 
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -44,14 +44,15 @@ from qlayers.functional import recurrent as engine
 DROP_MASKS = 16000  # the rows of SpeechBrain's mask bank
 
 
-def _activation_kind(layer: str, nonlinearity: str, kinds: dict, default: int) -> int:
-    if nonlinearity not in kinds:
+def _activation_cell(layer: str, nonlinearity: str, cells: Dict[str, str], default: str) -> str:
+    """The engine's cell (its name) for SpeechBrain's ``nonlinearity``."""
+    if nonlinearity not in cells:
         warnings.warn(
-            f"{layer}: nonlinearity {nonlinearity!r} is none of {tuple(kinds)}; SpeechBrain then uses ReLU, "
+            f"{layer}: nonlinearity {nonlinearity!r} is none of {tuple(cells)}; SpeechBrain then uses ReLU, "
             "and so does this layer",
             stacklevel=3,
         )
-    return kinds.get(nonlinearity, default)
+    return cells.get(nonlinearity, default)
 
 
 class _Layer(nn.Module):
@@ -62,7 +63,7 @@ class _Layer(nn.Module):
     h_init: Tensor
     gates: int
     slots: Tuple[int, ...]  # the engine's slot of each canonical gate, in SpeechBrain's layout
-    kind: int  # the engine's cell
+    cell: str  # the engine's cell, by name (qlayers.functional.recurrent.CELLS)
     input_bias = True
     masks_in_state_dict = False
 
@@ -173,7 +174,7 @@ class _Layer(nn.Module):
             _weights.components(self.u),
             h0.contiguous(),
             self._initial_cell(rows),
-            self.kind,
+            self.cell,
             self.slots,
             gate_major=True,
             mask=mask,
@@ -203,8 +204,8 @@ class QRNN_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
         common = (input_size, hidden_size, num_layers, batch_size, dropout, bidirectional)
         super().__init__(*common, init_criterion, weight_init, autograd)
         self.nonlinearity = nonlinearity
-        kinds = {"tanh": engine.RNN_TANH, "relu": engine.RNN_RELU}
-        self.kind = _activation_kind("QRNN", nonlinearity, kinds, engine.RNN_RELU)
+        cells = {"tanh": "rnn_tanh", "relu": "rnn_relu"}
+        self.cell = _activation_cell("QRNN", nonlinearity, cells, "rnn_relu")
 
 
 class QLSTM_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
@@ -212,7 +213,7 @@ class QLSTM_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
 
     gates = 4
     slots = (0, 1, 3, 2)  # the engine's order is (input, forget, cell, output)
-    kind = engine.LSTM
+    cell = "lstm"
 
     def __init__(
         self,
@@ -258,8 +259,8 @@ class QLiGRU_Layer(_Layer):  # noqa: N801 (SpeechBrain's name)
         common = (input_size, hidden_size, num_layers, batch_size, dropout, bidirectional)
         super().__init__(*common, init_criterion, weight_init, autograd)
         self.nonlinearity, self.normalization = nonlinearity, normalization
-        kinds = {"leaky_relu": engine.LIGRU_LEAKY_RELU, "tanh": engine.LIGRU_TANH, "relu": engine.LIGRU}
-        self.kind = _activation_kind("QLiGRU", nonlinearity, kinds, engine.LIGRU)
+        cells = {"leaky_relu": "ligru_leaky_relu", "tanh": "ligru_tanh", "relu": "ligru_relu"}
+        self.cell = _activation_cell("QLiGRU", nonlinearity, cells, "ligru_relu")
         # SpeechBrain builds the normalisation either way; it runs for "batchnorm" only.
         self.normalize = normalization == "batchnorm"
         self.norm = QBatchNorm(input_size=int(hidden_size) * 2, dim=-1)
