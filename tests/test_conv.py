@@ -2,14 +2,11 @@
 
 import pytest
 import torch
-from conftest import TOLERANCES, components, hamilton_product
+from conftest import TOLERANCES, hamilton_product
 from torch import nn
-from torch.autograd import gradcheck, gradgradcheck
 
 import qlayers
 from qlayers import reference
-from qlayers.functional import quaternion_conv
-from qlayers.memory import SavedTensorBytes
 
 F64 = TOLERANCES[torch.float64]
 CONV = {1: (qlayers.QConv1d, nn.Conv1d), 2: (qlayers.QConv2d, nn.Conv2d), 3: (qlayers.QConv3d, nn.Conv3d)}
@@ -120,43 +117,6 @@ def test_conv_is_the_quaternion_product():
     torch.testing.assert_close(layer(x), expected, **F64)
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_gradcheck(transposed):
-    x = torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True)
-    shape = (2, 1, 3, 2) if not transposed else (2, 1, 3, 2)
-    weights = components(*shape, requires_grad=True)
-    out_channels = 4 * (shape[1] * 2 if transposed else shape[0])
-    bias = torch.randn(out_channels, dtype=torch.float64, requires_grad=True)
-
-    def fn(*args):
-        return quaternion_conv(
-            *args,
-            stride=(2, 1),
-            padding=1,
-            dilation=(1, 2),
-            groups=2,
-            transposed=transposed,
-            output_padding=(1, 0) if transposed else 0,
-        )
-
-    assert gradcheck(fn, (x, *weights, bias))
-    assert gradgradcheck(fn, (x, *weights, bias))
-
-
-def test_keeps_no_expanded_kernel():
-    layer = qlayers.QConv2d(64, 64, 3, padding=1)
-    plain = qlayers.QConv2d(64, 64, 3, padding=1, memory_efficient=False)
-    x = torch.randn(2, 64, 8, 8, requires_grad=True)
-    kept = {}
-    for name, module in (("efficient", layer), ("plain", plain)):
-        with SavedTensorBytes(exclude=module.parameters()) as saved:
-            out = module(x)
-        out.sum().backward()
-        kept[name] = saved.total
-    assert kept["efficient"] == x.numel() * 4
-    assert kept["plain"] - kept["efficient"] >= 64 * 64 * 9 * 4  # the (64, 64, 3, 3) kernel
-
-
 def test_channels_last_and_unbatched():
     layer = randomise(qlayers.QConv2d(8, 8, 3, padding=1, dtype=torch.float64))
     x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
@@ -177,19 +137,6 @@ def test_parameters_layout_and_repr():
         "QConv1d(4, 8, kernel_size=(3,), stride=(1,), padding='same', memory_efficient=True, "
         "init='quaternion', criterion='glorot')"
     )
-
-
-def test_compile_and_autocast():
-    torch._dynamo.reset()
-    model = nn.Sequential(qlayers.QConv2d(8, 16, 3, padding=1), nn.ReLU(), qlayers.QConv2d(16, 8, 3, stride=2))
-    x = torch.randn(2, 8, 10, 10)
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x)
-    assert out.dtype == torch.bfloat16
-    out.float().sum().backward()
-    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
 
 
 class TestBadInput:
@@ -214,82 +161,6 @@ class TestBadInput:
             qlayers.QConv2d(8, 8, 3, padding_mode="mirror")
         with pytest.raises(ValueError, match="not supported for transposed"):
             qlayers.QConvTranspose2d(8, 8, 3, padding="same")
-
-
-def test_forward_mode_jvp_matches_reference():
-    x = torch.randn(2, 8, 5, 4, dtype=torch.float64)
-    args = (x, *components(3, 2, 3, 2), torch.randn(12, dtype=torch.float64))
-    tangents = tuple(torch.randn_like(a) for a in args)
-    ours = torch.func.jvp(lambda *a: quaternion_conv(*a, padding=1, groups=1), args, tangents)
-    theirs = torch.func.jvp(lambda *a: reference.quaternion_conv(*a, padding=1), args, tangents)
-    for got, want in zip(ours, theirs):
-        torch.testing.assert_close(got, want, **F64)
-
-
-# --- torch.func (issue 12, item 9) --------------------------------------------------------------
-
-
-def plain_twin(layer):
-    """The same layer on the plain-autograd path: the oracle for torch.func transforms."""
-    twin = type(layer)(
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        stride=layer.stride,
-        groups=layer.groups,
-        memory_efficient=False,
-        dtype=torch.float64,
-    )
-    twin.load_state_dict(layer.state_dict())
-    return twin
-
-
-def func_layers(cls):
-    torch.manual_seed(0)
-    layer = cls(8, 16, 3, stride=2, groups=2, dtype=torch.float64)
-    nn.init.normal_(layer.bias)
-    return layer, plain_twin(layer)
-
-
-@pytest.mark.parametrize("cls", [qlayers.QConv1d, qlayers.QConvTranspose1d])
-def test_vmap_jacobians_and_per_sample_gradients(cls):
-    layer, twin = func_layers(cls)
-    x = torch.randn(3, 8, 7, dtype=torch.float64)
-    torch.testing.assert_close(torch.vmap(layer)(x.unsqueeze(1)), torch.vmap(twin)(x.unsqueeze(1)), **F64)
-    for transform in (torch.func.jacrev, torch.func.jacfwd):
-        torch.testing.assert_close(transform(layer)(x), transform(twin)(x), **F64)
-
-    def per_sample(module):
-        params = dict(module.named_parameters())
-
-        def loss(p, sample):
-            return torch.func.functional_call(module, p, (sample.unsqueeze(0),)).tanh().sum()
-
-        return torch.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
-
-    got, expected = per_sample(layer), per_sample(twin)
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], **F64)
-
-
-def test_vmap_over_an_ensemble_of_convolutions():
-    layers = [func_layers(qlayers.QConv1d)[0] for _ in range(3)]
-    for layer in layers[1:]:
-        layer.reset_parameters()
-        nn.init.normal_(layer.bias)
-    params, buffers = torch.func.stack_module_state(layers)
-    template = qlayers.QConv1d(8, 16, 3, stride=2, groups=2, dtype=torch.float64, device="meta")
-    x = torch.randn(2, 8, 7, dtype=torch.float64)
-
-    def loss(p, b, inputs):
-        return torch.func.functional_call(template, (p, b), (inputs,)).pow(2).sum()
-
-    grads = torch.vmap(torch.func.grad(loss), in_dims=(0, 0, None))(params, buffers, x)
-    for index, layer in enumerate(layers):
-        layer.zero_grad()
-        layer(x).pow(2).sum().backward()
-        for name, param in layer.named_parameters():
-            torch.testing.assert_close(grads[name][index], param.grad, **F64)
 
 
 def _qlayers_ops_run(fn):

@@ -4,13 +4,12 @@ autocast and torch.export, each checked against the plain-autograd reference."""
 import pytest
 import torch
 import torch.autograd.forward_ad as forward_ad
-from conftest import DEVICES, HAS_CUDA, TOLERANCES, components
+from conftest import DEVICES, TOLERANCES, components
 from torch.utils._pytree import tree_leaves
 
 import qlayers
 from qlayers import reference
 from qlayers.functional import hamilton_matrix, quaternion_linear
-from qlayers.memory import SavedTensorBytes
 
 F64 = TOLERANCES[torch.float64]
 
@@ -148,28 +147,6 @@ def test_vmap_over_inputs_and_over_the_raw_ops():
         assert torch.equal(got, torch.stack(want))
 
 
-def test_vmap_over_an_ensemble_of_weights():
-    layers = [qlayers.QLinear(8, 12, dtype=torch.float64) for _ in range(3)]
-    for layer in layers:
-        torch.nn.init.normal_(layer.bias)
-    params, buffers = torch.func.stack_module_state(layers)
-    template = qlayers.QLinear(8, 12, dtype=torch.float64, device="meta")
-    x = torch.randn(4, 8, dtype=torch.float64)
-
-    def call(p, b, inputs):
-        return torch.func.functional_call(template, (p, b), (inputs,))
-
-    outputs = torch.vmap(call, in_dims=(0, 0, None))(params, buffers, x)
-    torch.testing.assert_close(outputs, torch.stack([layer(x) for layer in layers]), **F64)
-    grads = torch.vmap(torch.func.grad(lambda p, b, inputs: call(p, b, inputs).pow(2).sum()), in_dims=(0, 0, None))(
-        params, buffers, x
-    )
-    for index, layer in enumerate(layers):
-        layer(x).pow(2).sum().backward()
-        for name, param in layer.named_parameters():
-            torch.testing.assert_close(grads[name][index], param.grad, **F64)
-
-
 # --- torch.compile ------------------------------------------------------------------------------
 
 
@@ -223,81 +200,6 @@ def test_compile_has_no_graph_breaks():
     explanation = torch._dynamo.explain(small_model())(torch.randn(7, 64))
     assert explanation.graph_break_count == 0
     assert explanation.graph_count == 1
-
-
-def test_compiled_step_keeps_no_hamilton_matrix():
-    torch._dynamo.reset()
-    model = small_model()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    x = torch.randn(7, 64)
-    compiled(x).sum().backward()  # compile first, outside the count
-    with SavedTensorBytes(exclude=model.parameters()) as saved:
-        out = compiled(x)
-    out.sum().backward()
-    # What two nn.Linear layers would keep: the input and the hidden activation, nothing 64 x 64.
-    assert saved.total == 2 * x.numel() * 4
-    assert all(nbytes < 64 * 64 * 4 for nbytes in saved.storages.values())
-
-
-# --- autocast -----------------------------------------------------------------------------------
-
-AUTOCAST_CASES = [pytest.param("cpu", torch.bfloat16)] + [
-    pytest.param("cuda", dtype, marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible to torch"))
-    for dtype in (torch.float16, torch.bfloat16)
-]
-
-
-@pytest.mark.parametrize("device,dtype", AUTOCAST_CASES)
-def test_autocast_computes_in_low_precision_like_nn_linear(device, dtype):
-    layer = qlayers.QLinear(64, 32, device=device)
-    torch.nn.init.normal_(layer.bias)
-    dense = torch.nn.Linear(64, 32, device=device)
-    x = torch.randn(5, 64, device=device, requires_grad=True)
-    with torch.autocast(device, dtype=dtype):
-        out = layer(x)
-        dense_out = dense(x)
-        # What the layer should equal: the same math on operands rounded to the autocast dtype.
-        expected = reference.quaternion_linear(
-            x.to(dtype), *(p.to(dtype) for p in layer.components()), layer.bias.to(dtype)
-        )
-    assert out.dtype == dense_out.dtype == dtype
-    torch.testing.assert_close(out, expected, **TOLERANCES[dtype])
-    out.float().pow(2).sum().backward()
-    assert x.grad.dtype == torch.float32
-    for param in layer.parameters():
-        assert param.dtype == torch.float32 and param.grad.dtype == torch.float32
-    # Gradients agree with full precision to low-precision accuracy.
-    reference_layer = qlayers.QLinear(64, 32, memory_efficient=False, device=device)
-    reference_layer.load_state_dict(layer.state_dict())
-    x_full = x.detach().clone().requires_grad_()
-    reference_layer(x_full).pow(2).sum().backward()
-    torch.testing.assert_close(x.grad, x_full.grad, rtol=0.05, atol=0.05 * x_full.grad.abs().max().item())
-
-
-def test_autocast_keeps_no_low_precision_copies():
-    layer = qlayers.QLinear(64, 64)
-    x = torch.randn(5, 64, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16), SavedTensorBytes(exclude=layer.parameters()) as saved:
-        out = layer(x)
-    out.float().sum().backward()
-    assert saved.total == x.numel() * 4  # the original input; the components are cast again in backward
-
-
-def test_compiled_autocast_matches_eager_autocast():
-    torch._dynamo.reset()
-    model = small_model()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    x = torch.randn(7, 64)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, eager_out = compiled(x), model(x)
-    assert out.dtype == eager_out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, eager_out)
-
-
-def test_autocast_leaves_float64_alone():
-    layer = qlayers.QLinear(16, 8, dtype=torch.float64)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer(torch.randn(2, 16, dtype=torch.float64)).dtype == torch.float64
 
 
 # --- torch.export ------------------------------------------------------------------------------

@@ -99,33 +99,6 @@ def test_gradcheck_functional(bias):
     assert gradgradcheck(quaternion_linear, (x, *weights, b))
 
 
-def test_gradcheck_module():
-    layer = qlayers.QLinear(8, 12, dtype=torch.float64)
-    with torch.no_grad():
-        layer.bias.normal_()  # a zero bias would hide its gradient's mistakes
-    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
-
-    def call(x, r, i, j, k, b):
-        return torch.func.functional_call(layer, dict(zip((*NAMES, "bias"), (r, i, j, k, b))), (x,))
-
-    inputs = (x, *(p.detach().clone().requires_grad_() for p in (*layer.components(), layer.bias)))
-    assert gradcheck(call, inputs)
-    assert gradgradcheck(call, inputs)
-
-
-def test_module_paths_agree():
-    efficient = qlayers.QLinear(16, 8, dtype=torch.float64)
-    plain = qlayers.QLinear(16, 8, memory_efficient=False, dtype=torch.float64)
-    plain.load_state_dict(efficient.state_dict())
-    x = torch.randn(3, 16, dtype=torch.float64)
-    out_e, out_p = efficient(x), plain(x)
-    torch.testing.assert_close(out_e, out_p, **TOLERANCES[torch.float64])
-    (out_e**2).sum().backward()
-    (out_p**2).sum().backward()
-    for a, b in zip(efficient.parameters(), plain.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
-
-
 def test_module_parameters_and_repr():
     layer = qlayers.QLinear(16, 24, bias=False)
     assert [name for name, _ in layer.named_parameters()] == list(NAMES)

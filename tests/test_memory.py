@@ -42,14 +42,6 @@ def test_qlinear_stack_keeps_no_more_than_dense_stack(input_shape):
     assert quaternion == DEPTH * x.numel() * 4
 
 
-def test_reference_keeps_one_hamilton_matrix_per_layer():
-    x = torch.randn(BATCH, FEATURES, requires_grad=True)
-    plain = saved_bytes(stack(qlayers.QLinear, memory_efficient=False), x)
-    efficient = saved_bytes(stack(qlayers.QLinear), x)
-    # The baseline is honest: the plain path pays one (4n x 4m) matrix per layer on top.
-    assert plain - efficient >= DEPTH * MATRIX_BYTES
-
-
 def test_recurrence_keeps_one_matrix_per_step_only_on_the_plain_path():
     steps, hidden = 10, 64
     cell = qlayers.QLinear(hidden, hidden)

@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.autograd import gradcheck
 
 import qlayers
 from qlayers.nn import norm as norm_module
@@ -131,13 +130,12 @@ def test_batchnorm_running_stats_and_eval():
     assert norm.num_batches_tracked.item() == 1
 
 
-def test_variance_mode_and_gradcheck():
+def test_variance_mode_gives_unit_mean_squared_modulus():
+    # gradcheck of both modes: tests/test_layers.py::TestQBatchNorm*::test_gradcheck_and_gradgradcheck.
     norm = qlayers.QBatchNorm(8, mode="variance", dtype=torch.float64)
     x = torch.randn(32, 8, dtype=torch.float64) * 3
     y = norm(x).view(32, 4, 2)
     torch.testing.assert_close(y.pow(2).sum(1).mean(0), torch.ones(2, dtype=torch.float64), rtol=1e-4, atol=1e-4)
-    whiten = qlayers.QBatchNorm(4, dtype=torch.float64)
-    assert gradcheck(whiten, (torch.randn(6, 4, dtype=torch.float64, requires_grad=True),))
 
 
 @pytest.mark.parametrize("mode", MODES)

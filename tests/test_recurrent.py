@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import TOLERANCES
 from torch import nn
-from torch.autograd import gradcheck
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import qlayers
@@ -93,19 +92,6 @@ def test_final_states_are_the_last_outputs():
     forward, backward = out.view(6, 2, 4, 2, 3).unbind(3)  # directions joined per component block
     torch.testing.assert_close(h[0], forward[-1].reshape(2, 12))
     torch.testing.assert_close(h[1], backward[0].reshape(2, 12))
-
-
-def test_gradcheck_small_qlstm():
-    layer = qlayers.QLSTM(4, 4, dtype=torch.float64)
-    names = [n for n, _ in layer.named_parameters()]
-    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
-
-    def run(x, *params):
-        out, (h, c) = torch.func.functional_call(layer, dict(zip(names, params)), (x,))
-        return out, h, c
-
-    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
-    assert gradcheck(run, (x, *params))
 
 
 def test_plain_path_keeps_one_matrix_per_step():
@@ -199,19 +185,3 @@ def test_empty_sequence_raises_like_torch(cls, torch_cls):
         torch_cls(8, 12)(torch.randn(0, 2, 8))
     with pytest.raises(ValueError, match=r"expected a sequence length larger than 0, got input of shape \(2, 0, 8\)"):
         cls(8, 12, batch_first=True)(torch.randn(2, 0, 8))
-
-
-@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
-def test_plain_path_under_autocast_matches_efficient(cls):
-    efficient = cls(8, 12, num_layers=2, bidirectional=True)
-    plain = cls(8, 12, num_layers=2, bidirectional=True, memory_efficient=False)
-    plain.load_state_dict(efficient.state_dict())
-    x = torch.randn(5, 3, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        efficient_out, _ = efficient(x)
-        plain_out, _ = plain(x)
-    assert plain_out.dtype == efficient_out.dtype
-    bf16 = TOLERANCES[torch.bfloat16]
-    torch.testing.assert_close(plain_out.float(), efficient_out.float(), **bf16)
-    # Against float32 without autocast: QRNN's bfloat16 state goes round 5 steps and 2 layers.
-    torch.testing.assert_close(plain_out.float(), plain(x)[0], rtol=4e-2, atol=4e-2)

@@ -325,11 +325,11 @@ def functional_call(layer, packed_lengths=None):
 
 
 @pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_gradcheck_and_gradgradcheck(cls, packed):
-    # First order through the C++ backward; second order through its differentiable fallback.
+def test_gradcheck_and_gradgradcheck_packed(cls):
+    # First order through the C++ backward; second order through its differentiable fallback. The
+    # padded input: tests/test_layers.py::TestQ*::test_gradcheck_and_gradgradcheck.
     layer = small_layer(cls, bidirectional=True)
-    run, params = functional_call(layer, torch.tensor([3, 1, 2]) if packed else None)
+    run, params = functional_call(layer, torch.tensor([3, 1, 2]))
     x = torch.randn(3, 3, 4, dtype=torch.float64, requires_grad=True)
     assert gradcheck(run, (x, *params))
     assert gradgradcheck(run, (x, *params))
@@ -415,47 +415,6 @@ def test_gate_slots_are_a_free_permutation():
         a, b = ours(x), theirs(x)
         torch.testing.assert_close(a[0], b[0], **F64)
         torch.testing.assert_close(a[1], b[1], **F64)
-
-
-@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
-def test_torch_func_and_forward_ad_take_the_step_loop(cls):
-    layer = small_layer(cls)
-    run, params = functional_call(layer)
-    x = torch.randn(3, 2, 4, dtype=torch.float64)
-    tangents = (torch.randn_like(x), *(torch.randn_like(p) for p in params))
-    # jvp against central differences of the engine itself
-    _, jvp_out = torch.func.jvp(run, (x, *params), tangents)
-    eps = 1e-6
-    plus = run(x + eps * tangents[0], *(p + eps * t for p, t in zip(params, tangents[1:])))
-    minus = run(x - eps * tangents[0], *(p - eps * t for p, t in zip(params, tangents[1:])))
-    for tangent, a, b in zip(jvp_out, plus, minus):
-        torch.testing.assert_close(tangent, (a - b) / (2 * eps), rtol=1e-6, atol=1e-6)
-    # vmap over a batch of sequences equals a loop
-    xs = torch.randn(2, 3, 2, 4, dtype=torch.float64)
-    batched = torch.func.vmap(lambda x: run(x, *params)[0])(xs)
-    torch.testing.assert_close(batched, torch.stack([run(x, *params)[0] for x in xs]), **F64)
-    # jacrev (vmap over vjps) equals jacfwd
-    jac_rev = torch.func.jacrev(lambda x: run(x, *params)[0])(x)
-    jac_fwd = torch.func.jacfwd(lambda x: run(x, *params)[0])(x)
-    torch.testing.assert_close(jac_rev, jac_fwd, **F64)
-
-
-@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
-def test_compile_fullgraph_matches_eager(cls):
-    torch.manual_seed(5)
-    layer = cls(8, 12, num_layers=2, bidirectional=True)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    x = torch.randn(5, 3, 8)
-    results = []
-    for module in (layer, compiled):
-        layer.zero_grad(set_to_none=True)
-        inputs = x.clone().requires_grad_()
-        out, final = module(inputs)
-        finals = final if isinstance(final, tuple) else (final,)
-        (out.pow(2).sum() + sum(f.sum() for f in finals)).backward()
-        results.append([out, *finals, inputs.grad, *(p.grad.clone() for p in layer.parameters())])
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
@@ -573,25 +532,6 @@ def test_compile_packed_sequence_computes_in_one_graph_per_batch_sizes(cls, capt
             assert len(computing) == min(count, 2)
             # every layer and direction's scan in each
             assert all(targets.count(scan) == layer.num_layers * layer.directions for targets in computing)
-
-
-@pytest.mark.parametrize("cls,torch_cls", [(qlayers.QLSTM, nn.LSTM), (qlayers.QRNN, nn.RNN), (qlayers.QLiGRU, nn.LSTM)])
-@pytest.mark.parametrize("memory_efficient", [True, False], ids=["engine", "plain"])
-def test_autocast_dtypes_follow_torch(cls, torch_cls, memory_efficient):
-    # Output and final states in the autocast dtype, as nn.LSTM and nn.RNN give them (QLiGRU follows
-    # nn.LSTM: on the CPU nn.GRU is left out of autocast and stays float32).
-    ours = cls(8, 12, num_layers=2, memory_efficient=memory_efficient)
-    theirs = torch_cls(8, 12, num_layers=2)
-    x = torch.randn(5, 3, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, final = ours(x)
-        expected_out, expected_final = theirs(x)
-    assert out.dtype == expected_out.dtype == torch.bfloat16
-    finals = final if isinstance(final, tuple) else (final,)
-    expected = expected_final if isinstance(expected_final, tuple) else (expected_final,)
-    assert [f.dtype for f in finals] == [expected[0].dtype] * len(finals)
-    out.float().sum().backward()
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
 
 
 def test_hx_of_the_wrong_kind_raises_type_errors():
