@@ -19,7 +19,7 @@
 namespace qlayers {
 
 // The cells by the name the operators take (their `str cell` argument): the one table that parses
-// it. Python passes these names (qlayers/functional/recurrent.py's CELLS).
+// it. Python passes these names (qlayers/ops/recurrent.py's CELLS).
 struct CellName {
   const char* name;
   CellKind kind;

@@ -2,7 +2,7 @@
 // autograd): it runs the op's kernel below autograd, so that the kernel's own aten calls record no
 // graph and its outputs never require grad, as opcheck's autograd registration check asks. A graph
 // of the gradients (create_graph=True) is the callers' to build from differentiable ops
-// (qlayers/_layer_ops.py, qlayers/functional/recurrent.py).
+// (csrc/layers/linear.cpp and conv.cpp, qlayers/ops/recurrent.py).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>

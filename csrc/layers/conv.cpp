@@ -14,7 +14,7 @@
 //   "eight":  the eight-product algorithm (conv_eight.cpp), half the multiplications.
 // torch.compile and torch.export trace this same operator: its forward and backward each call an
 // operator with a fake kernel (qlayers/ops/conv.py), so the real kernel never enters a graph.
-// torch.func transforms and forward-mode AD take the Python Function in qlayers/functional/conv.py.
+// torch.func transforms and forward-mode AD take the Python Function in qlayers/ops/conv.py.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>

@@ -9,7 +9,7 @@
 // An eager call costs two dispatches and no Python: small layers pay what torch.nn.Linear pays.
 // torch.compile and torch.export trace the same operator: LinearFunction's forward and backward each
 // call an operator with a fake kernel (qlayers/ops/linear.py), so W never enters a graph.
-// Forward-mode AD and torch.func transforms take the Python Function in qlayers/functional/linear.py.
+// Forward-mode AD and torch.func transforms take the Python Function in qlayers/ops/linear.py.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>

@@ -13,7 +13,7 @@
 // sit in then receives their gradients in place and is returned as the gradient of `projected`.
 // The recurrent weight's gradient is one product over all steps, folded onto the four components.
 // Both whole-sequence products go through the linear layer's formulations and its choice.
-// Autograd and the fake kernels are registered in Python (qlayers/functional/recurrent.py), which
+// Autograd and the fake kernels are registered in Python (qlayers/ops/recurrent.py), which
 // also gives double backward its differentiable path.
 //
 // PackedSequence: `batch_sizes` gives each step's active rows (sorted sequences: the first rows).
