@@ -308,6 +308,9 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction> {
       result = conv_gradients(grads[0], saved[0], C10_AS_INTARRAYREF_SLOW(input_shape),
                               {saved[1], saved[2], saved[3], saved[4]}, o, compute_dtype, algorithm, mask, true);
     } else {
+      // The backward operator, straight to its kernel (no graph to record): one opaque call in a traced
+      // graph, and unboxed, past its boxed Autograd kernel.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
       const Six g = backward_op().call(grads[0], saved[0], input_shape, saved[1], saved[2], saved[3], saved[4],
                                        o.stride, o.padding, o.dilation, o.transposed, o.output_padding, o.groups,
                                        compute_dtype, algorithm, mask);

@@ -205,6 +205,8 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
                                 algorithm, mask, /*differentiable=*/true);
     } else {
       // The backward operator: one opaque call in a traced graph, which keeps only what it reads.
+      // Straight to its kernel (no graph to record): unboxed, past its boxed Autograd kernel.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
       const auto g = backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], compute_dtype,
                                         algorithm, mask);
       result = {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g), std::get<5>(g)};
