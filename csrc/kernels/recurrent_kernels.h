@@ -20,15 +20,8 @@ namespace kernels {
 
 // Every tensor is (rows, ...) with contiguous rows: pre-activations and their parts rows of
 // gates * 4 * quarter elements, states and their gradients rows of 4 * quarter.
-template <typename T>
-struct GatesForwardParams {
-  const T* projected;  // the input projection's part of the pre-activations
-  const T* recurrent;  // the recurrent product's part
-  T* hidden;           // h_{t-1} in (read by the light GRU), h_t out
-  T* cell;             // LSTM: c_{t-1} in, c_t out; else null
-  T* output;           // h_t again, into the layer's output
-  T* cells_out;        // LSTM: c_t again, kept for backward; null when nothing is kept
-  const T* mask;       // the cell's dropout mask, as the states; null for none (all ones)
+// The layout both gate kernels read (fill_gate_layout), and the packs a launch covers.
+struct GateLayout {
   int64_t quarter;
   KernelArray<int, kMaxGates> slots;
   CellKind kind;
@@ -38,7 +31,18 @@ struct GatesForwardParams {
 };
 
 template <typename T>
-struct GatesBackwardParams {
+struct GatesForwardParams : GateLayout {
+  const T* projected;  // the input projection's part of the pre-activations
+  const T* recurrent;  // the recurrent product's part
+  T* hidden;           // h_{t-1} in (read by the light GRU), h_t out
+  T* cell;             // LSTM: c_{t-1} in, c_t out; else null
+  T* output;           // h_t again, into the layer's output
+  T* cells_out;        // LSTM: c_t again, kept for backward; null when nothing is kept
+  const T* mask;       // the cell's dropout mask, as the states; null for none (all ones)
+};
+
+template <typename T>
+struct GatesBackwardParams : GateLayout {
   T* pre;                // pre-activations in, their gradients out
   const T* grad_output;  // dL/dh_t from the output; null where it has none
   T* grad_hidden;        // dL/dh_t carried from step t+1 in; the light GRU's direct dL/dh_{t-1} out
@@ -47,12 +51,6 @@ struct GatesBackwardParams {
   const T* cell_prev;    // LSTM: c_{t-1} and c_t; else null
   const T* cell;
   const T* mask;  // the forward's dropout mask; null for none
-  int64_t quarter;
-  KernelArray<int, kMaxGates> slots;
-  CellKind kind;
-  int gates;
-  bool gate_major;
-  int64_t packs;
 };
 
 // Element `index` of a set of state rows -> its column in gate slot 0 of the pre-activations; slot s
@@ -174,8 +172,7 @@ QLAYERS_HOST_DEVICE QLAYERS_INLINE void gates_backward_pack(const GatesBackwardP
 
 // ---- Host side: the launch plans, shared by the CUDA launcher and the emulation. ----
 
-template <typename Params, typename scalar_t>
-void fill_gate_layout(Params& p, CellKind kind, int64_t quarter, at::IntArrayRef slots, bool gate_major) {
+inline void fill_gate_layout(GateLayout& p, CellKind kind, int64_t quarter, at::IntArrayRef slots, bool gate_major) {
   p.kind = kind;
   p.gate_major = gate_major;
   p.gates = cell_gates(kind);
@@ -208,7 +205,7 @@ Launch<GatesForwardParams<scalar_t>> plan_gates_forward(const at::Tensor& projec
   p.output = output.data_ptr<scalar_t>();
   p.cells_out = pointer(cells_out);
   p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
-  fill_gate_layout<GatesForwardParams<scalar_t>, scalar_t>(p, kind, hidden.size(1) / 4, slots, gate_major);
+  fill_gate_layout(p, kind, hidden.size(1) / 4, slots, gate_major);
   return plan_gates(p, {p.projected, p.recurrent, p.hidden, p.cell, p.output, p.cells_out, p.mask}, hidden.numel(),
                     pack_width<scalar_t>(), resident);
 }
@@ -230,7 +227,7 @@ Launch<GatesBackwardParams<scalar_t>> plan_gates_backward(const at::Tensor& pre,
   p.cell_prev = pointer(cell_prev);
   p.cell = pointer(cell);
   p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
-  fill_gate_layout<GatesBackwardParams<scalar_t>, scalar_t>(p, kind, grad_hidden.size(1) / 4, slots, gate_major);
+  fill_gate_layout(p, kind, grad_hidden.size(1) / 4, slots, gate_major);
   return plan_gates(p, {p.pre, p.grad_output, p.grad_hidden, p.grad_cell, p.hidden_prev, p.cell_prev, p.cell, p.mask},
                     grad_hidden.numel(), pack_width<scalar_t>(), resident);
 }

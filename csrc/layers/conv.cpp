@@ -26,6 +26,7 @@
 #include "../hamilton_shapes.h"
 #include "below_autograd.h"
 #include "conv_eight.h"
+#include "layer_autograd.h"
 #include "layer_checks.h"
 #include "qlayers_ops.h"
 
@@ -33,7 +34,9 @@ namespace qlayers {
 namespace conv {
 namespace {
 
-using Components = std::array<at::Tensor, 4>;
+using layer_autograd::cast;
+using layer_autograd::Components;
+using Six = layer_autograd::Gradients;
 
 // aten::convolution's options, as the operators take them.
 struct Options {
@@ -81,14 +84,6 @@ void check_conv(const at::Tensor& input, const Components& w, const at::Tensor& 
                       out_channels, ",), got ", layer_checks::shape(bias.sizes()));
     layer_checks::operand(op, "bias", bias, r, autocast);
   }
-}
-
-at::Tensor cast(const at::Tensor& t, std::optional<at::ScalarType> dtype) {
-  return (t.defined() && dtype) ? t.to(*dtype) : t;
-}
-
-Components cast(const Components& w, std::optional<at::ScalarType> dtype) {
-  return {cast(w[0], dtype), cast(w[1], dtype), cast(w[2], dtype), cast(w[3], dtype)};
 }
 
 // "auto" | "kernel" | "eight"; a clear ValueError for anything else.
@@ -239,28 +234,11 @@ using ForwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const 
                                     const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
                                     at::IntArrayRef, at::IntArrayRef, bool, at::IntArrayRef, int64_t,
                                     std::optional<at::ScalarType>, c10::string_view);
-using Six = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using BackwardSignature = Six(const at::Tensor&, const std::optional<at::Tensor>&, c10::SymIntArrayRef,
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool, at::IntArrayRef, int64_t,
                               std::optional<at::ScalarType>, c10::string_view, std::array<bool, 6>);
 
-const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("qlayers::quaternion_conv", "").typed<ForwardSignature>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlayers::_quaternion_conv_backward", "")
-                             .typed<BackwardSignature>();
-  return op;
-}
-
-std::optional<at::ScalarType> dtype_of(const c10::IValue& saved) {
-  return saved.isNone() ? std::nullopt : std::optional<at::ScalarType>(static_cast<at::ScalarType>(saved.toInt()));
-}
 
 // The layer's autograd, for eager calls and traced ones alike: saves the input (only when a component
 // needs a gradient) and the components, never the real kernel.
@@ -279,12 +257,12 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction> {
     ctx->saved_data["transposed"] = transposed;
     ctx->saved_data["output_padding"] = output_padding;
     ctx->saved_data["groups"] = groups;
-    ctx->saved_data["compute_dtype"] =
-        compute_dtype ? c10::IValue(static_cast<int64_t>(*compute_dtype)) : c10::IValue();
+    layer_autograd::save_compute_dtype(ctx, compute_dtype);
     ctx->saved_data["algorithm"] = std::string(algorithm);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return forward_op().call(input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding, groups,
+    static const auto op = layer_autograd::typed_op<ForwardSignature>("qlayers::quaternion_conv");
+    return op.call(input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding, groups,
                              compute_dtype, algorithm);
   }
 
@@ -296,12 +274,10 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction> {
                                dilation = data["dilation"].toIntVector(),
                                output_padding = data["output_padding"].toIntVector();
     const Options o{stride, padding, dilation, data["transposed"].toBool(), output_padding, data["groups"].toInt()};
-    const std::optional<at::ScalarType> compute_dtype = dtype_of(data["compute_dtype"]);
+    const std::optional<at::ScalarType> compute_dtype = layer_autograd::saved_compute_dtype(ctx);
     const std::string algorithm = data["algorithm"].toStringRef();
     const std::vector<c10::SymInt> input_shape = data["input_shape"].toSymIntVector();
-    std::array<bool, 6> mask;
-    for (size_t a = 0; a < 5; ++a) mask[a] = ctx->needs_input_grad(a);
-    mask[5] = data["has_bias"].toBool() && ctx->needs_input_grad(5);
+    const std::array<bool, 6> mask = layer_autograd::gradient_mask(ctx, data["has_bias"].toBool());
     std::array<at::Tensor, 6> result;
     if (at::GradMode::is_enabled()) {
       // A graph of the gradients (create_graph=True): the real-kernel formulation through recorded ops.
@@ -311,13 +287,11 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction> {
       // The backward operator, straight to its kernel (no graph to record): one opaque call in a traced
       // graph, and unboxed, past its boxed Autograd kernel.
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const Six g = backward_op().call(grads[0], saved[0], input_shape, saved[1], saved[2], saved[3], saved[4],
-                                       o.stride, o.padding, o.dilation, o.transposed, o.output_padding, o.groups,
-                                       compute_dtype, algorithm, mask);
-      result = {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g), std::get<5>(g)};
-      for (size_t a = 0; a < 6; ++a) {
-        if (!mask[a]) result[a] = at::Tensor();
-      }
+      static const auto op = layer_autograd::typed_op<BackwardSignature>("qlayers::_quaternion_conv_backward");
+      result = layer_autograd::masked(
+          op.call(grads[0], saved[0], input_shape, saved[1], saved[2], saved[3], saved[4], o.stride, o.padding,
+                  o.dilation, o.transposed, o.output_padding, o.groups, compute_dtype, algorithm, mask),
+          mask);
     }
     torch::autograd::variable_list out(result.begin(), result.end());
     out.resize(15);  // the options, compute_dtype, algorithm and keep_input have no gradient
@@ -330,11 +304,8 @@ at::Tensor quaternion_conv_autograd(const at::Tensor& input, const at::Tensor& r
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     bool transposed, at::IntArrayRef output_padding, int64_t groups,
                                     std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
-  // Forward runs with grad mode off: decide here whether backward will need the input.
-  const bool keep_input = at::GradMode::is_enabled() &&
-                          (r.requires_grad() || i.requires_grad() || j.requires_grad() || k.requires_grad());
   return ConvFunction::apply(input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding, groups,
-                             compute_dtype, algorithm, keep_input);
+                             compute_dtype, algorithm, layer_autograd::keep_input(r, i, j, k));
 }
 
 at::Tensor quaternion_conv_plain(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i,
@@ -356,12 +327,7 @@ Six conv_backward_op(const at::Tensor& grad_output, const std::optional<at::Tens
   std::array<at::Tensor, 6> g =
       conv_gradients(grad_output, input.value_or(at::Tensor()), C10_AS_INTARRAYREF_SLOW(input_shape),
                      {r, i, j, k}, o, compute_dtype, algorithm, output_mask, false);
-  // A gradient not asked for comes back empty, each its own: every output of an operator that
-  // torch.compile traces must be a tensor.
-  for (auto& grad : g) {
-    if (!grad.defined()) grad = at::empty({0}, grad_output.options());
-  }
-  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+  return layer_autograd::as_operator_outputs(g, grad_output.options());
 }
 
 std::string conv_formulation(const at::Tensor& input, const at::Tensor& r, at::IntArrayRef stride,

@@ -20,6 +20,7 @@
 
 #include "../hamilton_shapes.h"
 #include "below_autograd.h"
+#include "layer_autograd.h"
 #include "layer_checks.h"
 #include "linear_choice.h"
 #include "linear_formulations.h"
@@ -28,6 +29,8 @@ namespace qlayers {
 namespace linear {
 
 namespace {
+
+using layer_autograd::cast;
 
 // Each formulation's name and three products, in the order of enum Formulation.
 struct Implementation {
@@ -93,14 +96,6 @@ void check_linear(const at::Tensor& input, const Components& w, const at::Tensor
   }
 }
 
-at::Tensor cast(const at::Tensor& t, std::optional<at::ScalarType> dtype) {
-  return (t.defined() && dtype) ? t.to(*dtype) : t;
-}
-
-Components cast(const Components& w, std::optional<at::ScalarType> dtype) {
-  return {cast(w[0], dtype), cast(w[1], dtype), cast(w[2], dtype), cast(w[3], dtype)};
-}
-
 // y = x @ W + bias, computed in `compute_dtype` when autocast gives one.
 at::Tensor linear_forward(const at::Tensor& input, const Components& w, const at::Tensor& bias,
                           std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
@@ -156,18 +151,6 @@ using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Ten
     const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, std::optional<at::ScalarType>, c10::string_view, std::array<bool, 6>);
 
-const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("qlayers::quaternion_linear", "").typed<ForwardSignature>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlayers::_quaternion_linear_backward", "")
-                             .typed<BackwardSignature>();
-  return op;
-}
 
 // The layer's autograd, for eager calls and traced ones alike: saves the input (only when a component needs a gradient) and the
 // components, never W or any other product-sized temporary.
@@ -177,26 +160,22 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
                             const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> compute_dtype,
                             c10::string_view algorithm, bool keep_input) {
     ctx->save_for_backward({keep_input ? input : at::Tensor(), r, i, j, k});
-    ctx->saved_data["compute_dtype"] =
-        compute_dtype ? c10::IValue(static_cast<int64_t>(*compute_dtype)) : c10::IValue();
+    layer_autograd::save_compute_dtype(ctx, compute_dtype);
     ctx->saved_data["algorithm"] = std::string(algorithm);
     // A bias is an autograd input (edge 5) only when given.
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     // The operator again, below autograd: a traced graph (torch.compile, torch.export) records this
     // one opaque call, never W, and eager calls reach the same kernel.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return forward_op().call(input, r, i, j, k, bias, compute_dtype, algorithm);
+    static const auto op = layer_autograd::typed_op<ForwardSignature>("qlayers::quaternion_linear");
+    return op.call(input, r, i, j, k, bias, compute_dtype, algorithm);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const c10::IValue& dtype = ctx->saved_data["compute_dtype"];
-    const std::optional<at::ScalarType> compute_dtype =
-        dtype.isNone() ? std::nullopt : std::optional<at::ScalarType>(static_cast<at::ScalarType>(dtype.toInt()));
-    std::array<bool, 6> mask;
-    for (size_t a = 0; a < 5; ++a) mask[a] = ctx->needs_input_grad(a);
-    mask[5] = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(5);
+    const std::optional<at::ScalarType> compute_dtype = layer_autograd::saved_compute_dtype(ctx);
+    const std::array<bool, 6> mask = layer_autograd::gradient_mask(ctx, ctx->saved_data["has_bias"].toBool());
     const std::string algorithm = ctx->saved_data["algorithm"].toStringRef();
     std::array<at::Tensor, 6> result;
     if (at::GradMode::is_enabled()) {
@@ -207,12 +186,9 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
       // The backward operator: one opaque call in a traced graph, which keeps only what it reads.
       // Straight to its kernel (no graph to record): unboxed, past its boxed Autograd kernel.
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const auto g = backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], compute_dtype,
-                                        algorithm, mask);
-      result = {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g), std::get<5>(g)};
-      for (size_t a = 0; a < 6; ++a) {
-        if (!mask[a]) result[a] = at::Tensor();
-      }
+      static const auto op = layer_autograd::typed_op<BackwardSignature>("qlayers::_quaternion_linear_backward");
+      result = layer_autograd::masked(
+          op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], compute_dtype, algorithm, mask), mask);
     }
     return {result[0], result[1], result[2], result[3], result[4], result[5], at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -221,11 +197,8 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
 at::Tensor quaternion_linear_autograd(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i,
                                       const at::Tensor& j, const at::Tensor& k, const std::optional<at::Tensor>& bias,
                                       std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
-  // Forward runs with grad mode off, and needs_input_grad has no edges to read when nothing
-  // requires a gradient: decide here whether backward will need the input.
-  const bool keep_input = at::GradMode::is_enabled() &&
-                          (r.requires_grad() || i.requires_grad() || j.requires_grad() || k.requires_grad());
-  return LinearFunction::apply(input, r, i, j, k, bias, compute_dtype, algorithm, keep_input);
+  return LinearFunction::apply(input, r, i, j, k, bias, compute_dtype, algorithm,
+                               layer_autograd::keep_input(r, i, j, k));
 }
 
 at::Tensor quaternion_linear_plain(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i,
@@ -243,12 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // Outputs of their own, as the schema promises: the components formulation's small component
   // gradients are views of one tensor (the eager LinearFunction keeps them as they are).
   unshare(g);
-  // A gradient not asked for comes back empty, each its own: every output of an operator that
-  // torch.compile traces must be a tensor.
-  for (auto& grad : g) {
-    if (!grad.defined()) grad = at::empty({0}, grad_output.options());
-  }
-  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+  return layer_autograd::as_operator_outputs(g, grad_output.options());
 }
 
 std::string linear_formulation(int64_t rows, int64_t n, int64_t m, at::ScalarType dtype, c10::string_view algorithm,

@@ -188,48 +188,40 @@ class _Reduce(torch.autograd.Function):
         return hamilton_reduce(grad_tangent)
 
 
-class _Combine(torch.autograd.Function):
-    """hamilton_combine with a forward-mode rule; its adjoint is hamilton_spread."""
+def _transpose_pair_function(op_name: str, adjoint_name: str) -> type[torch.autograd.Function]:
+    """A Function for hamilton_combine or hamilton_spread, which are each other's adjoint.
 
-    generate_vmap_rule = True
+    Both maps are linear in their tensor: the forward-mode rule is the map itself, the reverse-mode
+    rule its adjoint, looked up by name when called (the wrappers are defined below).
+    """
+    op = getattr(torch.ops.qlayers, op_name)
 
-    @staticmethod
-    def forward(products, transpose):
-        return torch.ops.qlayers.hamilton_combine(products, transpose)
+    class TransposePairFunction(torch.autograd.Function):
+        generate_vmap_rule = True
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.transpose = inputs[1]
+        @staticmethod
+        def forward(tensor, transpose):
+            return op(tensor, transpose)
 
-    @staticmethod
-    def backward(ctx, grad):
-        return hamilton_spread(grad, ctx.transpose), None
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.transpose = inputs[1]
 
-    @staticmethod
-    def jvp(ctx, products_tangent, _):
-        return hamilton_combine(products_tangent, ctx.transpose)
+        @staticmethod
+        def backward(ctx, grad):
+            return globals()[adjoint_name](grad, ctx.transpose), None
+
+        @staticmethod
+        def jvp(ctx, tangent, _):
+            return globals()[op_name](tangent, ctx.transpose)
+
+    TransposePairFunction.__name__ = TransposePairFunction.__qualname__ = f"_{op_name}_function"
+    TransposePairFunction.__doc__ = f"{op_name} with a forward-mode rule; its adjoint is {adjoint_name}."
+    return TransposePairFunction
 
 
-class _Spread(torch.autograd.Function):
-    """hamilton_spread with a forward-mode rule; its adjoint is hamilton_combine."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad, transpose):
-        return torch.ops.qlayers.hamilton_spread(grad, transpose)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.transpose = inputs[1]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return hamilton_combine(grad, ctx.transpose), None
-
-    @staticmethod
-    def jvp(ctx, grad_tangent, _):
-        return hamilton_spread(grad_tangent, ctx.transpose)
+_Combine = _transpose_pair_function("hamilton_combine", "hamilton_spread")
+_Spread = _transpose_pair_function("hamilton_spread", "hamilton_combine")
 
 
 def hamilton_expand(r: Tensor, i: Tensor, j: Tensor, k: Tensor) -> Tensor:
