@@ -12,6 +12,8 @@ from qlayers import _library
 
 # Registers torch.ops.qlayers.*; an ImportError naming both torch versions when torch changed since the build.
 _C = _library.load()
+# torch.compile's disk caches then key on this build of the operators (a stale graph never reloads).
+_library.tag_compile_caches(_C)
 
 from qlayers import (  # noqa: E402
     functional,

@@ -8,6 +8,7 @@ that a torch changed since the build gives an ImportError naming both versions a
 fixes it.
 """
 
+import hashlib
 import importlib
 import json
 import os
@@ -91,3 +92,42 @@ def load() -> ModuleType:
     if problem:
         raise ImportError(problem)
     return library
+
+
+# The Python that runs inside a compiled graph without being traced into it: the operators' fake
+# kernels and registered autograd. Dynamo sees the wrappers' code itself.
+_REGISTRATION_DIR = os.path.join(PACKAGE_DIR, "ops")
+
+
+def library_fingerprint(library_path: str) -> str:
+    """A short digest of the installed operators' code: the compiled library and the registrations.
+
+    By size and modification time, so that it costs a few stat calls at import: any rebuild or
+    reinstall changes it (a reinstall of the same code costs one recompilation, never a stale graph).
+    """
+    digest = hashlib.sha256()
+    files = [library_path] + sorted(
+        os.path.join(_REGISTRATION_DIR, name) for name in os.listdir(_REGISTRATION_DIR) if name.endswith(".py")
+    )
+    for path in files:
+        status = os.stat(path)
+        digest.update(f"{os.path.basename(path)}:{status.st_size}:{status.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def tag_compile_caches(library: ModuleType) -> None:
+    """Make torch.compile's on-disk caches tell this build of the operators from any other.
+
+    torch.compile keys its caches (inductor's FX graph cache, AOTAutograd's cache) on the traced graph,
+    which names a custom operator but holds none of its code: after an upgrade that changes what an
+    operator's autograd calls, a warm cache would reload graphs of the old build (seen: a backward
+    graph calling an operator since renamed, an AttributeError). torch's cache_key_tag goes into every
+    such key; qlayers appends its fingerprint to whatever tag the user set, once.
+    """
+    config = torch.compiler.config
+    if not hasattr(config, "cache_key_tag"):  # torch without the tag has no such caches to break
+        return
+    tag = f"qlayers-{library_fingerprint(str(library.__file__))}"
+    current = config.cache_key_tag
+    if tag not in current.split("+"):
+        config.cache_key_tag = f"{current}+{tag}" if current else tag
