@@ -133,4 +133,46 @@ inline void check_gates_backward(const at::Tensor& pre, const at::Tensor& grad_o
 
 inline at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
+// A gate op's arguments as its kernels take them: the cell parsed, each optional tensor defined or
+// empty, all checked. The CPU, CUDA and emulated entry points share it.
+struct GatesForwardArgs {
+  CellKind kind;
+  at::Tensor cell, cells_out, mask;
+};
+
+inline GatesForwardArgs checked_gates_forward(const at::Tensor& projected, const at::Tensor& recurrent,
+                                              const at::Tensor& hidden, const c10::optional<at::Tensor>& cell,
+                                              const at::Tensor& output, const c10::optional<at::Tensor>& cells_out,
+                                              std::string_view cell_name, at::IntArrayRef slots,
+                                              const c10::optional<at::Tensor>& mask) {
+  const GatesForwardArgs a{parse_cell("recurrent_gates_forward", cell_name), defined_or_empty(cell),
+                           defined_or_empty(cells_out), defined_or_empty(mask)};
+  check_gates_forward(projected, recurrent, hidden, a.cell, output, a.cells_out, a.mask, a.kind, slots);
+  return a;
+}
+
+struct GatesBackwardArgs {
+  CellKind kind;
+  at::Tensor grad_output, grad_cell, hidden_prev, cell_prev, cell, mask;
+};
+
+inline GatesBackwardArgs checked_gates_backward(const at::Tensor& pre, const c10::optional<at::Tensor>& grad_output,
+                                                const at::Tensor& grad_hidden,
+                                                const c10::optional<at::Tensor>& grad_cell,
+                                                const c10::optional<at::Tensor>& hidden_prev,
+                                                const c10::optional<at::Tensor>& cell_prev,
+                                                const c10::optional<at::Tensor>& cell, std::string_view cell_name,
+                                                at::IntArrayRef slots, const c10::optional<at::Tensor>& mask) {
+  const GatesBackwardArgs a{parse_cell("recurrent_gates_backward", cell_name),
+                            defined_or_empty(grad_output),
+                            defined_or_empty(grad_cell),
+                            defined_or_empty(hidden_prev),
+                            defined_or_empty(cell_prev),
+                            defined_or_empty(cell),
+                            defined_or_empty(mask)};
+  check_gates_backward(pre, a.grad_output, grad_hidden, a.grad_cell, a.hidden_prev, a.cell_prev, a.cell, a.mask,
+                       a.kind, slots);
+  return a;
+}
+
 }  // namespace qlayers

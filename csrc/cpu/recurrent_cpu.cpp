@@ -21,14 +21,11 @@ void gates_forward_cpu(const at::Tensor& projected, const at::Tensor& recurrent,
                        const c10::optional<at::Tensor>& cell, const at::Tensor& output,
                        const c10::optional<at::Tensor>& cells_out, c10::string_view cell_name,
                        at::IntArrayRef slots, bool gate_major, const c10::optional<at::Tensor>& mask) {
-  const CellKind kind = parse_cell("recurrent_gates_forward", cell_name);
-  const at::Tensor cell_state = defined_or_empty(cell), kept = defined_or_empty(cells_out);
-  const at::Tensor drop = defined_or_empty(mask);
-  check_gates_forward(projected, recurrent, hidden, cell_state, output, kept, drop, kind, slots);
+  const auto a = checked_gates_forward(projected, recurrent, hidden, cell, output, cells_out, cell_name, slots, mask);
   if (hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "recurrent_gates_forward", [&] {
-    const auto p = kernels::plan_gates_forward<scalar_t>(projected, recurrent, hidden, cell_state, output, kept, drop,
-                                                         kind, slots, 1, gate_major)
+    const auto p = kernels::plan_gates_forward<scalar_t>(projected, recurrent, hidden, a.cell, output, a.cells_out,
+                                                         a.mask, a.kind, slots, 1, gate_major)
                        .params;
     if constexpr (kHasAvx2Kernels<scalar_t>) {
       if (cpu::avx2::usable()) return cpu::avx2::gates_forward(p, hidden.numel());
@@ -42,17 +39,12 @@ void gates_backward_cpu(const at::Tensor& pre, const c10::optional<at::Tensor>& 
                         const c10::optional<at::Tensor>& hidden_prev, const c10::optional<at::Tensor>& cell_prev,
                         const c10::optional<at::Tensor>& cell, c10::string_view cell_name,
                         at::IntArrayRef slots, bool gate_major, const c10::optional<at::Tensor>& mask) {
-  const CellKind kind = parse_cell("recurrent_gates_backward", cell_name);
-  const at::Tensor from_output = defined_or_empty(grad_output), cell_grad = defined_or_empty(grad_cell);
-  const at::Tensor previous = defined_or_empty(hidden_prev), previous_cell = defined_or_empty(cell_prev);
-  const at::Tensor cell_state = defined_or_empty(cell), drop = defined_or_empty(mask);
-  check_gates_backward(pre, from_output, grad_hidden, cell_grad, previous, previous_cell, cell_state, drop, kind,
-                       slots);
+  const auto a = checked_gates_backward(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell,
+                                        cell_name, slots, mask);
   if (grad_hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_hidden.scalar_type(), "recurrent_gates_backward", [&] {
-    const auto p = kernels::plan_gates_backward<scalar_t>(pre, from_output, grad_hidden, cell_grad, previous,
-                                                          previous_cell, cell_state, drop, kind,
-                                                          slots, 1, gate_major)
+    const auto p = kernels::plan_gates_backward<scalar_t>(pre, a.grad_output, grad_hidden, a.grad_cell, a.hidden_prev,
+                                                          a.cell_prev, a.cell, a.mask, a.kind, slots, 1, gate_major)
                        .params;
     if constexpr (kHasAvx2Kernels<scalar_t>) {
       if (cpu::avx2::usable()) return cpu::avx2::gates_backward(p, grad_hidden.numel());

@@ -47,15 +47,12 @@ void recurrent_gates_forward_cuda(const at::Tensor& projected, const at::Tensor&
                                   const std::optional<at::Tensor>& cell, const at::Tensor& output,
                                   const std::optional<at::Tensor>& cells_out, c10::string_view cell_name,
                                   at::IntArrayRef slots, bool gate_major, const std::optional<at::Tensor>& mask) {
-  const CellKind cell_kind = parse_cell("recurrent_gates_forward", cell_name);
-  const at::Tensor cell_ = defined_or_empty(cell), cells_out_ = defined_or_empty(cells_out);
-  const at::Tensor mask_ = defined_or_empty(mask);
-  check_gates_forward(projected, recurrent, hidden, cell_, output, cells_out_, mask_, cell_kind, slots);
+  const auto a = checked_gates_forward(projected, recurrent, hidden, cell, output, cells_out, cell_name, slots, mask);
   const c10::cuda::OptionalCUDAGuard guard(hidden.device());
   if (hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "recurrent_gates_forward", [&] {
-    launch(plan_gates_forward<scalar_t>(projected, recurrent, hidden, cell_, output, cells_out_, mask_,
-                                        cell_kind, slots, resident_blocks(), gate_major),
+    launch(plan_gates_forward<scalar_t>(projected, recurrent, hidden, a.cell, output, a.cells_out, a.mask, a.kind,
+                                        slots, resident_blocks(), gate_major),
            gates_forward_kernel<scalar_t, pack_width<scalar_t>()>, gates_forward_kernel<scalar_t, 1>);
   });
 }
@@ -66,17 +63,13 @@ void recurrent_gates_backward_cuda(const at::Tensor& pre, const std::optional<at
                                    const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell,
                                    c10::string_view cell_name, at::IntArrayRef slots, bool gate_major,
                                    const std::optional<at::Tensor>& mask) {
-  const CellKind cell_kind = parse_cell("recurrent_gates_backward", cell_name);
-  const at::Tensor grad_output_ = defined_or_empty(grad_output), grad_cell_ = defined_or_empty(grad_cell);
-  const at::Tensor hidden_prev_ = defined_or_empty(hidden_prev), cell_prev_ = defined_or_empty(cell_prev);
-  const at::Tensor cell_ = defined_or_empty(cell), mask_ = defined_or_empty(mask);
-  check_gates_backward(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_, mask_, cell_kind,
-                       slots);
+  const auto a = checked_gates_backward(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell,
+                                        cell_name, slots, mask);
   const c10::cuda::OptionalCUDAGuard guard(grad_hidden.device());
   if (grad_hidden.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_hidden.scalar_type(), "recurrent_gates_backward", [&] {
-    launch(plan_gates_backward<scalar_t>(pre, grad_output_, grad_hidden, grad_cell_, hidden_prev_, cell_prev_, cell_,
-                                         mask_, cell_kind, slots, resident_blocks(), gate_major),
+    launch(plan_gates_backward<scalar_t>(pre, a.grad_output, grad_hidden, a.grad_cell, a.hidden_prev, a.cell_prev,
+                                         a.cell, a.mask, a.kind, slots, resident_blocks(), gate_major),
            packed_gates_backward_kernel<scalar_t>(), gates_backward_kernel<scalar_t, 1>);
   });
 }

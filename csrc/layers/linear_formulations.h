@@ -31,22 +31,23 @@ enum class Formulation { kHamilton, kComponents, kEight, kDirect };
 
 const char* name(Formulation formulation);
 
+// Every formulation's three products, each in linear_<name>.cpp: y = x @ W + bias, g @ W^T, and
+// the component gradients from x and g.
+#define QLAYERS_LINEAR_FORMULATION_PRODUCTS                                             \
+  at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias); \
+  at::Tensor adjoint(const at::Tensor& g, const Components& w);                         \
+  Components gradients(const at::Tensor& x, const at::Tensor& g);
+
 namespace hamilton {
-at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
-at::Tensor adjoint(const at::Tensor& g, const Components& w);
-Components gradients(const at::Tensor& x, const at::Tensor& g);
+QLAYERS_LINEAR_FORMULATION_PRODUCTS
 }  // namespace hamilton
 
 namespace components {
-at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
-at::Tensor adjoint(const at::Tensor& g, const Components& w);
-Components gradients(const at::Tensor& x, const at::Tensor& g);
+QLAYERS_LINEAR_FORMULATION_PRODUCTS
 }  // namespace components
 
 namespace eight {
-at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
-at::Tensor adjoint(const at::Tensor& g, const Components& w);
-Components gradients(const at::Tensor& x, const at::Tensor& g);
+QLAYERS_LINEAR_FORMULATION_PRODUCTS
 // For many products by one weight (the recurrent engine's steps): the weight's side of the
 // product and of the adjoint, (8, k, cols) each, made once; then out (R, 4 cols) = rows @ W (or
 // @ W^T with the adjoint's sums), written into a given view with unit column stride, its
@@ -61,9 +62,7 @@ void product_into(const at::Tensor& rows, const at::Tensor& sums, const at::Tens
 }  // namespace eight
 
 namespace direct {
-at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias);
-at::Tensor adjoint(const at::Tensor& g, const Components& w);
-Components gradients(const at::Tensor& x, const at::Tensor& g);
+QLAYERS_LINEAR_FORMULATION_PRODUCTS
 }  // namespace direct
 
 // Makes each defined tensor one of its own, for an operator's outputs (its schema promises fresh

@@ -235,18 +235,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gat
     const std::optional<at::Tensor>& cell, const at::Tensor& output, const std::optional<at::Tensor>& cells_out,
     const std::string& cell_name, std::vector<int64_t> slots, bool gate_major, const std::optional<at::Tensor>& mask,
     int64_t width, int64_t blocks, int64_t threads, int64_t first_block) {
-  const CellKind kind = parse_cell("recurrent_gates_forward", cell_name);
-  const at::Tensor drop = defined_or_empty(mask);
-  check_gates_forward(projected, recurrent, hidden, defined_or_empty(cell), output, defined_or_empty(cells_out), drop,
-                      kind, slots);
+  const auto a = checked_gates_forward(projected, recurrent, hidden, cell, output, cells_out, cell_name, slots, mask);
   std::vector<at::Tensor> buffers;
-  const at::Tensor h = guarded_copy(hidden, buffers), c = guarded_copy(defined_or_empty(cell), buffers);
-  const at::Tensor out = guarded_like(output, buffers), kept = guarded_like(defined_or_empty(cells_out), buffers);
+  const at::Tensor h = guarded_copy(hidden, buffers), c = guarded_copy(a.cell, buffers);
+  const at::Tensor out = guarded_like(output, buffers), kept = guarded_like(a.cells_out, buffers);
   std::tuple<int64_t, int64_t> ran{0, 0};
   if (h.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "emulated_gates_forward", [&] {
       auto plan =
-          plan_gates_forward<scalar_t>(projected, recurrent, h, c, out, kept, drop, kind, slots,
+          plan_gates_forward<scalar_t>(projected, recurrent, h, c, out, kept, a.mask, a.kind, slots,
                                        kResident, gate_major);
       ran = run_overridden<scalar_t>(plan, {width, blocks, threads, first_block},
                                      QLAYERS_PACK_FN(gates_forward_pack, scalar_t, pack_width<scalar_t>()),
@@ -266,20 +263,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t> gates_backward(
     const std::optional<at::Tensor>& cell_prev, const std::optional<at::Tensor>& cell, const std::string& cell_name,
     std::vector<int64_t> slots, bool gate_major, const std::optional<at::Tensor>& mask, int64_t width, int64_t blocks,
     int64_t threads, int64_t first_block) {
-  const CellKind kind = parse_cell("recurrent_gates_backward", cell_name);
-  const at::Tensor from_output = defined_or_empty(grad_output), previous = defined_or_empty(hidden_prev);
-  const at::Tensor cell_before = defined_or_empty(cell_prev), cell_after = defined_or_empty(cell);
-  const at::Tensor drop = defined_or_empty(mask);
-  check_gates_backward(pre, from_output, grad_hidden, defined_or_empty(grad_cell), previous, cell_before, cell_after,
-                       drop, kind, slots);
+  const auto a = checked_gates_backward(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell,
+                                        cell_name, slots, mask);
   std::vector<at::Tensor> buffers;
   const at::Tensor p = guarded_copy(pre, buffers), gh = guarded_copy(grad_hidden, buffers);
-  const at::Tensor gc = guarded_copy(defined_or_empty(grad_cell), buffers);
+  const at::Tensor gc = guarded_copy(a.grad_cell, buffers);
   std::tuple<int64_t, int64_t> ran{0, 0};
   if (gh.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gh.scalar_type(), "emulated_gates_backward", [&] {
-      auto plan = plan_gates_backward<scalar_t>(p, from_output, gh, gc, previous, cell_before, cell_after, drop,
-                                                kind, slots, kResident, gate_major);
+      auto plan = plan_gates_backward<scalar_t>(p, a.grad_output, gh, gc, a.hidden_prev, a.cell_prev, a.cell, a.mask,
+                                                a.kind, slots, kResident, gate_major);
       ran = run_overridden<scalar_t>(plan, {width, blocks, threads, first_block},
                                      QLAYERS_PACK_FN(gates_backward_pack, scalar_t, pack_width<scalar_t>()),
                                      QLAYERS_PACK_FN(gates_backward_pack, scalar_t, 1));
