@@ -235,3 +235,27 @@ class TestBadInput:
             qlayers.QLinear(8, 8, init="xavier")
         with pytest.raises(ValueError, match="criterion must be one of"):
             qlayers.QLinear(8, 8, criterion="lecun")
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "hamilton", "components", "eight", "direct"])
+@pytest.mark.parametrize("rows", [64, 1000])
+@pytest.mark.parametrize("gradient", ["expanded", "per row"])
+def test_float32_gradients_at_scale_match_float64_reference(algorithm, rows, gradient):
+    # 1000 rows of 256 features: the oneDNN weight gradient runs in several blocks per component;
+    # an expanded gradient (out.sum()) takes one row's products (csrc/layers/linear.cpp).
+    n = 64
+    x = torch.randn(rows, 4 * n, dtype=torch.float64)
+    weights = components(n, n)
+    b = torch.randn(4 * n, dtype=torch.float64)
+    grad_out = torch.randn(1, 4 * n, dtype=torch.float64).expand(rows, -1)
+    if gradient == "per row":
+        grad_out = torch.randn(rows, 4 * n, dtype=torch.float64)
+    results = []
+    for dtype, fn in ((torch.float32, quaternion_linear), (torch.float64, reference.quaternion_linear)):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, *weights, b)]
+        kwargs = {"algorithm": algorithm} if fn is quaternion_linear else {}
+        fn(*leaves, **kwargs).backward(grad_out.to(dtype))
+        results.append([t.grad.double() for t in leaves])
+    for got, want in zip(*results):
+        # float32 rounding over sums of up to 1000 terms; a wrong sign or a lost block is O(1) off.
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * want.abs().max().item())

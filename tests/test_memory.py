@@ -1,11 +1,17 @@
 """Bytes autograd keeps for backward, counted by storage with saved-tensor hooks (deterministic)."""
 
+import os
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 import qlayers
 from qlayers.memory import SavedTensorBytes
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import measure  # noqa: E402
 
 FEATURES, BATCH, DEPTH = 256, 32, 4
 MATRIX_BYTES = FEATURES * FEATURES * 4  # one float32 Hamilton matrix (4n x 4m)
@@ -151,3 +157,43 @@ def test_conv_builds_no_kernel_when_the_input_needs_no_gradient():
     names = [event.name for event in profile.events()]
     assert "qlayers::hamilton_reduce" in names  # the component gradients were computed
     assert "qlayers::hamilton_expand" not in names
+
+
+class _PerRowGradient(nn.Module):
+    """The layer with a loss whose gradient differs per row (out.sum() gives an expanded one)."""
+
+    def __init__(self, layer, rows, features):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("weights", torch.randn(rows, features))
+
+    def forward(self, x):
+        return self.layer(x) * self.weights
+
+
+# (rows, features, what "auto" takes there): every formulation, and the oneDNN weight gradient in
+# one block per component (64 rows) and in several (1000 rows: blocks of 52 rows).
+PEAK_CASES = [
+    (8, 64, "direct"),
+    (8, 512, "components"),
+    (64, 256, "hamilton"),
+    (1000, 256, "hamilton"),
+    (192, 1024, "eight"),
+]
+
+
+@pytest.mark.parametrize("rows,features,formulation", PEAK_CASES)
+@pytest.mark.parametrize("gradient", ["expanded", "per row"])
+@pytest.mark.parametrize("input_grad", [False, True], ids=["input frozen", "input trained"])
+def test_auto_never_peaks_above_plain_autograd(rows, features, formulation, gradient, input_grad):
+    # The allocator's events, counted by the profiler: deterministic on the CPU (benchmarks/measure.py).
+    n = features // 4
+    assert torch.ops.qlayers._linear_formulation(rows, n, n, torch.float32, "auto", "forward", "cpu") == formulation
+    x = torch.randn(rows, features, requires_grad=input_grad)
+    peaks = {}
+    for memory_efficient in (True, False):
+        torch.manual_seed(0)
+        layer = qlayers.QLinear(features, features, memory_efficient=memory_efficient)
+        model = layer if gradient == "expanded" else _PerRowGradient(layer, rows, features)
+        peaks[memory_efficient] = measure.peak_bytes(model, x, torch.device("cpu"))
+    assert peaks[True] <= peaks[False], f"auto peaks at {peaks[True]} bytes, plain autograd at {peaks[False]}"

@@ -125,16 +125,26 @@ std::array<at::Tensor, 6> linear_gradients(const at::Tensor& grad_output, const 
   const at::Tensor g2d = g.reshape({rows, 4 * m});
   const at::ScalarType dtype = work[0].scalar_type();
   const c10::DeviceType device = g.device().type();
+  // An expanded gradient, every row the same (what out.sum() or out.mean() gives): the products
+  // need one row of it. dL/dx is that row's adjoint repeated, and x^T g = (sum of x's rows)^T g_0,
+  // so no GEMM reads a copy of the expanded gradient (a copy as large as the output).
+  const bool same_rows = rows > 1 && g2d.stride(0) == 0;
+  const at::Tensor g_rows = same_rows ? g2d.narrow(0, 0, 1) : g2d;
+  const int64_t product_rows = same_rows ? 1 : rows;
   std::array<at::Tensor, 6> grads;
   if (mask[0]) {
     std::vector<int64_t> sizes(g.sizes().begin(), g.sizes().end());
     sizes.back() = 4 * n;
-    grads[0] = adjoint(choose(requested, Phase::kGradInput, rows, n, m, dtype, device), g2d, work).view(sizes);
+    at::Tensor grad_input =
+        adjoint(choose(requested, Phase::kGradInput, product_rows, n, m, dtype, device), g_rows, work);
+    if (same_rows) grad_input = grad_input.expand({rows, 4 * n}).contiguous();
+    grads[0] = grad_input.view(sizes);
   }
   if (mask[1] || mask[2] || mask[3] || mask[4]) {
     TORCH_CHECK_VALUE(input.defined(), "quaternion_linear_backward: the component gradients need the input");
-    const Components parts = gradients(choose(requested, Phase::kGradComponents, rows, n, m, dtype, device),
-                                       cast(input, compute_dtype).reshape({rows, 4 * n}), g2d);
+    const at::Tensor x = cast(input, compute_dtype).reshape({rows, 4 * n});
+    const Components parts = gradients(choose(requested, Phase::kGradComponents, product_rows, n, m, dtype, device),
+                                       same_rows ? x.sum(0, /*keepdim=*/true) : x, g_rows);
     // Each component's flag is honoured on its own: freezing one never starves the others.
     for (int c = 0; c < 4; ++c) {
       if (mask[1 + c]) grads[1 + c] = parts[c].to(w[c].scalar_type());

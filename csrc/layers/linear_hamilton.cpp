@@ -1,9 +1,15 @@
 // The hamilton formulation: W built once per product, then one dense GEMM. On the CPU in float32,
 // where torch has oneDNN, the GEMM is oneDNN's (onednn_linear.h): twice as fast as torch's mm (MKL)
 // on this project's AMD machines, e.g. 8.0 against 15.9 ms for the weight gradient of a (1600 x 512)
-// @ (512 x 2048) layer (benchmarks/results/choose-linear-cpu-*.md).
+// @ (512 x 2048) layer (benchmarks/results/choose-linear-cpu-*.md). Not on every CPU: on a 2-core
+// Intel Xeon (AVX-512, torch 2.14.1) mm took the weight gradient of a 4096 x 512 layer in 7.3 ms,
+// one oneDNN call 11.6 and the blocks below 18.2 (torch.utils.benchmark, 2026-12-02); the choice of GEMM
+// library by measurement is issue 25's item 1.
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
+#include "../hamilton.h"
 #include "linear_formulations.h"
 #include "onednn_linear.h"
 #include "qlayers_ops.h"
@@ -31,9 +37,38 @@ at::Tensor adjoint(const at::Tensor& g, const Components& w) {
   return g.mm(matrix(w).t());
 }
 
+// dL/dW = x^T g through oneDNN, which reads x^T only after copying it row-major (a copy as large
+// as the input), folded onto the components a block of dL/dW rows at a time: block (a, b) of dL/dW
+// adds to component a ^ b with the sign of HAMILTON.md's table. Each block's copy of x's columns
+// and its rows of dL/dW together stay within the size of dL/dW, which plain autograd allocates
+// whole, so the step never peaks above plain autograd's (tests/test_memory.py). Blocks thinner
+// than this many rows would make a slow GEMM: torch's mm, which copies nothing, serves then.
+constexpr int64_t kMinGradientBlockRows = 32;
+
+static Components onednn_gradients(const at::Tensor& x, const at::Tensor& g, int64_t block) {
+  const int64_t n = x.size(1) / 4, m = g.size(1) / 4;
+  Components parts;
+  for (auto& part : parts) part = at::zeros({n, m}, g.options());
+  for (int a = 0; a < 4; ++a) {
+    for (int64_t start = 0; start < n; start += block) {
+      const int64_t length = std::min(block, n - start);
+      const at::Tensor rows = onednn::linear(x.narrow(1, a * n + start, length).t(), g.t());
+      for (int b = 0; b < 4; ++b) {
+        parts[hamilton_component(a, b)].narrow(0, start, length).add_(rows.narrow(1, b * m, m),
+                                                                       hamilton_sign(a, b));
+      }
+    }
+  }
+  return parts;
+}
+
 Components gradients(const at::Tensor& x, const at::Tensor& g) {
+  if (onednn_gemm(x, g)) {
+    const int64_t rows = x.size(0), n = x.size(1) / 4, out = g.size(1);
+    const int64_t block = std::min(n, 4 * n * out / (rows + out));
+    if (block >= kMinGradientBlockRows) return onednn_gradients(x, g, block);
+  }
   // dL/dW in one GEMM; the adjoint of the expansion folds it onto the four components.
-  if (onednn_gemm(x, g)) return ops::hamilton_reduce(onednn::linear(x.t(), g.t()));
   return ops::hamilton_reduce(x.t().mm(g));
 }
 
