@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 from conftest import TOLERANCES, components, hamilton_product
-from torch.autograd import gradcheck, gradgradcheck
 
 import qlayers
 from qlayers import reference
@@ -88,15 +87,6 @@ def test_layer_is_the_quaternion_product():
         layer.bias.copy_(b)
     torch.testing.assert_close(layer(x), expected, **TOLERANCES[torch.float64])
     torch.testing.assert_close(quaternion_linear(x, r, i, j, k, b), expected, **TOLERANCES[torch.float64])
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_gradcheck_functional(bias):
-    x = torch.randn(3, 2, 8, dtype=torch.float64, requires_grad=True)
-    weights = components(2, 3, requires_grad=True)
-    b = torch.randn(12, dtype=torch.float64, requires_grad=True) if bias else None
-    assert gradcheck(quaternion_linear, (x, *weights, b))
-    assert gradgradcheck(quaternion_linear, (x, *weights, b))
 
 
 def test_module_parameters_and_repr():
