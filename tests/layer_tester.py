@@ -48,10 +48,16 @@ def compiled(layer):
 
 
 class LayerTester:
-    """Subclasses set `layer_class` and define `build`, `example`, `reference`, `peer` and
-    `expected_saved`; `not_applicable` maps a check's name to why it does not apply."""
+    """A family defines (a check that uses one a family lacks is listed in its `not_applicable`):
+    - build(dtype, device, **options): the layer, with random (non-zero) parameters;
+    - example(dtype, device): an input;
+    - reference(layer, params, x): the layer's result on `x` with `params`, by plain autograd;
+    - peer(layer): the torch.nn layer whose autocast dtypes this one follows;
+    - expected_saved(layer, x): the bytes autograd keeps for backward, parameters excluded;
+    - plain(layer): the layer's memory_efficient=False twin, with the same parameters;
+    - plain_matrix_bytes(layer, x): what the plain path keeps at least on top: its real matrices."""
 
-    not_applicable: dict = {}
+    not_applicable: dict = {}  # check name -> why it does not apply (a skip)
     known_failures: dict = {}  # check name -> what goes wrong (a strict xfail: it fails today)
     batch_dim = 0  # the input's sample dim, for per-sample gradients
     autocast_tolerance: dict = {}  # {dtype: tolerance} where the family's low-precision error is larger
@@ -60,35 +66,6 @@ class LayerTester:
     variants: dict = {}
     gradcheck_options: dict = {}  # a smaller layer where float64 finite differences would be slow
     gradgradcheck_fast_mode = True  # full mode: minutes a layer; a family whose full mode is quick says so
-
-    # --- what a family supplies ---------------------------------------------------------------
-
-    def build(self, dtype, device, **options):
-        """The layer, with random (non-zero) parameters."""
-        raise NotImplementedError
-
-    def example(self, dtype, device):
-        raise NotImplementedError
-
-    def reference(self, layer, params, x):
-        """The layer's result on `x` with `params`, by plain autograd."""
-        raise NotImplementedError
-
-    def peer(self, layer):
-        """The torch.nn layer whose autocast dtypes this one follows."""
-        raise NotImplementedError
-
-    def expected_saved(self, layer, x):
-        """The bytes autograd keeps for backward, parameters excluded."""
-        raise NotImplementedError
-
-    def plain_matrix_bytes(self, layer, x):
-        """What the plain path (memory_efficient=False) keeps at least on top: its real matrices."""
-        raise NotImplementedError
-
-    def plain(self, layer):
-        """The layer's memory_efficient=False twin, with the same parameters."""
-        raise NotImplementedError
 
     def gradcheck_example(self, device):
         """A smaller input where float64 finite differences would be slow."""
