@@ -107,15 +107,15 @@ def test_combine_spread_bad_shapes():
 @pytest.mark.parametrize("algorithm", ["hamilton", "components", "eight", "direct", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("input_shape", [(), (0,), (1,), (5,), (3, 4), (2, 0, 3)])
-@pytest.mark.parametrize("n,m", [(3, 5), (1, 1), (8, 2)])
-def test_layer_matches_reference(algorithm, dtype, input_shape, n, m):
+@pytest.mark.parametrize("n,m,bias", [(3, 5, True), (3, 5, False), (1, 1, True), (8, 2, False)])
+def test_layer_matches_reference(algorithm, dtype, input_shape, n, m, bias):
     x = torch.randn(*input_shape, 4 * n, dtype=dtype)
     weights = [w.to(dtype) for w in components(n, m)]
-    b = torch.randn(4 * m, dtype=dtype)
+    b = [torch.randn(4 * m, dtype=dtype)] if bias else []
     grad = torch.randn(*input_shape, 4 * m, dtype=dtype)
     results = []
     for fn in (lambda *a: quaternion_linear(*a, algorithm=algorithm), reference.quaternion_linear):
-        leaves = [t.clone().requires_grad_() for t in (x, *weights, b)]
+        leaves = [t.clone().requires_grad_() for t in (x, *weights, *b)]
         out = fn(*leaves)
         out.backward(grad)
         results.append([out] + [t.grad for t in leaves])

@@ -189,15 +189,29 @@ def test_compile_has_no_graph_breaks():
 # --- torch.export ------------------------------------------------------------------------------
 
 
+def small_conv_model(device="cpu"):
+    return torch.nn.Sequential(
+        qlayers.QConv2d(8, 16, 3, padding=1), torch.nn.ReLU(), qlayers.QConvTranspose2d(16, 8, 3)
+    ).to(device)
+
+
+EXPORTS = {  # the model, its input's shape, the op each of its two quaternion layers is
+    "linear": (small_model, (7, 64), "qlayers.quaternion_linear.default"),
+    "conv": (small_conv_model, (2, 8, 10, 10), "qlayers.quaternion_conv.default"),
+}
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_export_runs_and_matches_eager(device):
-    model = small_model(device).eval()
-    x = torch.randn(7, 64, device=device)
+@pytest.mark.parametrize("layers", list(EXPORTS))
+def test_export_runs_and_matches_eager(device, layers):
+    build, shape, op = EXPORTS[layers]
+    model = build(device).eval()
+    x = torch.randn(shape, device=device)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    for batch in (7, 3):
-        inputs = torch.randn(batch, 64, device=device)
+    for batch in (shape[0], 3, 1):
+        inputs = torch.randn(batch, *shape[1:], device=device)
         torch.testing.assert_close(program.module()(inputs), model(inputs))
-    # The whole layer product is one op, the eager one: no Hamilton matrix in the graph.
+    # The whole layer product is one op, the eager one: no Hamilton matrix or real kernel in the graph.
     targets = [str(node.target) for node in program.graph.nodes]
-    assert targets.count("qlayers.quaternion_linear.default") == 2
+    assert targets.count(op) == 2
     assert not any("hamilton_expand" in target for target in targets)
