@@ -120,6 +120,11 @@ class LayerTester:
         layer = self.build(dtype, device, **options)
         return layer, dict(layer.named_parameters()), self.example(dtype, device) if x is None else x
 
+    def transform_setup(self, device):
+        """A float64 layer as torch.func transforms take it, its parameters (no autograd leaves), an input."""
+        layer, params, x = self.setup(torch.float64, device)
+        return self.for_transforms(layer), {n: p.detach() for n, p in params.items()}, x
+
     def assert_matches_reference(self, layer, params, x, of=None):
         """`of` (the layer, or its plain twin) gives what the reference gives on `layer`'s parameters."""
         ours = self.results(lambda p, x: self.ours(of or layer, p, x), params, x)
@@ -157,8 +162,7 @@ class LayerTester:
         assert gradgradcheck(fn, (x, *params.values()), fast_mode=self.gradgradcheck_fast_mode)
 
     def test_jvp_matches_reference(self, device):
-        layer, params, x = self.setup(torch.float64, device)
-        layer = self.for_transforms(layer)
+        layer, params, x = self.transform_setup(device)
         tangents = (torch.randn_like(x), {n: torch.randn_like(p) for n, p in params.items()})
 
         def jvp(fn):
@@ -167,14 +171,9 @@ class LayerTester:
         assert_all_close(jvp(self.ours), jvp(self.reference))
 
     def test_vmap_and_jacobians_match_reference(self, device):
-        layer, params, x = self.setup(torch.float64, device)
-        layer = self.for_transforms(layer)
-        params = {n: p.detach() for n, p in params.items()}
+        layer, params, x = self.transform_setup(device)
         xs = torch.stack([x, torch.randn_like(x), torch.randn_like(x)])
-        assert_all_close(
-            torch.vmap(lambda x: self.ours(layer, params, x))(xs),
-            torch.vmap(lambda x: self.reference(layer, params, x))(xs),
-        )
+        assert_all_close(*(torch.vmap(lambda x, fn=fn: fn(layer, params, x))(xs) for fn in (self.ours, self.reference)))
         x = x.narrow(self.batch_dim, 0, 1)  # one sample: a jacobian of the whole batch is slow
 
         def jacobians(transform, fn):  # of the input and of every parameter
@@ -184,9 +183,7 @@ class LayerTester:
             assert_all_close(jacobians(transform, self.ours), jacobians(transform, self.reference))
 
     def test_per_sample_gradients_match_reference(self, device):
-        layer, params, x = self.setup(torch.float64, device)
-        layer = self.for_transforms(layer)
-        params = {n: p.detach() for n, p in params.items()}
+        layer, params, x = self.transform_setup(device)
 
         def per_sample(fn):
             def loss(p, sample):  # one sample, unbatched

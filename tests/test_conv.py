@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import TOLERANCES, hamilton_product
+from conftest import TOLERANCES, hamilton_product, randomise
 from torch import nn
 
 import qlayers
@@ -52,13 +52,6 @@ def compare_with_twin(layer, twin, x):
         torch.testing.assert_close(param.grad, want, **F64)
     if layer.bias is not None:
         torch.testing.assert_close(layer.bias.grad, twin.bias.grad, **F64)
-
-
-def randomise(layer):
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_()
-    return layer
 
 
 CASES = [

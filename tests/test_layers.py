@@ -6,6 +6,7 @@ frozen layers, packed sequences, torch.nn twins) stay in the per-family files.""
 import math
 
 import torch
+from conftest import randomise
 from layer_tester import LayerTester
 from torch import nn
 from torch.func import functional_call
@@ -14,13 +15,6 @@ import qlayers
 from qlayers import reference
 
 COMPONENTS = ("r_weight", "i_weight", "j_weight", "k_weight")
-
-
-def randomise(layer, std=1.0):
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(std=std)
-    return layer
 
 
 def twin(layer, **changes):
