@@ -138,11 +138,18 @@ def test_eight_error_against_hamilton_by_dtype(dtype):
 def test_eight_keeps_only_the_input_and_honours_flags(frozen):
     layer = qlayers.QLinear(512, 512, algorithm="eight", dtype=torch.float64)
     plain = qlayers.QLinear(512, 512, memory_efficient=False, dtype=torch.float64)
+    assert_keeps_only_the_input_and_gives_plain_gradients(
+        layer, plain, torch.randn(300, 512, dtype=torch.float64, requires_grad=True), frozen
+    )
+
+
+def assert_keeps_only_the_input_and_gives_plain_gradients(layer, plain, x, frozen):
+    """With the components in `frozen` frozen, `layer` keeps its input alone for backward and gives the
+    parameter gradients of `plain` (the same parameters, memory_efficient=False); none for those."""
     plain.load_state_dict(layer.state_dict())
     for module in (layer, plain):
         for name in frozen:
             getattr(module, name).requires_grad_(False)
-    x = torch.randn(300, 512, dtype=torch.float64, requires_grad=True)
     with SavedTensorBytes(exclude=layer.parameters()) as saved:
         out = layer(x)
     assert saved.total == x.numel() * 8
@@ -196,19 +203,8 @@ def _options(layer):
 def test_conv_eight_keeps_only_the_input_and_honours_flags():
     layer = qlayers.QConv2d(128, 128, 3, padding=1, dtype=torch.float64, algorithm="eight")
     plain = qlayers.QConv2d(128, 128, 3, padding=1, memory_efficient=False, dtype=torch.float64)
-    plain.load_state_dict(layer.state_dict())
-    for module in (layer, plain):
-        module.i_weight.requires_grad_(False)
     x = torch.randn(2, 128, 4, 4, dtype=torch.float64)
-    with SavedTensorBytes(exclude=layer.parameters()) as saved:
-        out = layer(x)
-    assert saved.total == x.numel() * 8
-    out.pow(2).sum().backward()
-    plain(x).pow(2).sum().backward()
-    assert layer.i_weight.grad is None
-    for a, b in zip(layer.parameters(), plain.parameters()):
-        if a.requires_grad:
-            torch.testing.assert_close(a.grad, b.grad, **TOLERANCES[torch.float64])
+    assert_keeps_only_the_input_and_gives_plain_gradients(layer, plain, x, ("i_weight",))
     # Frozen components: nothing is kept, and the input gradient still flows.
     for p in layer.parameters():
         p.requires_grad_(False)
