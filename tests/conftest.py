@@ -74,6 +74,14 @@ def hamilton_product(p, q):
     )
 
 
+def randomise(layer, std=1.0):
+    """`layer` with every parameter drawn from N(0, std^2)."""
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(std=std)
+    return layer
+
+
 def components(n, m, *rest, dtype=torch.float64, requires_grad=False, device="cpu"):
     return [torch.randn(n, m, *rest, dtype=dtype, device=device, requires_grad=requires_grad) for _ in range(4)]
 

@@ -37,47 +37,39 @@ def leaves_of(params, x):
     return x.detach().clone().requires_grad_(), {n: p.detach().clone().requires_grad_() for n, p in params.items()}
 
 
-class LayerTester:
-    """Subclasses set `layer_class` and define `build`, `example`, `reference`, `peer` and
-    `expected_saved`; `not_applicable` maps a check's name to why it does not apply."""
+def low_precision(device):
+    """The autocast dtype checked on `device`: CPU autocast's default, or float16 on a GPU."""
+    return torch.bfloat16 if device == "cpu" else torch.float16
 
-    not_applicable: dict = {}
+
+def compiled(layer):
+    torch._dynamo.reset()
+    return torch.compile(layer, backend="aot_eager", fullgraph=True)
+
+
+class LayerTester:
+    """A family defines (a check that uses one a family lacks is listed in its `not_applicable`):
+    - build(dtype, device, **options): the layer, with random (non-zero) parameters;
+    - example(dtype, device): an input;
+    - reference(layer, params, x): the layer's result on `x` with `params`, by plain autograd;
+    - peer(layer): the torch.nn layer whose autocast dtypes this one follows;
+    - expected_saved(layer, x): the bytes autograd keeps for backward, parameters excluded;
+    - plain(layer): the layer's memory_efficient=False twin, with the same parameters;
+    - plain_matrix_bytes(layer, x): what the plain path keeps at least on top: its real matrices."""
+
+    not_applicable: dict = {}  # check name -> why it does not apply (a skip)
     known_failures: dict = {}  # check name -> what goes wrong (a strict xfail: it fails today)
     batch_dim = 0  # the input's sample dim, for per-sample gradients
-    autocast_tolerance = None  # {dtype: tolerance} where the family's low-precision error is larger
+    autocast_tolerance: dict = {}  # {dtype: tolerance} where the family's low-precision error is larger
+    # Build options (bias=False, an algorithm, ...) the checks that take `options` run besides the
+    # default: reference equality, gradcheck/gradgradcheck and saved bytes.
+    variants: dict = {}
+    gradcheck_options: dict = {}  # a smaller layer where float64 finite differences would be slow
+    gradgradcheck_fast_mode = True  # full mode: minutes a layer; a family whose full mode is quick says so
 
-    # --- what a family supplies ---------------------------------------------------------------
-
-    def build(self, dtype, device, **options):
-        """The layer, with random (non-zero) parameters."""
-        raise NotImplementedError
-
-    def example(self, dtype, device):
-        raise NotImplementedError
-
-    def reference(self, layer, params, x):
-        """The layer's result on `x` with `params`, by plain autograd."""
-        raise NotImplementedError
-
-    def peer(self, layer):
-        """The torch.nn layer whose autocast dtypes this one follows."""
-        raise NotImplementedError
-
-    def expected_saved(self, layer, x):
-        """The bytes autograd keeps for backward, parameters excluded."""
-        raise NotImplementedError
-
-    def plain_matrix_bytes(self, layer, x):
-        """What the plain path (memory_efficient=False) keeps at least on top: its real matrices."""
-        raise NotImplementedError
-
-    def plain(self, layer):
-        """The layer's memory_efficient=False twin, with the same parameters."""
-        raise NotImplementedError
-
-    def gradcheck_setup(self, device):
-        """A smaller case where float64 finite differences would be slow."""
-        return self.setup(torch.float64, device)
+    def gradcheck_example(self, device):
+        """A smaller input where float64 finite differences would be slow."""
+        return self.example(torch.float64, device)
 
     def for_transforms(self, layer):
         """The layer as torch.func transforms take it (QBatchNorm: without running statistics)."""
@@ -88,6 +80,11 @@ class LayerTester:
     @pytest.fixture(params=DEVICES)
     def device(self, request):
         return request.param
+
+    def pytest_generate_tests(self, metafunc):
+        if "options" in metafunc.fixturenames:
+            cases = {"default": {}, **self.variants}
+            metafunc.parametrize("options", list(cases.values()), ids=list(cases))
 
     @pytest.fixture(autouse=True)
     def _applies(self, request):
@@ -119,22 +116,28 @@ class LayerTester:
         weighted_sum(out).float().backward()  # the graph was real and complete
         return saved.total
 
-    def setup(self, dtype, device, **options):
+    def setup(self, dtype, device, x=None, **options):
         layer = self.build(dtype, device, **options)
-        return layer, dict(layer.named_parameters()), self.example(dtype, device)
+        return layer, dict(layer.named_parameters()), self.example(dtype, device) if x is None else x
+
+    def transform_setup(self, device):
+        """A float64 layer as torch.func transforms take it, its parameters (no autograd leaves), an input."""
+        layer, params, x = self.setup(torch.float64, device)
+        return self.for_transforms(layer), {n: p.detach() for n, p in params.items()}, x
+
+    def assert_matches_reference(self, layer, params, x, of=None):
+        """`of` (the layer, or its plain twin) gives what the reference gives on `layer`'s parameters."""
+        ours = self.results(lambda p, x: self.ours(of or layer, p, x), params, x)
+        assert_all_close(ours, self.results(lambda p, x: self.reference(layer, p, x), params, x))
 
     # --- the checks ---------------------------------------------------------------------------
 
-    def test_matches_reference(self, device):
-        layer, params, x = self.setup(torch.float64, device)
-        ours = self.results(lambda p, x: self.ours(layer, p, x), params, x)
-        assert_all_close(ours, self.results(lambda p, x: self.reference(layer, p, x), params, x))
+    def test_matches_reference(self, device, options):
+        self.assert_matches_reference(*self.setup(torch.float64, device, **options))
 
     def test_plain_path_matches_reference(self, device):
         layer, params, x = self.setup(torch.float64, device)
-        plain = self.plain(layer)
-        ours = self.results(lambda p, x: self.ours(plain, p, x), params, x)
-        assert_all_close(ours, self.results(lambda p, x: self.reference(layer, p, x), params, x))
+        self.assert_matches_reference(layer, params, x, of=self.plain(layer))
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
     def test_same_as_on_the_cpu(self, device, dtype):
@@ -146,8 +149,9 @@ class LayerTester:
         got = self.module_results(moved, moved, x.to(device))
         assert_all_close([t.cpu() for t in got], self.module_results(layer, layer, x), **TOLERANCES[dtype])
 
-    def test_gradcheck_and_gradgradcheck(self, device):
-        layer, params, x = self.gradcheck_setup(device)
+    def test_gradcheck_and_gradgradcheck(self, device, options):
+        example = self.gradcheck_example(device)
+        layer, params, x = self.setup(torch.float64, device, example, **self.gradcheck_options, **options)
         names = list(params)
         x, params = leaves_of(params, x)
 
@@ -155,11 +159,10 @@ class LayerTester:
             return tuple(tree_leaves(self.ours(layer, dict(zip(names, values)), x)))
 
         assert gradcheck(fn, (x, *params.values()))
-        assert gradgradcheck(fn, (x, *params.values()), fast_mode=True)  # full mode: minutes a layer
+        assert gradgradcheck(fn, (x, *params.values()), fast_mode=self.gradgradcheck_fast_mode)
 
     def test_jvp_matches_reference(self, device):
-        layer, params, x = self.setup(torch.float64, device)
-        layer = self.for_transforms(layer)
+        layer, params, x = self.transform_setup(device)
         tangents = (torch.randn_like(x), {n: torch.randn_like(p) for n, p in params.items()})
 
         def jvp(fn):
@@ -168,25 +171,19 @@ class LayerTester:
         assert_all_close(jvp(self.ours), jvp(self.reference))
 
     def test_vmap_and_jacobians_match_reference(self, device):
-        layer, params, x = self.setup(torch.float64, device)
-        layer = self.for_transforms(layer)
-        params = {n: p.detach() for n, p in params.items()}
+        layer, params, x = self.transform_setup(device)
         xs = torch.stack([x, torch.randn_like(x), torch.randn_like(x)])
-        assert_all_close(
-            torch.vmap(lambda x: self.ours(layer, params, x))(xs),
-            torch.vmap(lambda x: self.reference(layer, params, x))(xs),
-        )
+        assert_all_close(*(torch.vmap(lambda x, fn=fn: fn(layer, params, x))(xs) for fn in (self.ours, self.reference)))
         x = x.narrow(self.batch_dim, 0, 1)  # one sample: a jacobian of the whole batch is slow
+
+        def jacobians(transform, fn):  # of the input and of every parameter
+            return transform(lambda x, p: fn(layer, p, x), argnums=(0, 1))(x, params)
+
         for transform in (torch.func.jacrev, torch.func.jacfwd):
-            assert_all_close(
-                transform(lambda x: self.ours(layer, params, x))(x),
-                transform(lambda x: self.reference(layer, params, x))(x),
-            )
+            assert_all_close(jacobians(transform, self.ours), jacobians(transform, self.reference))
 
     def test_per_sample_gradients_match_reference(self, device):
-        layer, params, x = self.setup(torch.float64, device)
-        layer = self.for_transforms(layer)
-        params = {n: p.detach() for n, p in params.items()}
+        layer, params, x = self.transform_setup(device)
 
         def per_sample(fn):
             def loss(p, sample):  # one sample, unbatched
@@ -212,11 +209,10 @@ class LayerTester:
                 torch.testing.assert_close(grads[name][index], want, **F64)
 
     def test_compile_matches_eager_and_saves_what_eager_saves(self, device):
-        torch._dynamo.reset()
         layer, _, x = self.setup(torch.float32, device)
-        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-        assert_all_close(self.module_results(compiled, layer, x), self.module_results(layer, layer, x), **F32)
-        assert self.saved_bytes(compiled, layer, x) == self.saved_bytes(layer, layer, x)
+        model = compiled(layer)
+        assert_all_close(self.module_results(model, layer, x), self.module_results(layer, layer, x), **F32)
+        assert self.saved_bytes(model, layer, x) == self.saved_bytes(layer, layer, x)
 
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
     def test_autocast_computes_like_the_torch_layer(self, device, dtype):
@@ -231,33 +227,31 @@ class LayerTester:
         assert [o.dtype for o in ours[:outputs]] == [peer[0].dtype] * outputs
         assert [o.dtype for o in want[:outputs]] == [peer[0].dtype] * outputs  # the reference casts alike
         assert all(g.dtype == torch.float32 for g in ours[outputs:])  # input and parameters stay float32
-        tolerance = (self.autocast_tolerance or {}).get(dtype, TOLERANCES[dtype])
+        tolerance = self.autocast_tolerance.get(dtype, TOLERANCES[dtype])
         assert_all_close(ours[:outputs], want[:outputs], **tolerance)
         for got, expected in zip(ours[outputs:], want[outputs:]):  # gradients: to low-precision accuracy
             torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
 
     def test_autocast_keeps_no_low_precision_copies(self, device):
         layer, _, x = self.setup(torch.float32, device)
-        dtype = torch.bfloat16 if device == "cpu" else torch.float16
-        with torch.autocast(device, dtype=dtype):
+        with torch.autocast(device, dtype=low_precision(device)):
             assert self.saved_bytes(layer, layer, x) == self.expected_saved(layer, x)
 
     def test_autocast_leaves_float64_alone(self, device):
         layer, _, x = self.setup(torch.float64, device)
-        with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
+        with torch.autocast(device, dtype=low_precision(device)):
             assert all(o.dtype == torch.float64 for o in tree_leaves(layer(x)))
 
     def test_compiled_autocast_matches_eager_autocast(self, device):
-        torch._dynamo.reset()
         layer, _, x = self.setup(torch.float32, device)
-        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-        with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
-            got, want = tree_leaves(compiled(x)), tree_leaves(layer(x))
+        model = compiled(layer)
+        with torch.autocast(device, dtype=low_precision(device)):
+            got, want = tree_leaves(model(x)), tree_leaves(layer(x))
         assert [g.dtype for g in got] == [w.dtype for w in want]
         assert_all_close(got, want, **TOLERANCES[want[0].dtype])
 
-    def test_saved_bytes(self, device):
-        layer, _, x = self.setup(torch.float32, device)
+    def test_saved_bytes(self, device, options):
+        layer, _, x = self.setup(torch.float32, device, **options)
         assert self.saved_bytes(layer, layer, x) == self.expected_saved(layer, x)
 
     def test_plain_path_keeps_its_real_matrices(self, device):

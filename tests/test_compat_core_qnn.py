@@ -28,6 +28,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import hamilton_product
 
 import qlayers
 import qlayers.compat.speechbrain as speechbrain
@@ -43,17 +44,8 @@ def quaternions(x, dim):
 
 
 def product(p, q):
-    """The Hamilton product of (4, ...) stacks, from i^2 = j^2 = k^2 = ijk = -1."""
-    a1, b1, c1, d1 = p
-    a2, b2, c2, d2 = q
-    return torch.stack(
-        [
-            a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
-            a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
-            a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
-            a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
-        ]
-    )
+    """The Hamilton product of (4, ...) stacks: conftest's, on dim 0."""
+    return hamilton_product(p.movedim(0, -1), q.movedim(0, -1)).movedim(-1, 0)
 
 
 # ---- the helper functions --------------------------------------------------------------------------

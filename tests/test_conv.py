@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import TOLERANCES, hamilton_product
+from conftest import TOLERANCES, hamilton_product, randomise
 from torch import nn
 
 import qlayers
@@ -52,13 +52,6 @@ def compare_with_twin(layer, twin, x):
         torch.testing.assert_close(param.grad, want, **F64)
     if layer.bias is not None:
         torch.testing.assert_close(layer.bias.grad, twin.bias.grad, **F64)
-
-
-def randomise(layer):
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_()
-    return layer
 
 
 CASES = [
@@ -189,13 +182,3 @@ def test_compiled_conv_takes_the_eight_product_algorithm_where_eager_does(backen
         assert "qlayers::hamilton_expand" not in ran  # no real kernel built, forward or backward
         for got, want in zip((p.grad for p in layer.parameters()), grads):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
-
-
-def test_export_names_one_conv_op_per_layer():
-    model = nn.Sequential(qlayers.QConv2d(8, 16, 3, padding=1), nn.ReLU(), qlayers.QConvTranspose2d(16, 8, 3))
-    x = torch.randn(2, 8, 10, 10)
-    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.testing.assert_close(program.module()(x[:1]), model(x[:1]))
-    targets = [str(node.target) for node in program.graph.nodes]
-    assert targets.count("qlayers.quaternion_conv.default") == 2
-    assert not any("hamilton_expand" in target for target in targets)

@@ -27,18 +27,18 @@ def assert_trees_close(got, want, **tolerance):
 # --- double backward ---------------------------------------------------------------------------
 
 
+def penalty_grads(fn, x, leaves):
+    """d/d(leaves) of || d/dx fn(x, *leaves).tanh().sum() ||^2, from fresh leaves: the backward differentiated."""
+    x, leaves = x.clone().requires_grad_(), [w.clone().requires_grad_() for w in leaves]
+    (grad_x,) = torch.autograd.grad(fn(x, *leaves).tanh().sum(), x, create_graph=True)
+    return torch.autograd.grad(grad_x.pow(2).sum(), leaves)
+
+
 def test_gradient_penalty_matches_reference():
     # d/dW || d(loss)/dx ||^2: needs the backward itself differentiated (the anchors' custom
     # backward detaches there and returns a silently wrong penalty gradient).
     x, *weights, bias = linear_args()
-
-    def penalty_grads(fn):
-        xx = x.clone().requires_grad_()
-        ws = [w.clone().requires_grad_() for w in (*weights, bias)]
-        (grad_x,) = torch.autograd.grad(fn(xx, *ws).tanh().sum(), xx, create_graph=True)
-        return torch.autograd.grad(grad_x.pow(2).sum(), ws)
-
-    ours, theirs = penalty_grads(quaternion_linear), penalty_grads(reference.quaternion_linear)
+    ours, theirs = (penalty_grads(fn, x, (*weights, bias)) for fn in (quaternion_linear, reference.quaternion_linear))
     assert_trees_close(ours[:4], theirs[:4])
     assert ours[4] is not None and theirs[4] is not None
 
@@ -49,17 +49,12 @@ def test_gradient_penalty_through_the_operator(algorithm):
     # a graph of the gradients takes differentiable ops (csrc/layers/linear.cpp), whatever the algorithm.
     x, *weights, bias = linear_args()
 
-    def penalty_grads(fn):
-        xx = x.clone().requires_grad_()
-        ws = [w.clone().requires_grad_() for w in weights]
-        (grad_x,) = torch.autograd.grad(fn(xx, *ws).tanh().sum(), xx, create_graph=True)
-        return torch.autograd.grad(grad_x.pow(2).sum(), ws)
-
     def compile_op(xx, *ws):
         return torch.ops.qlayers.quaternion_linear(xx, *ws, bias, None, algorithm)
 
     assert_trees_close(
-        penalty_grads(compile_op), penalty_grads(lambda xx, *ws: reference.quaternion_linear(xx, *ws, bias))
+        penalty_grads(compile_op, x, weights),
+        penalty_grads(lambda xx, *ws: reference.quaternion_linear(xx, *ws, bias), x, weights),
     )
 
 
@@ -89,26 +84,13 @@ def test_forward_ad_with_some_tangents_missing():
     torch.testing.assert_close(tangent, expected, **F64)
 
 
-def test_func_jvp_and_hamilton_matrix_jvp():
-    args = linear_args()
-    tangents = tuple(torch.randn_like(a) for a in args)
-    assert_trees_close(
-        torch.func.jvp(quaternion_linear, args, tangents), torch.func.jvp(reference.quaternion_linear, args, tangents)
-    )
-    parts, part_tangents = tuple(args[1:5]), tuple(tangents[1:5])
+def test_func_jvp_of_hamilton_matrix():
+    # The layer's torch.func.jvp: tests/test_layers.py::TestQLinear::test_jvp_matches_reference.
+    parts = tuple(components(2, 3))
+    part_tangents = tuple(torch.randn_like(p) for p in parts)
     assert_trees_close(
         torch.func.jvp(hamilton_matrix, parts, part_tangents),
         torch.func.jvp(reference.hamilton_matrix, parts, part_tangents),
-    )
-
-
-@pytest.mark.parametrize("transform", [torch.func.jacfwd, torch.func.jacrev])
-@pytest.mark.parametrize("argnums", [0, 1, 4, 5, (0, 2)])
-def test_jacobians(transform, argnums):
-    args = linear_args()
-    assert_trees_close(
-        transform(quaternion_linear, argnums=argnums)(*args),
-        transform(reference.quaternion_linear, argnums=argnums)(*args),
     )
 
 
@@ -125,11 +107,8 @@ def test_hessian(argnums):
     )
 
 
-def test_vmap_over_inputs_and_over_the_raw_ops():
-    x, *weights, bias = linear_args()
-    batch = torch.randn(5, *x.shape, dtype=x.dtype)
-    batched = torch.vmap(quaternion_linear, in_dims=(0, None, None, None, None, None))(batch, *weights, bias)
-    torch.testing.assert_close(batched, reference.quaternion_linear(batch, *weights, bias), **F64)
+def test_vmap_over_the_raw_ops():
+    # The layer's vmap over inputs: tests/test_layers.py::TestQLinear::test_vmap_and_jacobians_match_reference.
     # The raw ops' vmap rules, with a batch dim in different places and an unbatched argument.
     stacks = [torch.randn(5, 2, 3, 2, dtype=torch.float64) for _ in range(4)]
     out = torch.vmap(torch.ops.qlayers.hamilton_expand, in_dims=(0, 0, None, 2))(
@@ -195,25 +174,32 @@ def test_compile_dynamic_one_graph_serves_every_batch_size(algorithm):
     assert len(graphs) == 1
 
 
-def test_compile_has_no_graph_breaks():
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(small_model())(torch.randn(7, 64))
-    assert explanation.graph_break_count == 0
-    assert explanation.graph_count == 1
-
-
 # --- torch.export ------------------------------------------------------------------------------
 
 
+def small_conv_model(device="cpu"):
+    return torch.nn.Sequential(
+        qlayers.QConv2d(8, 16, 3, padding=1), torch.nn.ReLU(), qlayers.QConvTranspose2d(16, 8, 3)
+    ).to(device)
+
+
+EXPORTS = {  # the model, its input's shape, the op each of its two quaternion layers is
+    "linear": (small_model, (7, 64), "qlayers.quaternion_linear.default"),
+    "conv": (small_conv_model, (2, 8, 10, 10), "qlayers.quaternion_conv.default"),
+}
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_export_runs_and_matches_eager(device):
-    model = small_model(device).eval()
-    x = torch.randn(7, 64, device=device)
+@pytest.mark.parametrize("layers", list(EXPORTS))
+def test_export_runs_and_matches_eager(device, layers):
+    build, shape, op = EXPORTS[layers]
+    model = build(device).eval()
+    x = torch.randn(shape, device=device)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    for batch in (7, 3):
-        inputs = torch.randn(batch, 64, device=device)
+    for batch in (shape[0], 3, 1):
+        inputs = torch.randn(batch, *shape[1:], device=device)
         torch.testing.assert_close(program.module()(inputs), model(inputs))
-    # The whole layer product is one op, the eager one: no Hamilton matrix in the graph.
+    # The whole layer product is one op, the eager one: no Hamilton matrix or real kernel in the graph.
     targets = [str(node.target) for node in program.graph.nodes]
-    assert targets.count("qlayers.quaternion_linear.default") == 2
+    assert targets.count(op) == 2
     assert not any("hamilton_expand" in target for target in targets)

@@ -11,6 +11,7 @@ builds the emulation with AddressSanitizer and UBSan.
 """
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,17 @@ def widths_to_try(dtype, planned):
     return [0, 1] if planned > 1 else [0]
 
 
+def assert_every_launch_gives(kernel, dtype, expected, launch, context):
+    """`launch` (an emulated kernel, given its launch options) gives `expected` bit for bit at every
+    width to try and on every grid; `expected` and the result are a tensor or a tuple of them."""
+    for width in widths_to_try(dtype, launch()[1]):
+        for blocks, threads in GRIDS:
+            out, used, iterations = launch(width=width, blocks=blocks, threads=threads)
+            record(kernel, dtype, used, iterations)
+            outs, wants = (out, expected) if isinstance(expected, (tuple, list)) else ((out,), (expected,))
+            assert len(outs) == len(wants) and all(map(bits_equal, outs, wants)), (*context, width, blocks, threads)
+
+
 # ---- The kernels. ----
 
 
@@ -209,12 +221,7 @@ def test_expand(emu, dtype, layout):
         parts = [place(random(shape, dtype), layout) for _ in range(4)]
         expected = torch.ops.qlayers.hamilton_expand(*parts)
         assert bits_equal(expected, expand_reference([values(p, layout) for p in parts]))
-        _, planned, _ = emu.expand(*parts)
-        for width in widths_to_try(dtype, planned):
-            for blocks, threads in GRIDS:
-                out, used, iterations = emu.expand(*parts, width=width, blocks=blocks, threads=threads)
-                record("expand", dtype, used, iterations)
-                assert bits_equal(out, expected), (shape, width, blocks, threads)
+        assert_every_launch_gives("expand", dtype, expected, partial(emu.expand, *parts), (shape,))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -225,12 +232,7 @@ def test_reduce(emu, dtype, layout):
         expected = torch.ops.qlayers.hamilton_reduce(grad)
         reference = reduce_reference(values(grad, layout))
         assert all(bits_equal(e, r) for e, r in zip(expected, reference))
-        _, planned, _ = emu.reduce(grad)
-        for width in widths_to_try(dtype, planned):
-            for blocks, threads in GRIDS:
-                outs, used, iterations = emu.reduce(grad, width=width, blocks=blocks, threads=threads)
-                record("reduce", dtype, used, iterations)
-                assert all(bits_equal(o, e) for o, e in zip(outs, expected)), ((n, m, *rest), width, blocks, threads)
+        assert_every_launch_gives("reduce", dtype, expected, partial(emu.reduce, grad), ((n, m, *rest),))
 
 
 def rows_shapes(dtype):
@@ -247,12 +249,7 @@ def test_combine(emu, dtype, layout, transpose):
         products = place(random((4, *rows, 4, k), dtype), layout)
         expected = torch.ops.qlayers.hamilton_combine(products, transpose)
         assert bits_equal(expected, combine_reference(products, transpose))
-        _, planned, _ = emu.combine(products, transpose)
-        for width in widths_to_try(dtype, planned):
-            for blocks, threads in GRIDS:
-                out, used, iterations = emu.combine(products, transpose, width=width, blocks=blocks, threads=threads)
-                record("combine", dtype, used, iterations)
-                assert bits_equal(out, expected), (rows, k, width, blocks, threads)
+        assert_every_launch_gives("combine", dtype, expected, partial(emu.combine, products, transpose), (rows, k))
 
 
 @pytest.mark.parametrize("transpose", [False, True])
@@ -263,12 +260,7 @@ def test_spread(emu, dtype, layout, transpose):
         grad = place(random((*rows, 4 * k), dtype), layout)
         expected = torch.ops.qlayers.hamilton_spread(grad, transpose)
         assert bits_equal(expected, spread_reference(values(grad, layout), transpose))
-        _, planned, _ = emu.spread(grad, transpose)
-        for width in widths_to_try(dtype, planned):
-            for blocks, threads in GRIDS:
-                out, used, iterations = emu.spread(grad, transpose, width=width, blocks=blocks, threads=threads)
-                record("spread", dtype, used, iterations)
-                assert bits_equal(out, expected), (rows, k, width, blocks, threads)
+        assert_every_launch_gives("spread", dtype, expected, partial(emu.spread, grad, transpose), (rows, k))
 
 
 def block_mix_reference(blocks, table):

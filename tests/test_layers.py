@@ -6,6 +6,7 @@ frozen layers, packed sequences, torch.nn twins) stay in the per-family files.""
 import math
 
 import torch
+from conftest import randomise
 from layer_tester import LayerTester
 from torch import nn
 from torch.func import functional_call
@@ -14,13 +15,6 @@ import qlayers
 from qlayers import reference
 
 COMPONENTS = ("r_weight", "i_weight", "j_weight", "k_weight")
-
-
-def randomise(layer, std=1.0):
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(std=std)
-    return layer
 
 
 def twin(layer, **changes):
@@ -51,11 +45,20 @@ class Family(LayerTester):
 
 
 class TestQLinear(Family):
+    # bias=False and each algorithm by name ("auto" takes one of them): the old gradchecks of
+    # test_linear.py (bias or not), test_algorithms.py and test_eight_product.py (each algorithm), and
+    # test_algorithms.py::test_both_algorithms_keep_only_the_input (saved bytes by algorithm).
+    variants = {
+        "no-bias": dict(bias=False),
+        **{a: dict(algorithm=a) for a in ("hamilton", "components", "eight", "direct")},
+    }
+    gradgradcheck_fast_mode = False  # full mode takes a second here
+
     def make(self, dtype, device, **options):
         return qlayers.QLinear(8, 12, dtype=dtype, device=device, **options)
 
     def example(self, dtype, device):
-        return torch.randn(3, 8, dtype=dtype, device=device)
+        return torch.randn(3, 2, 8, dtype=dtype, device=device)  # two leading dims
 
     def reference(self, layer, params, x):
         return reference.quaternion_linear(x, *(params[n] for n in COMPONENTS), params.get("bias"))
@@ -80,14 +83,13 @@ class Convolution(Family):
     spatial: tuple
 
     def make(self, dtype, device, **options):
-        return self.layer_class(8, 16, self.kernel_size, dtype=dtype, device=device, **self.config, **options)
+        return self.layer_class(8, 16, self.kernel_size, dtype=dtype, device=device, **{**self.config, **options})
 
     def example(self, dtype, device, batch=2):
         return torch.randn(batch, 8, *self.spatial, dtype=dtype, device=device)
 
-    def gradcheck_setup(self, device):
-        layer = self.build(torch.float64, device)
-        return layer, dict(layer.named_parameters()), self.example(torch.float64, device, batch=1)
+    def gradcheck_example(self, device):
+        return self.example(torch.float64, device, batch=1)
 
     def reference(self, layer, params, x):
         parts, bias = [params[n] for n in COMPONENTS], params.get("bias")
@@ -110,6 +112,9 @@ class Convolution(Family):
 class TestQConv1d(Convolution):
     layer_class, peer_class = qlayers.QConv1d, nn.Conv1d
     config, spatial = dict(stride=2, padding=1, groups=2), (7,)
+    # The eight-product convolution by name (groups 1 only): the old
+    # test_eight_product.py::test_conv_eight_gradcheck_and_double_backward.
+    variants = {"eight": dict(algorithm="eight", groups=1)}
 
 
 class TestQConv2d(Convolution):
@@ -155,12 +160,10 @@ class Recurrent(Family):
     init_std = 0.4
     steps, batch, hidden = 3, 2, 8
 
+    gradcheck_options = dict(num_layers=1)
+
     def make(self, dtype, device, num_layers=2, **options):
         return self.layer_class(4, self.hidden, num_layers, bidirectional=True, dtype=dtype, device=device, **options)
-
-    def gradcheck_setup(self, device):
-        layer = self.build(torch.float64, device, num_layers=1)
-        return layer, dict(layer.named_parameters()), self.example(torch.float64, device)
 
     def example(self, dtype, device):
         return torch.randn(self.steps, self.batch, 4, dtype=dtype, device=device)
@@ -256,9 +259,8 @@ class BatchNorm(Family):
     def example(self, dtype, device):
         return torch.randn(5, 8, 3, dtype=dtype, device=device) * 2 + 1
 
-    def gradcheck_setup(self, device):
-        layer = self.build(torch.float64, device)
-        return layer, dict(layer.named_parameters()), torch.randn(4, 8, 2, dtype=torch.float64, device=device)
+    def gradcheck_example(self, device):
+        return torch.randn(4, 8, 2, dtype=torch.float64, device=device)
 
     def reference(self, layer, params, x):
         return batch_norm_reference(layer, params, x)

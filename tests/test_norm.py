@@ -23,10 +23,20 @@ def biased_covariance(q):
     return torch.einsum("nqa,nqb->qab", centered, centered) / q.shape[0]
 
 
-def randomise_affine(norm):
+def norm_and_float32_copy(mode, dtype=torch.float32):
+    """A QBatchNorm with a random affine map, in `dtype`, and a float32 copy of it (the same values)."""
+    norm = qlayers.QBatchNorm(8, mode=mode)
     with torch.no_grad():
         norm.weight.add_(0.3 * torch.randn_like(norm.weight))
         norm.bias.normal_()
+    norm = norm.to(dtype)
+    return norm, copy.deepcopy(norm).float()
+
+
+def assert_same_statistics(norm, reference, dtype, **tolerance):
+    for name in ("running_mean", "running_cov" if norm.mode == "whiten" else "running_var"):
+        assert getattr(norm, name).dtype == dtype
+        torch.testing.assert_close(getattr(norm, name).float(), getattr(reference, name), **tolerance)
 
 
 @pytest.mark.parametrize("shape", [(256, 8), (64, 8, 5), (16, 8, 4, 4)])
@@ -177,9 +187,7 @@ LOW = {torch.bfloat16: dict(rtol=2**-7, atol=2**-7), torch.float16: dict(rtol=2*
 def test_autocast_training_matches_float32(mode, input_dtype):
     # Training under CPU bfloat16 autocast raised in lerp_ (bfloat16 statistics into float32
     # buffers). Now: statistics in float32, output in the input's dtype, as nn.BatchNorm1d.
-    norm = qlayers.QBatchNorm(8, mode=mode)
-    randomise_affine(norm)
-    reference = copy.deepcopy(norm)
+    norm, reference = norm_and_float32_copy(mode)
     x = (torch.randn(16, 8, 5) * 3 + 1).to(input_dtype)  # bfloat16: what an autocast layer before gives
     x_ours = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -190,9 +198,7 @@ def test_autocast_training_matches_float32(mode, input_dtype):
     expected = reference(x_reference)  # float32, no autocast, the same (exactly representable) values
     tolerance = LOW.get(input_dtype, dict(rtol=1e-5, atol=1e-5))
     torch.testing.assert_close(y.float(), expected, **tolerance)
-    for name in ("running_mean", "running_cov" if mode == "whiten" else "running_var"):
-        assert getattr(norm, name).dtype == torch.float32
-        torch.testing.assert_close(getattr(norm, name), getattr(reference, name), rtol=1e-6, atol=1e-6)
+    assert_same_statistics(norm, reference, torch.float32, rtol=1e-6, atol=1e-6)
     grad = torch.randn_like(expected).to(input_dtype)
     y.backward(grad)
     expected.backward(grad.float())
@@ -207,19 +213,14 @@ def test_autocast_training_matches_float32(mode, input_dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_module_matches_float32(mode, dtype):
     # Whitening raised with 16-bit parameters (no 16-bit Cholesky): it now runs in float32.
-    norm = qlayers.QBatchNorm(8, mode=mode)
-    randomise_affine(norm)
-    norm = norm.to(dtype)
-    reference = copy.deepcopy(norm).float()  # the same 16-bit values, in float32
+    norm, reference = norm_and_float32_copy(mode, dtype)  # the same 16-bit values, in float32
     x = (torch.randn(32, 8) * 2 + 1).to(dtype).requires_grad_()
     x_reference = x.detach().float().requires_grad_()
     for _ in range(2):  # twice: the second call reads the running statistics the first updated
         y, expected = norm(x), reference(x_reference)
         assert y.dtype == dtype
         torch.testing.assert_close(y.float(), expected, **LOW[dtype])
-    for name in ("running_mean", "running_cov" if mode == "whiten" else "running_var"):
-        assert getattr(norm, name).dtype == dtype
-        torch.testing.assert_close(getattr(norm, name).float(), getattr(reference, name), **LOW[dtype])
+    assert_same_statistics(norm, reference, dtype, **LOW[dtype])
     y.float().pow(2).sum().backward()
     expected.pow(2).sum().backward()
     torch.testing.assert_close(x.grad.float(), x_reference.grad, rtol=2e-2, atol=2e-2)

@@ -410,6 +410,16 @@ NO_DERIVATIVE = (
     "no derivative by design: called below autograd (inside another op's forward or backward), and "
     "AOTAutograd never differentiates a backward (it has no double backward); the check traces the forward"
 )
+
+
+def names_a_formulation(reads):
+    """The checks skipped for an op that reads no tensor data and returns a str (the formulation it names)."""
+    return {
+        AUTOGRAD: f"{reads}, a str result: nothing to differentiate (opcheck would pass without checking)",
+        AOT: f"{reads}, a str result: nothing to trace, and opcheck cannot compare strs",
+    }
+
+
 SAMPLES: Dict[str, Entry] = {
     "qlayers::hamilton_expand.default": Entry(hamilton_expand),
     "qlayers::hamilton_reduce.default": Entry(hamilton_reduce),
@@ -428,22 +438,10 @@ SAMPLES: Dict[str, Entry] = {
     # recurrent_scan_backward run below autograd (an Autograd kernel): their outputs never require
     # grad, and their callers build any graph of the gradients from differentiable ops.
     "qlayers::_quaternion_linear_backward.default": Entry(quaternion_linear_backward, aot_without_grad=NO_DERIVATIVE),
-    "qlayers::_linear_formulation.default": Entry(
-        linear_formulation,
-        skip={
-            AUTOGRAD: "no tensor arguments: nothing to differentiate (opcheck would pass without checking)",
-            AOT: "no tensor arguments and a str result: nothing to trace, and opcheck cannot compare strs",
-        },
-    ),
+    "qlayers::_linear_formulation.default": Entry(linear_formulation, skip=names_a_formulation("no tensor arguments")),
     "qlayers::quaternion_conv.default": Entry(quaternion_conv),
     "qlayers::_quaternion_conv_backward.default": Entry(quaternion_conv_backward, aot_without_grad=NO_DERIVATIVE),
-    "qlayers::_conv_formulation.default": Entry(
-        conv_formulation,
-        skip={
-            AUTOGRAD: "reads only metadata and returns a str: nothing to differentiate",
-            AOT: "a str result: nothing to trace, and opcheck cannot compare strs",
-        },
-    ),
+    "qlayers::_conv_formulation.default": Entry(conv_formulation, skip=names_a_formulation("reads only metadata")),
     # Mutating ops with no result: their fake kernels are the ones torch makes for such ops.
     "qlayers::_recurrent_gates_forward.default": Entry(recurrent_gates_forward),
     "qlayers::_recurrent_gates_backward.default": Entry(recurrent_gates_backward),

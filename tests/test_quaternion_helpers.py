@@ -195,21 +195,18 @@ def test_reference_conv_under_autocast_matches_efficient():
         assert_close_to_bf16(plain, plain_fn(x, *components, bias))
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_plain_qlinear_stack_runs_under_autocast(bias):
-    x = torch.randn(6, 32)
-    plain, efficient = linear_stack(False, bias), linear_stack(True, bias)
-    out = run_under_autocast(plain, x)
-    assert out.dtype == torch.bfloat16
-    assert_close_to_bf16(out, run_under_autocast(efficient, x))
-    assert_close_to_bf16(out, plain(x))
-    out.float().sum().backward()
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in plain.parameters())
+STACKS = {  # a stack of two layers given memory_efficient, and its input
+    "qlinear-bias": (lambda efficient: linear_stack(efficient, True), (6, 32)),
+    "qlinear-no-bias": (lambda efficient: linear_stack(efficient, False), (6, 32)),
+    "qconv1d": (conv_stack, (2, 8, 12)),
+}
 
 
-def test_plain_qconv1d_stack_runs_under_autocast():
-    x = torch.randn(2, 8, 12)
-    plain, efficient = conv_stack(False), conv_stack(True)
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_plain_stack_runs_under_autocast(stack):
+    build, shape = STACKS[stack]
+    x = torch.randn(shape)
+    plain, efficient = build(False), build(True)
     out = run_under_autocast(plain, x)
     assert out.dtype == torch.bfloat16
     assert_close_to_bf16(out, run_under_autocast(efficient, x))

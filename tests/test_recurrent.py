@@ -54,9 +54,7 @@ def test_efficient_equals_plain(cls, options, with_state):
     directions = 2 if options.get("bidirectional") else 1
     layers = options.get("num_layers", 1)
     x = torch.randn(5, 3, 8, dtype=torch.float64)  # (T, B, F), or (B, T, F) with batch_first
-    hx = initial_state(cls, layers, directions, 3 if not options.get("batch_first") else 5) if with_state else None
-    if options.get("batch_first"):
-        hx = initial_state(cls, layers, directions, 5) if with_state else None
+    hx = initial_state(cls, layers, directions, 5 if options.get("batch_first") else 3) if with_state else None
     results = []
     for module in (efficient, plain):
         torch.manual_seed(7)  # the same dropout masks on both paths

@@ -2,16 +2,16 @@
 layers: a QLSTM (QRNN) with split activations is an nn.LSTM (nn.RNN) whose weights are the Hamilton
 matrices with their gate columns reordered, so torch's layers are an independent reference for the
 outputs, final states and every gradient, PackedSequence included. QLiGRU has no torch peer: it is
-checked against the step loop and by gradcheck. Also: the fallbacks (double backward, torch.func,
-forward-mode AD, torch.compile), autocast dtypes, hx checks, the gate layout parameter, and what
-the engine keeps for backward."""
+checked against the step loop and by gradcheck. Also: double backward, packed sequences compiled,
+hx checks, the gate layout parameter, and what the engine keeps for backward (torch.func,
+forward-mode AD, compile and autocast of every layer: tests/test_layers.py)."""
 
 import contextlib
 import itertools
 
 import pytest
 import torch
-from conftest import TOLERANCES
+from conftest import TOLERANCES, randomise
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -151,6 +151,13 @@ def ordered(grads):
     return [g for group in grads for g in group]
 
 
+def assert_equals_twin(layer, twin, results, tolerance=F64):
+    """`results` of `layer` and of its torch twin (outputs, states, input gradients), then every
+    parameter gradient of `layer` and the twin's mapped back onto it, agree."""
+    for got, want in [*zip(*results), *zip(ordered(our_grads(layer)), ordered(twin_grads(layer, twin)))]:
+        torch.testing.assert_close(got, want, **tolerance)
+
+
 @pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize(
     "options,hidden,dtype",
@@ -166,8 +173,7 @@ def ordered(grads):
 def test_engine_equals_torch_layer(cls, torch_cls, options, hidden, dtype):
     torch.manual_seed(0)
     layer = cls(8, hidden, dtype=dtype, **options)
-    for p in layer.parameters():  # non-zero biases; weights large enough to leave the linear regime
-        nn.init.normal_(p, std=0.5 / hidden**0.5)
+    randomise(layer, 0.5 / hidden**0.5)  # non-zero biases; weights large enough to leave the linear regime
     twin = torch_twin(layer, torch_cls)
     steps, batch = 6, 3
     shape = (batch, steps, 8) if layer.batch_first else (steps, batch, 8)
@@ -188,10 +194,7 @@ def test_engine_equals_torch_layer(cls, torch_cls, options, hidden, dtype):
         ((out * weights).sum() + sum((f * f).sum() for f in finals)).backward()
         states_in = state if isinstance(state, tuple) else (state,)
         outs.append([out, *finals, inputs.grad, *(s.grad for s in states_in)])
-    for got, want in zip(*outs):
-        torch.testing.assert_close(got, want, **tolerance)
-    for got, want in zip(ordered(our_grads(layer)), ordered(twin_grads(layer, twin))):
-        torch.testing.assert_close(got, want, **tolerance)
+    assert_equals_twin(layer, twin, outs, tolerance)
 
 
 @pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
@@ -201,8 +204,7 @@ def test_packed_sequence_equals_torch_layer(cls, torch_cls, memory_efficient):
     # start at each sequence's own last element, and h_n come back in the caller's order.
     torch.manual_seed(1)
     layer = cls(8, 12, num_layers=2, bidirectional=True, dtype=torch.float64, memory_efficient=memory_efficient)
-    for p in layer.parameters():
-        nn.init.normal_(p, std=0.3)
+    randomise(layer, 0.3)
     twin = torch_twin(layer, torch_cls)
     lengths = torch.tensor([3, 6, 1, 4])
     padded = torch.randn(6, 4, 8, dtype=torch.float64)
@@ -221,10 +223,7 @@ def test_packed_sequence_equals_torch_layer(cls, torch_cls, memory_efficient):
         finals = final if isinstance(final, tuple) else (final,)
         (unpacked.pow(2).sum() + sum(f.sum() for f in finals)).backward()
         results.append([unpacked, *finals, x.grad])
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, **F64)
-    for got, want in zip(ordered(our_grads(layer)), ordered(twin_grads(layer, twin))):
-        torch.testing.assert_close(got, want, **F64)
+    assert_equals_twin(layer, twin, results)
 
 
 # (shape of the leaf, the strided c_0 taken from it): a learned initial cell state broadcast over the
@@ -245,8 +244,7 @@ def test_non_contiguous_c0_equals_torch_lstm(memory_efficient, form, c0_needs_gr
     # tensors"), with or without its gradient; nn.LSTM takes it.
     torch.manual_seed(8)
     layer = qlayers.QLSTM(8, 12, dtype=torch.float64, memory_efficient=memory_efficient)
-    for p in layer.parameters():
-        nn.init.normal_(p, std=0.3)
+    randomise(layer, 0.3)
     twin = torch_twin(layer, nn.LSTM)
     leaf_shape, strided = STRIDED_C0[form]
     unbatched = form.startswith("unbatched")
@@ -264,10 +262,7 @@ def test_non_contiguous_c0_equals_torch_lstm(memory_efficient, form, c0_needs_gr
         ((out * weights).sum() + (h_n * h_n).sum() + (c_n * c_n).sum()).backward()
         # the learned c_init's gradient sums the batch's
         results.append([out, h_n, c_n, inputs.grad, h.grad, *([c.grad] if c0_needs_grad else [])])
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, **F64)
-    for got, want in zip(ordered(our_grads(layer)), ordered(twin_grads(layer, twin))):
-        torch.testing.assert_close(got, want, **F64)
+    assert_equals_twin(layer, twin, results)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "ligru_relu", "rnn_tanh"])
@@ -301,35 +296,20 @@ def test_engine_takes_strided_states_and_weights(cell):
         torch.testing.assert_close(g, w, **F64)
 
 
-def small_layer(cls, **options):
-    torch.manual_seed(2)
-    layer = cls(4, 8, dtype=torch.float64, **options)
-    for p in layer.parameters():
-        nn.init.normal_(p, std=0.4)
-    return layer
-
-
-def functional_call(layer, packed_lengths=None):
-    names = [n for n, _ in layer.named_parameters()]
-
-    def run(x, *params):
-        if packed_lengths is not None:
-            x = pack_padded_sequence(x, packed_lengths, enforce_sorted=False)
-        out, final = torch.func.functional_call(layer, dict(zip(names, params)), (x,))
-        if packed_lengths is not None:
-            out = pad_packed_sequence(out)[0]
-        return (out, *final) if isinstance(final, tuple) else (out, final)
-
-    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
-    return run, params
-
-
 @pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
 def test_gradcheck_and_gradgradcheck_packed(cls):
     # First order through the C++ backward; second order through its differentiable fallback. The
     # padded input: tests/test_layers.py::TestQ*::test_gradcheck_and_gradgradcheck.
-    layer = small_layer(cls, bidirectional=True)
-    run, params = functional_call(layer, torch.tensor([3, 1, 2]))
+    torch.manual_seed(2)
+    layer = randomise(cls(4, 8, bidirectional=True, dtype=torch.float64), 0.4)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def run(x, *params):
+        packed = pack_padded_sequence(x, torch.tensor([3, 1, 2]), enforce_sorted=False)
+        out, final = torch.func.functional_call(layer, dict(zip(names, params)), (packed,))
+        return (pad_packed_sequence(out)[0], *(final if isinstance(final, tuple) else (final,)))
+
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     x = torch.randn(3, 3, 4, dtype=torch.float64, requires_grad=True)
     assert gradcheck(run, (x, *params))
     assert gradgradcheck(run, (x, *params))
@@ -476,10 +456,18 @@ def packed_case(cls, memory_efficient, enforce_sorted):
     return layer, padded, lengths, hx
 
 
-@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
-@pytest.mark.parametrize("memory_efficient", [True, False], ids=["engine", "plain"])
-@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+# Every layer, path and packing on the eager and aot_eager backends; inductor on the engine only (on
+# the plain path's unrolled steps it takes minutes here).
+PACKED_COMPILES = [
+    pytest.param(cls, memory_efficient, enforce_sorted, backend, id=f"{cls.__name__}-{path}-{order}-{backend}")
+    for cls in (qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU)
+    for memory_efficient, path in ((True, "engine"), (False, "plain"))
+    for enforce_sorted, order in ((False, "unsorted"), (True, "sorted"))
+    for backend in ("eager", "aot_eager")
+] + [pytest.param(qlayers.QLSTM, True, False, "inductor", id="QLSTM-engine-unsorted-inductor")]
+
+
+@pytest.mark.parametrize("cls,memory_efficient,enforce_sorted,backend", PACKED_COMPILES)
 def test_compile_packed_sequence_matches_eager(cls, memory_efficient, enforce_sorted, backend):
     # torch._VF._pad_packed_sequence and batch_sizes.tolist() failed on fake tensors, on every backend.
     torch._dynamo.reset()
@@ -489,18 +477,6 @@ def test_compile_packed_sequence_matches_eager(cls, memory_efficient, enforce_so
     with cache_off, autograd_cache_off:
         got = packed_results(torch.compile(layer, backend=backend), layer, padded, lengths, hx, enforce_sorted)
     assert len(got) == len(want)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, **F64)
-
-
-def test_compile_packed_sequence_with_inductor_matches_eager():
-    # The engine only: inductor on the plain path's unrolled steps takes minutes here.
-    torch._dynamo.reset()
-    layer, padded, lengths, hx = packed_case(qlayers.QLSTM, True, False)
-    want = packed_results(layer, layer, padded, lengths, hx, False)
-    cache_off, autograd_cache_off = no_compile_caches()
-    with cache_off, autograd_cache_off:
-        got = packed_results(torch.compile(layer, backend="inductor"), layer, padded, lengths, hx, False)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **F64)
 
