@@ -70,9 +70,13 @@ def test_a_rebuilt_library_never_reloads_the_old_build_s_compiled_graphs(tmp_pat
     assert _cache_hits(root, cache) == 0
 
 
-def test_the_user_s_cache_key_tag_is_kept_and_qlayers_adds_its_own_once(monkeypatch):
+def test_the_user_s_cache_key_tag_is_kept_and_qlayers_adds_its_own_once():
     own = f"qlayers-{_library.library_fingerprint(qlayers._C.__file__)}"
-    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "experiment-7")
-    _library.tag_compile_caches(qlayers._C)
-    _library.tag_compile_caches(qlayers._C)
-    assert torch.compiler.config.cache_key_tag == f"experiment-7+{own}"
+    before = torch.compiler.config.cache_key_tag
+    assert own in before.split("+")  # import tagged the caches
+    # The config's own patch: pytest's monkeypatch deletes a config entry on undo.
+    with torch.compiler.config.patch(cache_key_tag="experiment-7"):
+        _library.tag_compile_caches(qlayers._C)
+        _library.tag_compile_caches(qlayers._C)
+        assert torch.compiler.config.cache_key_tag == f"experiment-7+{own}"
+    assert torch.compiler.config.cache_key_tag == before
