@@ -207,7 +207,9 @@ std::array<at::Tensor, 6> conv_gradients(const at::Tensor& grad_output, const at
   } else {
     // aten's convolution_backward reads only the shape of an operand whose gradient it does not
     // compute: a stand-in of that shape serves, so the kernel is built only for the input gradient.
-    const at::Tensor kernel = mask[0] ? real_kernel(work, o.groups) : g.new_empty({1}).expand(kernel_sizes(w[0]));
+    // The kernel's stand-in is a view of a component's first element: it allocates nothing.
+    const at::Tensor kernel = mask[0] ? real_kernel(work, o.groups)
+                                      : work[0].reshape({-1}).narrow(0, 0, 1).expand(kernel_sizes(w[0]));
     const at::Tensor operand = x.defined() ? x : g.new_empty({1}).expand(input_shape);
     const int64_t out_channels = o.transposed ? 4 * w[0].size(1) * o.groups : 4 * w[0].size(0);
     auto [grad_input, grad_kernel, grad_bias] =

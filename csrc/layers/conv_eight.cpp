@@ -106,15 +106,16 @@ at::Tensor eight_forward(const at::Tensor& input, const at::Tensor& r, const at:
     const int64_t len = std::min(chunk, count - first);
     const at::Tensor x = input.narrow(0, first, len);
     const at::Tensor sums = ops::block_mix(blocks_of(x), ref(tables::kRight), /*interleave=*/false);  // (8, len, b S)
-    std::vector<at::Tensor> products;
-    products.reserve(8);
+    // Each product copied into one (8, len, a S') tensor as it comes, never eight of them at once.
+    at::Tensor products;
     for (int t = 0; t < 8; ++t) {
       std::vector<int64_t> sizes = x.sizes().vec();
       sizes[1] /= 4;
-      products.push_back(product(sums[t].view(sizes), w[t], o));
+      const at::Tensor p = product(sums[t].view(sizes), w[t], o);
+      if (!products.defined()) products = at::empty({8, len, p.numel() / len}, p.options());
+      products[t].copy_(p.reshape({len, -1}));
     }
-    ops::block_mix_into(at::stack(products).view({8, len, -1}), ref(tables::kCombine),
-                        blocks_of(out.narrow(0, first, len)));
+    ops::block_mix_into(products, ref(tables::kCombine), blocks_of(out.narrow(0, first, len)));
   }
   if (bias.defined()) {
     std::vector<int64_t> view(out.dim(), 1);
@@ -135,7 +136,8 @@ std::array<at::Tensor, 6> eight_backward(const at::Tensor& grad_output, const at
   const bool needs_components = output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
   TORCH_CHECK_VALUE(!needs_components || input.defined(),
                     "conv_eight_backward: the component gradients need the input");
-  const at::Tensor g = grad_output.contiguous();
+  // Made contiguous a chunk at a time: an expanded gradient (out.sum()) is never copied whole.
+  const at::Tensor& g = grad_output;
   const int64_t count = input_shape[0];
   const std::vector<at::Tensor> w = eighths(weight_sums(r, i, j, k));
   std::vector<int64_t> image_sizes(input_shape.begin(), input_shape.end());
@@ -147,10 +149,13 @@ std::array<at::Tensor, 6> eight_backward(const at::Tensor& grad_output, const at
   for (int64_t first = 0; first < count; first += chunk) {
     const int64_t len = std::min(chunk, count - first);
     image_sizes[0] = len;
-    const at::Tensor grad_products = ops::block_mix(blocks_of(g.narrow(0, first, len)), ref(kCombineTransposed), false);
+    const at::Tensor grad_products =
+        ops::block_mix(blocks_of(g.narrow(0, first, len).contiguous()), ref(kCombineTransposed), false);
     at::Tensor sums;
     if (needs_components) sums = ops::block_mix(blocks_of(input.narrow(0, first, len)), ref(tables::kRight), false);
-    std::vector<at::Tensor> grad_sums_in;
+    // The eight input-side gradients, each copied into one (8, len, b S) tensor as it comes.
+    at::Tensor grad_sums_in;
+    if (needs_input) grad_sums_in = at::empty({8, len, per_image(image_sizes)}, g.options());
     for (int t = 0; t < 8; ++t) {
       std::vector<int64_t> out_sizes = g.sizes().vec();
       out_sizes[0] = len;
@@ -161,12 +166,11 @@ std::array<at::Tensor, 6> eight_backward(const at::Tensor& grad_output, const at
       auto [gx, gw, gb] = at::convolution_backward(grad_products[t].view(out_sizes), x_t, w[t], std::nullopt, stride,
                                                    padding, dilation, false, {0}, 1,
                                                    {needs_input, needs_components, false});
-      if (needs_input) grad_sums_in.push_back(gx);
+      if (needs_input) grad_sums_in[t].copy_(gx.reshape({len, -1}));
       if (needs_components) grad_w[t].add_(gw);
     }
     if (needs_input) {
-      ops::block_mix_into(at::stack(grad_sums_in).view({8, len, -1}), ref(kRightTransposed),
-                          blocks_of(grad_input.narrow(0, first, len)));
+      ops::block_mix_into(grad_sums_in, ref(kRightTransposed), blocks_of(grad_input.narrow(0, first, len)));
     }
   }
   // The fold, one row of its table at a time, each into a tensor of its own (an operator's outputs
