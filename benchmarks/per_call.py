@@ -1,16 +1,21 @@
-"""What a small layer pays per call: QLinear against nn.Linear of the same size, batch 1.
+"""What a small layer pays per call: a quaternion layer against the dense one of the same size, batch 1.
 
-    python benchmarks/per_call.py [--features 64] [--threads 1]
+    python benchmarks/per_call.py [--layer linear|conv] [--features 64] [--threads 1]
 
-Times forward, and forward + backward (``layer(x).sum().backward()``), of ``QLinear(f, f)`` and
-``nn.Linear(f, f)`` on one row with torch.utils.benchmark, and prints the ratios. At this size the
-arithmetic is negligible: the times are the per-call cost of the Python module, the dispatcher and
-autograd.
+Times forward, and forward + backward (``layer(x).sum().backward()``), with torch.utils.benchmark,
+and prints the ratios:
+- linear: ``QLinear(f, f)`` against ``nn.Linear(f, f)`` on one row. At this size the arithmetic is
+  negligible: the times are the per-call cost of the Python module, the dispatcher and autograd.
+- conv: ``QConv2d(4, 32, 3, padding=1)`` on one 64 x 96 image against ``F.conv2d`` with the same
+  real kernel (``hamilton_expand`` of the conjugate components, built once, a leaf that needs a
+  gradient) and against the plain-autograd layer (``memory_efficient=False``), which rebuilds the
+  kernel per call as core_qnn's layers do.
 """
 
 import argparse
 
 import torch
+import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 from torch import nn
 
@@ -22,29 +27,55 @@ def median_us(fn, threads, min_run_time):
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
 
 
+def linear_layers(features):
+    x = torch.randn(1, features, requires_grad=True)
+    title = f"QLinear({features}, {features}), batch 1"
+    return title, x, {"qlayers": qlayers.QLinear(features, features), "dense": nn.Linear(features, features)}
+
+
+def conv_layers(_features):
+    x = torch.randn(1, 4, 64, 96, requires_grad=True)
+    layer = qlayers.QConv2d(4, 32, 3, padding=1)
+    plain = qlayers.QConv2d(4, 32, 3, padding=1, memory_efficient=False)
+    plain.load_state_dict(layer.state_dict())
+    r, i, j, k = (p.detach() for p in (layer.r_weight, layer.i_weight, layer.j_weight, layer.k_weight))
+    kernel = torch.ops.qlayers.hamilton_expand(r, -i, -j, -k).requires_grad_()
+    bias = layer.bias.detach().clone().requires_grad_()
+    title = "QConv2d(4, 32, 3, padding=1), one 4 x 64 x 96 image"
+    return (
+        title,
+        x,
+        {"qlayers": layer, "plain autograd": plain, "dense": lambda x: F.conv2d(x, kernel, bias, padding=1)},
+    )
+
+
+LAYERS = {"linear": linear_layers, "conv": conv_layers}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--layer", choices=sorted(LAYERS), default="linear")
+    parser.add_argument("--features", type=int, default=64, help="linear: in and out features")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-run-time", type=float, default=1.0)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    x = torch.randn(1, args.features, requires_grad=True)
-    f = args.features
-    layers = {"qlayers": qlayers.QLinear(f, f), "dense": nn.Linear(f, f)}
+    title, x, layers = LAYERS[args.layer](args.features)
     times = {}
     for name, layer in layers.items():
         times[name] = (
             median_us(lambda layer=layer: layer(x), args.threads, args.min_run_time),
             median_us(lambda layer=layer: layer(x).sum().backward(), args.threads, args.min_run_time),
         )
-    print(f"torch {torch.__version__}, {args.threads} thread(s), QLinear({args.features}, {args.features}), batch 1")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {title}")
     print("| | forward us | forward + backward us |")
     print("|---|---:|---:|")
     for name, (forward, step) in times.items():
         print(f"| {name} | {forward:.1f} | {step:.1f} |")
-    q, d = times["qlayers"], times["dense"]
-    print(f"| qlayers / dense | {q[0] / d[0]:.2f} | {q[1] / d[1]:.2f} |")
+    d = times["dense"]
+    for name, (forward, step) in times.items():
+        if name != "dense":
+            print(f"| {name} / dense | {forward / d[0]:.2f} | {step / d[1]:.2f} |")
 
 
 if __name__ == "__main__":

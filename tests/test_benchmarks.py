@@ -203,6 +203,15 @@ def test_per_call_reports_both_layers(capsys):
     assert "| qlayers |" in out and "| dense |" in out and "| qlayers / dense |" in out
 
 
+def test_per_call_conv_compares_with_the_same_real_kernel(capsys):
+    per_call.main(["--layer", "conv", "--min-run-time", "0.001"])
+    out = capsys.readouterr().out
+    assert "| qlayers / dense |" in out and "| plain autograd / dense |" in out
+    title, x, layers = per_call.conv_layers(None)
+    torch.testing.assert_close(layers["qlayers"](x), layers["dense"](x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layers["plain autograd"](x), layers["dense"](x), rtol=1e-5, atol=1e-5)
+
+
 def test_recurrent_benchmark_runs_the_three_recurrent_workloads(tmp_path):
     path = tmp_path / "recurrent.md"
     records = recurrent.main(["--size", "tiny", "--device", "cpu", "--markdown", str(path)])
