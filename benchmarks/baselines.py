@@ -8,6 +8,10 @@
   r component alone whether the components need gradients.
 - CheckpointedQLinear / CheckpointedQConv2d: plain autograd under torch.utils.checkpoint, which
   recomputes the layer (the Hamilton matrix or kernel included) in backward instead of keeping it.
+- OneDNNLinear: a dense layer whose three GEMMs run through oneDNN, as qlayers' do on the CPU
+  (torch.nn.Linear's run through MKL): the peer for "faster by the algorithm, not by the library".
+  nn.Conv2d needs no such peer: torch already runs its float32 CPU convolutions through oneDNN
+  (aten::mkldnn_convolution).
 """
 
 import torch
@@ -15,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import qlayers
-from qlayers import reference
+from qlayers import _torch_internals, reference
 
 
 def _blocks(t, parts=4):
@@ -90,3 +94,29 @@ class CheckpointedQConv2d(qlayers.QConv2d):
 
     def forward(self, input):
         return checkpoint(super().forward, input, use_reentrant=False)
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """y = x @ W^T + b and its gradients, every GEMM by oneDNN: the weight reordered into oneDNN's
+    layout once per call (it changes every step), the gradients from the plain weight."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        packed = _torch_internals.onednn_reorder_linear_weight(weight, x.shape[0])
+        return _torch_internals.onednn_linear(x, packed, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = _torch_internals.onednn_linear(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_weight = _torch_internals.onednn_linear(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight, grad.sum(0)
+
+
+class OneDNNLinear(nn.Linear):
+    """torch.nn.Linear (its parameters and init) with its GEMMs through oneDNN; 2-d inputs."""
+
+    def forward(self, input):
+        return _OneDNNLinearFunction.apply(input, self.weight, self.bias)

@@ -86,8 +86,8 @@ def grid_table(records):
     lines = [
         "| batch | features | "
         + " | ".join(f"{impl} ms" for impl in impls)
-        + " | qlayers / dense | qlayers / autograd |",
-        "|---:|---:|" + "---:|" * (len(impls) + 2),
+        + " | qlayers / dense | qlayers / dense-onednn | qlayers / autograd |",
+        "|---:|---:|" + "---:|" * (len(impls) + 3),
     ]
     for batch, features in dict.fromkeys((r.batch, r.features) for r in records):
         # A run cut short may lack some of a row's cells: "-" there.
@@ -97,6 +97,7 @@ def grid_table(records):
             f"| {batch} | {features} | "
             + " | ".join("-" if t is None else f"{t:.3f}" for t in times)
             + f" | {_over(ours, by_key.get((batch, features, 'dense')))}"
+            + f" | {_over(ours, by_key.get((batch, features, 'dense-onednn')))}"
             + f" | {_over(ours, by_key.get((batch, features, 'autograd')))} |"
         )
     return lines

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import qlayers
+from qlayers import _torch_internals
 
 LayerFactory = Callable[[int, int], nn.Module]
 
@@ -244,6 +245,10 @@ GRID_IMPLS = {
     "autograd": lambda f: qlayers.QLinear(f, f, memory_efficient=False),
     "dense": lambda f: nn.Linear(f, f),
 }
+# Beside nn.Linear as shipped (MKL), the same dense layer through oneDNN, where qlayers' GEMMs run:
+# the ratio to it is the algorithm's gain alone.
+if _torch_internals.onednn_linear_available():
+    GRID_IMPLS["dense-onednn"] = lambda f: baselines.OneDNNLinear(f, f)
 
 
 # The conv grid: one 3 x 3 convolution (padding 1), forward + backward, against nn.Conv2d.

@@ -71,6 +71,25 @@ def fan_in_and_fan_out(weight: Tensor) -> Tuple[int, int]:
     return torch.nn.init._calculate_fan_in_and_fan_out(weight)
 
 
+def onednn_linear_available() -> bool:
+    """Whether torch has oneDNN's linear op (torch.ops.mkldnn._linear_pointwise), the GEMM qlayers'
+    C++ takes on the CPU (csrc/layers/onednn_linear.h). Checked on torch 2.9-2.14."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_linear(x: Tensor, weight: Tensor, bias=None) -> Tensor:
+    """torch.ops.mkldnn._linear_pointwise without a fused activation: ``x @ weight^T + bias`` by
+    oneDNN, ``weight`` (out, in) as given or as reordered by :func:`onednn_reorder_linear_weight`.
+    Not differentiable. Checked on torch 2.9-2.14."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def onednn_reorder_linear_weight(weight: Tensor, batch_size: int) -> Tensor:
+    """torch.ops.mkldnn._reorder_linear_weight: an (out, in) weight in oneDNN's layout for batches of
+    ``batch_size`` rows. Checked on torch 2.9-2.14."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
+
+
 def ntuple(n: int, name: str = "parse") -> Callable[[object], Tuple]:
     """torch.nn.modules.utils._ntuple: a parser that repeats a scalar n times and passes an
     iterable through as a tuple (torch's convolution arguments). Checked on torch 2.9-2.14."""
@@ -85,6 +104,9 @@ __all__: List[str] = [
     "forward_ad_active",
     "functorch_transforms_active",
     "ntuple",
+    "onednn_linear",
+    "onednn_linear_available",
+    "onednn_reorder_linear_weight",
     "pack_padded_sequence",
     "pad_packed_sequence",
     "privateuse1_backend_name",

@@ -61,6 +61,25 @@ def test_baselines_compute_the_same_layer(layer_class):
         torch.testing.assert_close(mine.grad, theirs.grad, **TOLERANCES[torch.float64])
 
 
+@pytest.mark.skipif("dense-onednn" not in workloads.GRID_IMPLS, reason="this torch has no oneDNN linear op")
+def test_onednn_dense_layer_is_nn_linear_with_its_gemms_in_onednn():
+    # float32 only (oneDNN's linear op): a loose tolerance, still far below a wrong sign or operand.
+    layer = workloads.GRID_IMPLS["dense-onednn"](64)
+    reference_layer = nn.Linear(64, 64)
+    reference_layer.load_state_dict(layer.state_dict())
+    with torch.profiler.profile() as profile:
+        out = layer(x := torch.randn(9, 64, requires_grad=True))
+        out.backward(grad := torch.randn(9, 64))
+    assert sum(e.name == "mkldnn::_linear_pointwise" for e in profile.events()) == 3  # y, dL/dx, dL/dW
+    x_reference = x.detach().clone().requires_grad_()
+    out_reference = reference_layer(x_reference)
+    out_reference.backward(grad)
+    torch.testing.assert_close(out, out_reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_reference.grad, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(layer.parameters(), reference_layer.parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_anchor_reproduces_the_frozen_r_defect():
     # The benchmark measures the anchors as they are: r's flag gates every component.
     layer = baselines.AnchorQLinear(16, 8, dtype=torch.float64)

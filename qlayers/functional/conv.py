@@ -27,6 +27,11 @@ from qlayers.ops._shared import _transforms_active
 from qlayers.ops.checks import check_conv_arguments, check_tensors
 from qlayers.ops.conv import QuaternionConvFunction
 
+# Called per layer call: the overload itself (no overload resolution by the packet), and one
+# argument parser per spatial rank.
+_QUATERNION_CONV = torch.ops.qlayers.quaternion_conv.default
+_PER_DIM = {dims: _torch_internals.ntuple(dims) for dims in range(4)}
+
 
 def conv_formulation(input: Tensor, components, options, compute_dtype, algorithm: str = "auto") -> str:
     """ "eight" or "kernel": the formulation ``torch.ops.qlayers.quaternion_conv`` takes for this call.
@@ -73,12 +78,13 @@ def quaternion_conv(
     if not isinstance(r_weight, Tensor):
         check_tensors(op, input, components, bias)
     compute_dtype = _autocast_dtype(input, r_weight)
-    per_dim = _torch_internals.ntuple(max(r_weight.dim() - 2, 0))
+    dims = max(r_weight.dim() - 2, 0)
+    per_dim = _PER_DIM[dims] if dims in _PER_DIM else _torch_internals.ntuple(dims)
     options = (per_dim(stride), per_dim(padding), per_dim(dilation), transposed, per_dim(output_padding), groups)
     if torch.compiler.is_compiling() or not _transforms_active():
         # The operator checks every argument, in the words of check_conv_arguments (its fake kernel's).
         try:
-            return torch.ops.qlayers.quaternion_conv(input, *components, bias, *options, compute_dtype, algorithm)
+            return _QUATERNION_CONV(input, *components, bias, *options, compute_dtype, algorithm)
         except RuntimeError:
             check_tensors(op, input, components, bias)  # a non-tensor argument
             raise
