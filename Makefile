@@ -43,7 +43,7 @@ TORCH_OLDEST := $(shell sed -n 's/^MINIMUM_TORCH = "\([0-9.]*\)"$$/\1/p' setup.p
 
 LINTED := qlayers benchmarks tests examples scripts setup.py
 
-.PHONY: install lint test test-oldest test-kernels-asan check-ptxas bench wheel sdist check-install gpu-check-rehearsal clean library-missing
+.PHONY: install lint test test-oldest mutants test-kernels-asan check-ptxas bench wheel sdist check-install gpu-check-rehearsal clean library-missing
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,11 +68,17 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
+	$(PY) scripts/mutants.py --check
 	QLAYERS_REQUIRE_SPEECHBRAIN=$(if $(PEER_PACKAGES),1,0) $(PY) -m pytest tests
 
 test-oldest:
 	test -n "$(TORCH_OLDEST)" || { echo "no MINIMUM_TORCH found in setup.py"; exit 1; }
 	$(MAKE) test VENV=.venv-oldest TORCH_SPEC=torch==$(TORCH_OLDEST) QLAYERS_CUDA=0 PEER_PACKAGES=
+
+# Planted bugs, one at a time in a scratch copy, and which test kills each (scripts/mutants.py;
+# CONTRIBUTING.md#planted-bugs-make-mutants). Not part of CI: about 45 minutes on 2 cores.
+mutants: install
+	$(PY) scripts/mutants.py
 
 # The emulated CUDA kernels (tests/test_kernels_emulated.py) built with AddressSanitizer and UBSan.
 # python itself is not instrumented, so the ASan runtime is preloaded, with libstdc++ beside it: ASan

@@ -1,5 +1,7 @@
 """Quaternion convolutions against torch.nn convolutions on the torch.cat kernel, and the product."""
 
+import copy
+
 import pytest
 import torch
 from conftest import TOLERANCES, hamilton_product, randomise
@@ -182,3 +184,65 @@ def test_compiled_conv_takes_the_eight_product_algorithm_where_eager_does(backen
         assert "qlayers::hamilton_expand" not in ran  # no real kernel built, forward or backward
         for got, want in zip((p.grad for p in layer.parameters()), grads):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_functional_conv_rejects_an_input_of_the_wrong_rank():
+    # The functional form checks the rank itself (the operator, and the Python check torch.func runs),
+    # in the documented words, before aten sees the expanded real kernel.
+    components = [torch.randn(2, 2, 3, 3) for _ in range(4)]
+    message = r"expected a 4-d input \(batch, channels, 2 spatial dims\) for 2-d components, got a {}-d input"
+    for x in (torch.randn(1, 8, 5, 5, 5), torch.randn(8, 5, 5)):
+        with pytest.raises(ValueError, match=message.format(x.dim())):
+            qlayers.functional.quaternion_conv(x, *components, padding=1)
+        with pytest.raises(ValueError, match=message.format(x.dim())):
+            torch.func.vmap(lambda t: qlayers.functional.quaternion_conv(t, *components, padding=1))(x[None])
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("kernel", [2, 4])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_same_padding_with_an_odd_total_puts_the_extra_element_after(dims, kernel, dilation):
+    # dilation * (kernel - 1) odd: torch.nn.ConvNd(padding="same") pads one more after than before.
+    ours_class, torch_class = CONV[dims]
+    layer = randomise(ours_class(8, 8, kernel, padding="same", dilation=dilation, dtype=torch.float64))
+    twin = torch_twin(layer, torch_class, padding="same", dilation=dilation)
+    spatial = {1: (13,), 2: (9, 10), 3: (7, 8, 7)}[dims]
+    compare_with_twin(layer, twin, torch.randn(2, 8, *spatial, dtype=torch.float64))
+
+
+def test_eight_product_conv_gradients_over_several_chunks_of_images():
+    # 128 channels of 32 x 32: the eight-product backward takes 4 images a chunk (csrc/layers/
+    # conv_eight.cpp), so a batch of 6 is two chunks whose component gradients must add up.
+    layer = randomise(qlayers.QConv2d(128, 128, 3, padding=1, algorithm="eight", dtype=torch.float64))
+    compare_with_twin(layer, torch_twin(layer, nn.Conv2d, padding=1), torch.randn(6, 128, 32, 32, dtype=torch.float64))
+
+
+COMPONENT_NAMES = ("r_weight", "i_weight", "j_weight", "k_weight")
+TRAINABLE_SUBSETS = [
+    tuple(name for bit, name in enumerate(COMPONENT_NAMES) if mask >> bit & 1) for mask in range(1, 16)
+]
+
+
+@pytest.mark.parametrize("channels, algorithm", [(16, "kernel"), (16, "eight"), (128, "kernel"), (128, "eight")])
+@pytest.mark.parametrize("trainable", TRAINABLE_SUBSETS, ids="+".join)
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_partly_frozen_conv_gives_the_full_layers_gradients(channels, algorithm, trainable, input_grad):
+    # Whatever components train, each gets the gradient the fully trainable layer gives it, and the
+    # input its gradient (the input is kept for backward when any component trains).
+    full = randomise(qlayers.QConv2d(channels, channels, 3, padding=1, algorithm=algorithm, dtype=torch.float64))
+    frozen = copy.deepcopy(full)
+    for name in COMPONENT_NAMES:
+        getattr(frozen, name).requires_grad_(name in trainable)
+    x = torch.randn(2, channels, 6, 5, dtype=torch.float64)
+    grad = torch.randn(2, channels, 6, 5, dtype=torch.float64)
+    x_full, x_frozen = x.clone().requires_grad_(), x.clone().requires_grad_(input_grad)
+    full(x_full).backward(grad)
+    frozen(x_frozen).backward(grad)
+    if input_grad:
+        torch.testing.assert_close(x_frozen.grad, x_full.grad, **F64)
+    for name in COMPONENT_NAMES:
+        got = getattr(frozen, name).grad
+        if name in trainable:
+            torch.testing.assert_close(got, getattr(full, name).grad, **F64)
+        else:
+            assert got is None

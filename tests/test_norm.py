@@ -234,3 +234,17 @@ def test_input_dtype_must_match_parameters():
         qlayers.QBatchNorm(8, dtype=torch.float64)(torch.randn(4, 8))
     with pytest.raises(TypeError, match="expected a floating-point input, got torch.int64"):
         qlayers.QBatchNorm(8)(torch.ones(4, 8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eval_without_running_stats_normalises_by_the_batch(mode):
+    # As torch.nn.BatchNorm1d(track_running_stats=False): eval mode has no running statistics to use,
+    # so it normalises by the batch, exactly as training mode does.
+    norm = qlayers.QBatchNorm(8, mode=mode, track_running_stats=False, dtype=torch.float64)
+    assert not hasattr(norm, "running_mean") or norm.running_mean is None
+    x = torch.randn(64, 8, dtype=torch.float64) * 3 + 2
+    train_out = norm(x)
+    norm.eval()
+    torch.testing.assert_close(norm(x), train_out, rtol=1e-12, atol=1e-12)
+    # and it is the batch's normalisation: zero mean per component
+    torch.testing.assert_close(norm(x).mean(0), torch.zeros(8, dtype=torch.float64), rtol=0, atol=1e-12)

@@ -692,3 +692,48 @@ def test_cuda_backward_launches_at_most_three_kernels_per_step(cls):
     layer = cls(64, 64, num_layers=2).cuda()
     x = torch.randn(40, 4, 64, device="cuda")
     assert kernels_per_step(layer, x, "cuda", backward=True) <= 3 * 2  # two layers
+
+
+@pytest.mark.parametrize("cell", sorted(engine.CELLS))
+def test_scan_writes_the_cell_states_only_when_asked(cell):
+    # The per-step states kept for backward (the LSTM's cells, (T, B, H)) are written only with
+    # keep=True; with keep=False the op returns an empty tensor in their place.
+    gates = engine.CELLS[cell][0]
+    projected = torch.randn(5, 3, gates * 8)
+    weight = [0.4 * torch.randn(2, gates * 2) for _ in range(4)]
+    h0 = torch.randn(3, 8)
+    c0 = torch.randn(3, 8) if cell == "lstm" else None
+    layout = (cell, list(range(gates)), None, False)
+    *_, dropped = torch.ops.qlayers.recurrent_scan(projected, *weight, h0, c0, *layout, False, False, None)
+    assert dropped.numel() == 0
+    if cell == "lstm":
+        *_, kept = torch.ops.qlayers.recurrent_scan(projected, *weight, h0, c0, *layout, True, False, None)
+        assert kept.shape == (5, 3, 8)
+
+
+@pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
+def test_inference_keeps_no_state_for_backward(cls, monkeypatch):
+    # Under torch.no_grad (and in eval mode, whatever the input needs) the layers ask the engine for
+    # no per-step state; in training they do where the cell needs it (the LSTM).
+    kept = []
+    scan = engine._SCAN
+
+    def spy(*args, **kwargs):
+        results = scan(*args, **kwargs)
+        kept.append(results[3].numel())
+        return results
+
+    monkeypatch.setattr(engine, "_SCAN", spy)
+    layer = cls(8, 16, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, 8, requires_grad=True)
+    with torch.no_grad():
+        layer(x)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+    assert kept and all(count == 0 for count in kept)
+    kept.clear()
+    layer.train()
+    layer(x)[0].sum().backward()
+    assert len(kept) == 4  # two layers, two directions
+    assert all((count == 6 * 3 * 16) if cls is qlayers.QLSTM else count == 0 for count in kept)
