@@ -241,3 +241,20 @@ def test_recurrent_benchmark_runs_the_three_recurrent_workloads(tmp_path):
     for workload in {r.workload for r in records}:  # the plain path keeps a Hamilton matrix per step
         assert kept[(workload, "autograd")] > kept[(workload, "qlayers")]
     assert "| workload | impl | inference ms |" in path.read_text()
+
+
+def test_times_use_a_dense_gradient_and_memory_an_expanded_one():
+    # A timed step must not hand the layers an expanded (stride-0) gradient: qlayers' linear skips
+    # work for one (one row's products), which no loss behind another layer gives.
+    strides = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            y = x * 2
+            y.register_hook(lambda g: strides.append(g.stride()))
+            return y
+
+    x = torch.randn(4, 3, requires_grad=True)
+    measure.timed_step(Probe(), x)
+    measure.training_step(Probe(), x)
+    assert strides == [(3, 1), (0, 0)]
