@@ -76,7 +76,7 @@ test-oldest:
 	$(MAKE) test VENV=.venv-oldest TORCH_SPEC=torch==$(TORCH_OLDEST) QLAYERS_CUDA=0 PEER_PACKAGES=
 
 # Planted bugs, one at a time in a scratch copy, and which test kills each (scripts/mutants.py;
-# CONTRIBUTING.md#planted-bugs-make-mutants). Not part of CI: about 45 minutes on 2 cores.
+# CONTRIBUTING.md#planted-bugs-make-mutants). Not part of CI: about 30 minutes on 2 cores.
 mutants: install
 	$(PY) scripts/mutants.py
 

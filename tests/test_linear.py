@@ -238,3 +238,47 @@ def test_float32_gradients_at_scale_match_float64_reference(algorithm, rows, gra
     for got, want in zip(*results):
         # float32 rounding over sums of up to 1000 terms; a wrong sign or a lost block is O(1) off.
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("trained", range(4))
+def test_torch_func_grad_of_one_component_matches_eager(trained):
+    # Under torch.func the layer runs its Python autograd.Function: it must keep the input whenever
+    # any one component (k included) needs a gradient, while the input needs none.
+    torch.manual_seed(trained)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    components = [torch.randn(2, 3, dtype=torch.float64) for _ in range(4)]
+
+    def loss(c):
+        parts = list(components)
+        parts[trained] = c
+        return (qlayers.functional.quaternion_linear(x, *parts) * torch.arange(12.0, dtype=torch.float64)).sum()
+
+    got = torch.func.grad(loss)(components[trained])
+    leaf = components[trained].clone().requires_grad_()
+    (want,) = torch.autograd.grad(loss(leaf), leaf)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("wide input", ValueError, r"expected input of shape \(\.\.\., 8\) for components"),
+        ("bias shape", ValueError, r"expected bias of shape \(12,\), got \(1,\)"),
+        ("input dtype", TypeError, r"expected input of dtype torch.float64 like the weights, got torch.float32"),
+    ],
+)
+def test_torch_func_path_checks_its_arguments_like_eager(case, error, message):
+    # torch.func runs the Python checks (the eager call, the operator's C++ ones): the same errors.
+    components = [torch.randn(2, 3, dtype=torch.float64) for _ in range(4)]
+    x, bias = torch.randn(5, 8, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+    if case == "wide input":
+        x = torch.randn(5, 12, dtype=torch.float64)
+    elif case == "bias shape":
+        bias = torch.randn(1, dtype=torch.float64)  # one element would broadcast: a silently wrong layer
+    else:
+        x = x.float()
+    call = lambda t: qlayers.functional.quaternion_linear(t, *components, bias)  # noqa: E731
+    with pytest.raises(error, match=message):
+        call(x)
+    with pytest.raises(error, match=message):
+        torch.func.vmap(call)(x[None])
