@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 
 import torch
@@ -51,6 +50,7 @@ import qlayers  # noqa: E402  (loads the operators)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import incremental  # noqa: E402
+import measure  # noqa: E402
 
 FORMULATIONS = ("hamilton", "components", "eight", "direct")
 PHASES = ("forward", "grad_input", "grad_components")
@@ -218,11 +218,7 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device")
     dtype = getattr(torch, args.dtype)
-    machine = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    )
+    machine = measure.machine(device)
     formulations = formulations_on(device)
     result = dict(
         torch=torch.__version__,

@@ -82,10 +82,23 @@ class ConvGridRecord:
 RESULT_LISTS = (("records", Record), ("kernels", KernelRecord), ("grid", GridRecord), ("conv_grid", ConvGridRecord))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    # Which GEMM library qlayers' float32 CPU products took, and the times that chose it.
+    return f"{cpu_model()}, {torch.get_num_threads()} threads, qlayers' CPU GEMM: {torch.ops.qlayers._cpu_gemm()}"
 
 
 def training_step(model, x):

@@ -52,6 +52,10 @@ TORCH_LIBRARY(qlayers, m) {
       {at::Tag::pt2_compliant_tag});
   // The choice "auto" makes for one product of the linear layer (layers/linear_choice.cpp).
   m.def("_linear_formulation(int rows, int n, int m, ScalarType dtype, str algorithm, str phase, Device device) -> str");
+  // The CPU's float32 GEMM library ("onednn" or "mm") and how it was chosen (layers/cpu_gemm.h).
+  m.def("_cpu_gemm() -> str");
+  // Overrides that choice in this process: "onednn", "mm", or "" for the measured one; the one before.
+  m.def("_set_cpu_gemm(str library) -> str");
   // The whole convolution layer (1d/2d/3d, transposed, grouped) plus bias, aten::convolution's
   // options, with its autograd in C++ (layers/conv.cpp). algorithm: "auto", "kernel" or "eight".
   m.def(

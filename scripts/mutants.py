@@ -103,6 +103,27 @@ PLANTS: List[Plant] = [
         LINEAR,
     ),
     Plant(
+        "CPU GEMM verdict inverted",
+        "csrc/layers/cpu_gemm.cpp",
+        "return {mm >= kMinSpeedup * onednn, how.str()};",
+        "return {mm < kMinSpeedup * onednn, how.str()};",
+        ("tests/test_algorithms.py",),
+    ),
+    Plant(
+        "hamilton formulation: oneDNN's GEMM whatever the verdict",
+        "csrc/layers/linear_hamilton.cpp",
+        "other.numel() > 0 &&\n         cpu_gemm::onednn_is_faster();",
+        "other.numel() > 0 &&\n         onednn::available();",
+        LINEAR,
+    ),
+    Plant(
+        "eight formulation: chunks not bounded by W's size",
+        "csrc/layers/linear_eight.cpp",
+        "std::min({rows, kChunkRows, within_w})",
+        "std::min({rows, kChunkRows})",
+        MEMORY,
+    ),
+    Plant(
         "eight formulation: weight gradients overwritten per chunk of rows",
         "csrc/layers/linear_eight.cpp",
         "products.baddbmm_(x_sums.transpose(1, 2), g_sums);",

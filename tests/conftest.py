@@ -4,7 +4,8 @@ import sys
 import pytest
 import torch
 
-import qlayers  # noqa: F401  (registers torch.ops.qlayers)
+import qlayers  # registers torch.ops.qlayers
+import qlayers._torch_internals
 
 # The peer of qlayers.compat.speechbrain (tests/test_speechbrain.py, the drop-in example). `make test`
 # installs it into .venv and sets QLAYERS_REQUIRE_SPEECHBRAIN=1 there, so a failed install fails the
@@ -57,6 +58,27 @@ DEVICES = [
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# The CPU's float32 GEMM library, oneDNN's or torch's mm (csrc/layers/cpu_gemm.h), is measured once
+# per process and differs by machine: a test whose expectation depends on it takes each in turn.
+CPU_GEMMS = [
+    pytest.param(
+        "onednn",
+        marks=pytest.mark.skipif(
+            not qlayers._torch_internals.onednn_linear_available(), reason="this torch has no oneDNN linear op"
+        ),
+    ),
+    pytest.param("mm"),
+]
+
+
+@pytest.fixture(params=CPU_GEMMS)
+def cpu_gemm(request):
+    """The CPU GEMM library this test runs with ("onednn" or "mm"); the measured one after it."""
+    torch.ops.qlayers._set_cpu_gemm(request.param)
+    yield request.param
+    torch.ops.qlayers._set_cpu_gemm("")
 
 
 def hamilton_product(p, q):

@@ -1,6 +1,10 @@
 """The two formulations of the layer ("hamilton" builds W, "components" never does), their raw
 ops hamilton_combine / hamilton_spread, and the automatic choice between them."""
 
+import os
+import re
+import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -9,6 +13,7 @@ from conftest import DEVICES, TOLERANCES, components
 from torch.autograd import gradcheck, gradgradcheck
 
 import qlayers
+import qlayers._torch_internals
 from qlayers import reference
 from qlayers.functional import choose_algorithm, quaternion_linear
 
@@ -153,16 +158,13 @@ def test_components_honours_each_flag(frozen, algorithm):
 # --- the automatic choice -----------------------------------------------------------------------
 
 
-# The rule's condition for oneDNN's GEMM (csrc/layers/onednn_linear.cpp): torch has both ops.
-ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
-def test_choose_algorithm_rule():
+def test_choose_algorithm_rule(cpu_gemm):
     # The measured rule (csrc/layers/linear_choice.cpp): components while memory-bound, eight for
     # large float32/float64 products, never eight in 16-bit, hamilton otherwise; on the CPU in
-    # float32 with oneDNN, hamilton once rows >= n (its W no larger than components' temporaries).
+    # float32 where oneDNN is the faster GEMM, hamilton once rows >= n (its W no larger than
+    # components' temporaries).
     assert choose_algorithm("auto", rows=8, n=512) == "components"
-    assert choose_algorithm("auto", rows=4096, n=256) == ("hamilton" if ONEDNN else "eight")
+    assert choose_algorithm("auto", rows=4096, n=256) == ("hamilton" if cpu_gemm == "onednn" else "eight")
     assert choose_algorithm("auto", rows=200, n=256) == "eight"  # n/2 <= rows < n: eight either way
     assert choose_algorithm("auto", rows=4096, n=256, dtype=torch.float64) == "eight"
     for dtype in (torch.float16, torch.bfloat16):
@@ -206,19 +208,20 @@ def ops_called(layer, x):
     return {e.name for e in prof.events() if e.name.startswith("qlayers::") and e.name not in layer_ops}
 
 
-def test_auto_picks_by_batch_size():
+def test_auto_picks_by_batch_size(cpu_gemm):
     layer = qlayers.QLinear(512, 512)  # n = 128
     small = ops_called(layer, torch.randn(4, 512, requires_grad=True))
     medium = ops_called(qlayers.QLinear(256, 256), torch.randn(1024, 256, requires_grad=True))
     between = ops_called(qlayers.QLinear(1024, 1024), torch.randn(192, 1024, requires_grad=True))  # n = 256
     large = ops_called(layer, torch.randn(1024, 512, requires_grad=True))
     # W built for the products; folded back by hamilton_reduce, or (oneDNN) block by block in C++.
-    hamilton = {"qlayers::hamilton_expand"} if ONEDNN else {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
+    onednn = cpu_gemm == "onednn"
+    hamilton = {"qlayers::hamilton_expand"} if onednn else {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
     eight = {"qlayers::_block_mix_into"}  # sums and combinations, into given views (one per component gradient)
     assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
     assert medium == hamilton
     assert between == eight
-    assert large == (hamilton if ONEDNN else eight)
+    assert large == (hamilton if onednn else eight)
 
 
 def test_bad_algorithm_name():
@@ -245,3 +248,58 @@ def test_eight_needs_half_a_row_per_feature():
     # products (16 rows m): below rows = n / 2, auto keeps the components formulation.
     assert choose_algorithm("auto", rows=64, n=256) == "components"
     assert choose_algorithm("auto", rows=128, n=256) == "eight"
+
+
+def gemm_ops(cpu_gemm, rows):
+    """The dense GEMM ops of a hamilton layer's training step, with `cpu_gemm` as the library."""
+    layer = qlayers.QLinear(256, 256, algorithm="hamilton")
+    x = torch.randn(rows, 256, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        out = layer(x)
+        out.backward(torch.randn_like(out))
+    gemms = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"}
+    return {e.name for e in prof.events() if e.name in gemms}
+
+
+def test_hamilton_runs_its_gemms_on_the_chosen_library(cpu_gemm):
+    # The forward, input gradient and weight gradient (blocks of 64 rows at 256 x 256) all take one
+    # library: oneDNN where it is this CPU's faster GEMM, torch's mm otherwise.
+    if cpu_gemm == "onednn":
+        assert gemm_ops(cpu_gemm, 512) == {"mkldnn::_linear_pointwise"}
+    else:
+        assert gemm_ops(cpu_gemm, 512) == {"aten::mm", "aten::addmm"}
+    # oneDNN refuses empty operands: no rows take mm with either library.
+    assert "mkldnn::_linear_pointwise" not in gemm_ops(cpu_gemm, 0)
+
+
+def test_cpu_gemm_measured_once_and_reported(tmp_path):
+    # A fresh process measures (or reads QLAYERS_CPU_GEMM) and says what it decided and why; the
+    # measured verdict agrees with its own times (oneDNN only when 1.25x faster than mm).
+    def run(env_value):
+        env = {k: v for k, v in os.environ.items() if k != "QLAYERS_CPU_GEMM"}
+        if env_value is not None:
+            env["QLAYERS_CPU_GEMM"] = env_value
+        code = "import torch, qlayers; print(torch.ops.qlayers._cpu_gemm())"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout.strip(), done.stderr
+
+    if not qlayers._torch_internals.onednn_linear_available():
+        assert run(None)[1] == "mm (this torch has no oneDNN linear)"
+        return
+    assert run("mm")[1] == "mm (QLAYERS_CPU_GEMM)"
+    assert run("onednn")[1] == "onednn (QLAYERS_CPU_GEMM)"
+    code, _, error = run("fastest")
+    assert code != 0 and "QLAYERS_CPU_GEMM must be 'onednn' or 'mm', got 'fastest'" in error
+    measured = run(None)[1]
+    found = re.fullmatch(
+        r"(onednn|mm) \(measured: 512 x 1024 @ 1024 x 1024, mm ([\d.]+) ms, oneDNN ([\d.]+) ms\)", measured
+    )
+    assert found, measured
+    library, mm, onednn = found.group(1), float(found.group(2)), float(found.group(3))
+    if abs(mm / onednn - 1.25) > 0.01:  # the report rounds to microseconds
+        assert library == ("onednn" if mm >= 1.25 * onednn else "mm"), measured
+
+
+def test_set_cpu_gemm_checks_its_argument():
+    with pytest.raises(ValueError, match=r"must be 'onednn', 'mm' or '' \(measured\), got 'mkl'"):
+        torch.ops.qlayers._set_cpu_gemm("mkl")

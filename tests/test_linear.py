@@ -219,7 +219,7 @@ class TestBadInput:
 @pytest.mark.parametrize("algorithm", ["auto", "hamilton", "components", "eight", "direct"])
 @pytest.mark.parametrize("rows", [64, 1000])
 @pytest.mark.parametrize("gradient", ["expanded", "per row"])
-def test_float32_gradients_at_scale_match_float64_reference(algorithm, rows, gradient):
+def test_float32_gradients_at_scale_match_float64_reference(algorithm, rows, gradient, cpu_gemm):
     # 1000 rows of 256 features: the oneDNN weight gradient runs in several blocks per component;
     # an expanded gradient (out.sum()) takes one row's products (csrc/layers/linear.cpp).
     n = 64

@@ -182,23 +182,35 @@ def peaks_of_both_paths(make_layer, x, output_shape, gradient):
     return peaks
 
 
-# (rows, features, what "auto" takes there): every formulation, and the oneDNN weight gradient in
-# one block per component (64 rows) and in several (1000 rows: blocks of 52 rows).
+# (rows, features, what "auto" takes there with oneDNN's GEMM, and with mm's): every formulation,
+# and the oneDNN weight gradient in one block per component (64 rows) and in several (1000 rows:
+# blocks of 52 rows); at 512 x 512 the libraries take different formulations.
 PEAK_CASES = [
-    (8, 64, "direct"),
-    (8, 512, "components"),
-    (64, 256, "hamilton"),
-    (1000, 256, "hamilton"),
-    (192, 1024, "eight"),
+    (8, 64, "direct", "direct"),
+    (8, 512, "components", "components"),
+    (64, 256, "hamilton", "hamilton"),
+    (1000, 256, "hamilton", "hamilton"),
+    (192, 1024, "eight", "eight"),
+    (512, 512, "hamilton", "eight"),
 ]
+# Measured 2026-12-03: hamilton through oneDNN peaks at 2.25 MiB at 512 x 512, input frozen, against
+# plain autograd's 2.00 (its weight gradient's blocks and four component gradients beside the
+# output and its gradient; plain's component gradients are views of its one dL/dW). Issue 25, item 4.
+ONEDNN_OVER_PLAIN = {(512, 512, False)}
 
 
-@pytest.mark.parametrize("rows,features,formulation", PEAK_CASES)
+@pytest.mark.parametrize("rows,features,with_onednn,with_mm", PEAK_CASES)
 @pytest.mark.parametrize("gradient", ["expanded", "per row"])
 @pytest.mark.parametrize("input_grad", [False, True], ids=["input frozen", "input trained"])
-def test_auto_never_peaks_above_plain_autograd(rows, features, formulation, gradient, input_grad):
+def test_auto_never_peaks_above_plain_autograd(
+    rows, features, with_onednn, with_mm, gradient, input_grad, cpu_gemm, request
+):
     # The allocator's events, counted by the profiler: deterministic on the CPU (benchmarks/measure.py).
     n = features // 4
+    formulation = with_onednn if cpu_gemm == "onednn" else with_mm
+    if cpu_gemm == "onednn" and (rows, features, input_grad) in ONEDNN_OVER_PLAIN:
+        reason = "hamilton through oneDNN peaks above plain autograd here (issue 25, item 4)"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     assert torch.ops.qlayers._linear_formulation(rows, n, n, torch.float32, "auto", "forward", "cpu") == formulation
     x = torch.randn(rows, features, requires_grad=input_grad)
     peaks = peaks_of_both_paths(

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "onednn_linear.h"
+#include "cpu_gemm.h"
 
 namespace qlayers {
 namespace linear {
@@ -47,16 +47,17 @@ constexpr int64_t kEightMinRows = 64;
 constexpr int64_t kEightMinFeatures = 128;
 constexpr double kEightMinRowsPerFeature = 0.5;
 
-// With oneDNN's GEMM (CPU float32, where torch has oneDNN: linear_hamilton.cpp) hamilton runs at
-// about twice the speed of torch's mm here and won every cell from 64 rows up (rows 8-4096, 256-2048
-// features, all three phases; benchmarks/results/choose-linear-cpu-2026-11-28-onednn.md) but three
-// within 5% (eight at 64 x 2048 forward, components at 64 and 128 x 256 component gradients). It
-// takes over where its W (16 n m) is no larger than the components formulation's block products
-// (16 rows m), so a step's peak memory does not rise; components keeps the smallest batches, where
-// it won at 8 rows.
+// Where oneDNN's GEMM is this CPU's fast one (CPU float32: cpu_gemm.h, about twice mm's speed on
+// the AMD machine), hamilton runs through it (linear_hamilton.cpp) and won every cell from 64 rows up
+// there (rows 8-4096, 256-2048 features, all three phases; benchmarks/results/choose-linear-cpu-
+// 2026-11-28-onednn.md) but three within 5% (eight at 64 x 2048 forward, components at 64 and 128 x
+// 256 component gradients). It takes over where its W (16 n m) is no larger than the components
+// formulation's block products (16 rows m), so a step's peak memory does not rise; components keeps
+// the smallest batches, where it won at 8 rows. Where mm is as fast (the Intel machine), the rules
+// below it hold: eight won every cell from 512 rows up there (benchmarks/results/cpu-2026-12-02.md).
 constexpr int64_t kDenseGemmMinRows = 17;
 
-bool fast_dense_gemm(at::ScalarType dtype) { return dtype == at::kFloat && onednn::available(); }
+bool fast_dense_gemm(at::ScalarType dtype) { return dtype == at::kFloat && cpu_gemm::onednn_is_faster(); }
 
 // eight rounds its operand sums and its eight products in the operands' dtype. Against a float64
 // oracle (tests/test_eight_product.py, all three products) its error was 1.05-1.43x the hamilton

@@ -28,6 +28,16 @@ namespace tables = ::qlayers::eight;
 // chunks of 128 rows gave 0.58 at 512 x 1024 and 4096 x 1024, 256 rows 0.64/0.62, 512 rows 0.67/0.66.
 constexpr int64_t kChunkRows = 128;
 
+// Rows per chunk: kChunkRows, or fewer for a narrow layer, so that the chunk's temporaries (8 chunk
+// (k + cols) sums and products) and the eight weight (or gradient) products (8 k cols) stay within
+// the Hamilton matrix W (16 k cols) plain autograd builds: a step never peaks above plain's. At 512
+// features (k = cols = 128) 128-row chunks peaked at 2.50-2.75 MiB for 512 rows against plain's
+// 2.00 (tests/test_memory.py); 1024 features and up keep 128.
+static int64_t chunk_rows(int64_t rows, int64_t k, int64_t cols) {
+  const int64_t within_w = k + cols == 0 ? kChunkRows : k * cols / (k + cols);
+  return std::max<int64_t>(1, std::min({rows, kChunkRows, within_w}));
+}
+
 static constexpr auto kLeftConjugate = tables::conjugated(tables::kLeft);
 static constexpr auto kRightConjugate = tables::conjugated(tables::kRight);
 
@@ -61,13 +71,13 @@ static at::Tensor eight_of(const at::Tensor& buffer, int64_t rows, int64_t cols)
 }
 
 Workspace workspace(int64_t rows, int64_t k, int64_t cols, const at::TensorOptions& options) {
-  const int64_t chunk = std::min(rows, kChunkRows);
+  const int64_t chunk = chunk_rows(rows, k, cols);
   return {at::empty({8 * chunk * k}, options), at::empty({8 * chunk * cols}, options)};
 }
 
 void product_into(const at::Tensor& rows, const at::Tensor& left_sums, const at::Tensor& out, const Workspace& space) {
   const int64_t count = rows.size(0), k = rows.size(1) / 4, cols = left_sums.size(2);
-  const int64_t chunk = std::min(count, kChunkRows);
+  const int64_t chunk = chunk_rows(count, k, cols);  // no more than `space` was made for
   for (int64_t first = 0; first < count; first += chunk) {
     const int64_t len = std::min(chunk, count - first);
     at::Tensor sums = eight_of(space.sums, len, k), products = eight_of(space.products, len, cols);
@@ -102,18 +112,20 @@ Components gradients(const at::Tensor& x, const at::Tensor& g) {
   // The eight (n, m) products, summed over the rows chunk by chunk (the first chunk writes them;
   // with no rows at all they are zero).
   at::Tensor products = count == 0 ? at::zeros({8, n, m}, x.options()) : at::empty({8, n, m}, x.options());
-  const int64_t chunk = std::min(count, kChunkRows);
-  const at::Tensor x_buffer = at::empty({8 * chunk * n}, x.options());
-  const at::Tensor g_buffer = at::empty({8 * chunk * m}, x.options());
-  for (int64_t first = 0; first < count; first += chunk) {
-    const int64_t len = std::min(chunk, count - first);
-    const at::Tensor x_sums = eight_of(x_buffer, len, n), g_sums = eight_of(g_buffer, len, m);
-    ops::block_mix_into(blocks_of(x.narrow(0, first, len)), ref(kRightConjugate), x_sums);
-    ops::block_mix_into(blocks_of(g.narrow(0, first, len)), ref(tables::kLeft), g_sums);
-    if (first == 0) {
-      at::bmm_out(products, x_sums.transpose(1, 2), g_sums);
-    } else {
-      products.baddbmm_(x_sums.transpose(1, 2), g_sums);
+  {  // the chunk buffers are freed before the components are allocated
+    const int64_t chunk = chunk_rows(count, n, m);
+    const at::Tensor x_buffer = at::empty({8 * chunk * n}, x.options());
+    const at::Tensor g_buffer = at::empty({8 * chunk * m}, x.options());
+    for (int64_t first = 0; first < count; first += chunk) {
+      const int64_t len = std::min(chunk, count - first);
+      const at::Tensor x_sums = eight_of(x_buffer, len, n), g_sums = eight_of(g_buffer, len, m);
+      ops::block_mix_into(blocks_of(x.narrow(0, first, len)), ref(kRightConjugate), x_sums);
+      ops::block_mix_into(blocks_of(g.narrow(0, first, len)), ref(tables::kLeft), g_sums);
+      if (first == 0) {
+        at::bmm_out(products, x_sums.transpose(1, 2), g_sums);
+      } else {
+        products.baddbmm_(x_sums.transpose(1, 2), g_sums);
+      }
     }
   }
   // The combination, one row of its table at a time, each into a tensor of its own: the same

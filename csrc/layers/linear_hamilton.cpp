@@ -1,16 +1,17 @@
-// The hamilton formulation: W built once per product, then one dense GEMM. On the CPU in float32,
-// where torch has oneDNN, the GEMM is oneDNN's (onednn_linear.h): twice as fast as torch's mm (MKL)
-// on this project's AMD machines, e.g. 8.0 against 15.9 ms for the weight gradient of a (1600 x 512)
-// @ (512 x 2048) layer (benchmarks/results/choose-linear-cpu-*.md). Not on every CPU: on a 2-core
-// Intel Xeon (AVX-512, torch 2.14.1) mm took the weight gradient of a 4096 x 512 layer in 7.3 ms,
-// one oneDNN call 11.6 and the blocks below 18.2 (torch.utils.benchmark, 2026-12-02); the choice of GEMM
-// library by measurement is issue 25's item 1.
+// The hamilton formulation: W built once per product, then one dense GEMM. On the CPU in float32 the
+// GEMM is oneDNN's (onednn_linear.h) where it is this CPU's faster library (cpu_gemm.h): twice as
+// fast as torch's mm (MKL) on this project's AMD machines, e.g. 8.0 against 15.9 ms for the weight
+// gradient of a (1600 x 512) @ (512 x 2048) layer (benchmarks/results/choose-linear-cpu-*.md). On a
+// 2-core Intel Xeon (AVX-512, torch 2.14.1) mm took the weight gradient of a 4096 x 512 layer in
+// 7.3 ms, one oneDNN call 11.6 and the blocks below 18.2 (torch.utils.benchmark, 2026-12-02): there
+// it stays with mm.
 #include <ATen/ATen.h>
 
 #include <algorithm>
 
 #include "../hamilton.h"
 #include "linear_formulations.h"
+#include "cpu_gemm.h"
 #include "onednn_linear.h"
 #include "qlayers_ops.h"
 
@@ -23,7 +24,7 @@ static at::Tensor matrix(const Components& w) { return ops::hamilton_expand(w[0]
 // oneDNN refuses empty operands (no rows, or no rows to sum over): those take mm.
 static bool onednn_gemm(const at::Tensor& x, const at::Tensor& other) {
   return x.device().is_cpu() && x.scalar_type() == at::kFloat && x.numel() > 0 && other.numel() > 0 &&
-         onednn::available();
+         cpu_gemm::onednn_is_faster();
 }
 
 at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias) {
