@@ -74,19 +74,31 @@ def quaternion_conv(
     its formulation at run time.
     """
     components = (r_weight, i_weight, j_weight, k_weight)
-    op = "quaternion_conv_transpose" if transposed else "quaternion_conv"
     if not isinstance(r_weight, Tensor):
-        check_tensors(op, input, components, bias)
-    compute_dtype = _autocast_dtype(input, r_weight)
+        check_tensors(_op_name(transposed), input, components, bias)
     dims = max(r_weight.dim() - 2, 0)
     per_dim = _PER_DIM[dims] if dims in _PER_DIM else _torch_internals.ntuple(dims)
     options = (per_dim(stride), per_dim(padding), per_dim(dilation), transposed, per_dim(output_padding), groups)
+    return _convolve(input, components, bias, options, algorithm)
+
+
+def _op_name(transposed: bool) -> str:
+    return "quaternion_conv_transpose" if transposed else "quaternion_conv"
+
+
+def _convolve(input: Tensor, components, bias: Optional[Tensor], options: tuple, algorithm: str) -> Tensor:
+    """:func:`quaternion_conv` once its options are tuples, as ``aten::convolution`` takes them; the
+    modules, whose options are tuples from their constructor, call it directly (a small convolution
+    pays its Python per call, docs/performance.md)."""
+    compute_dtype = _autocast_dtype(input, components[0])
     if torch.compiler.is_compiling() or not _transforms_active():
         # The operator checks every argument, in the words of check_conv_arguments (its fake kernel's).
         try:
             return _QUATERNION_CONV(input, *components, bias, *options, compute_dtype, algorithm)
         except RuntimeError:
-            check_tensors(op, input, components, bias)  # a non-tensor argument
+            check_tensors(_op_name(options[3]), input, components, bias)  # a non-tensor argument
             raise
-    check_conv_arguments(op, input, components, bias, groups, transposed, autocast=compute_dtype is not None)
+    check_conv_arguments(
+        _op_name(options[3]), input, components, bias, options[5], options[3], autocast=compute_dtype is not None
+    )
     return QuaternionConvFunction.apply(input, *components, bias, compute_dtype, options)

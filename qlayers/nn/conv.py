@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from qlayers import _torch_internals, functional, reference
 from qlayers import init as quaternion_init
-from qlayers.nn._parameters import register_quaternion_parameters
+from qlayers.nn._parameters import quaternion_parameters, register_quaternion_parameters
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # How the memory-efficient path computes (csrc/layers/conv.cpp); "eight" serves groups = 1,
@@ -139,18 +139,9 @@ class _QConvNd(nn.Module):
 
     def _convolve(self, input: Tensor, padding) -> Tensor:
         if self.memory_efficient:
-            return functional.quaternion_conv(
-                input,
-                *self.components(),
-                self.bias,
-                self.stride,
-                padding,
-                self.dilation,
-                self.groups,
-                self.transposed,
-                self.output_padding,
-                self.algorithm,
-            )
+            *components, bias = quaternion_parameters(self)
+            options = (self.stride, padding, self.dilation, self.transposed, self.output_padding, self.groups)
+            return functional.conv._convolve(input, components, bias, options, self.algorithm)
         # Plain autograd, after the same checks, so both paths fail the same way (and take autocast's
         # low-precision activations alike).
         autocast = functional._autocast_dtype(input, self.r_weight) is not None
