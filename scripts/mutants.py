@@ -117,6 +117,13 @@ PLANTS: List[Plant] = [
         LINEAR,
     ),
     Plant(
+        "engine step: oneDNN's linear whatever the verdict",
+        "csrc/layers/recurrent.cpp",
+        "onednn::available() && cpu_gemm::onednn_is_faster()) {",
+        "onednn::available()) {",
+        RECURRENT,
+    ),
+    Plant(
         "eight formulation: chunks not bounded by W's size",
         "csrc/layers/linear_eight.cpp",
         "std::min({rows, kChunkRows, within_w})",

@@ -159,6 +159,12 @@ def assert_equals_twin(layer, twin, results, tolerance=F64):
 
 
 @pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
+def test_large_float32_step_equals_torch_layer_on_either_cpu_gemm(cls, torch_cls, cpu_gemm):
+    # The step product that library chooses: oneDNN's linear, or the eight-product form.
+    test_engine_equals_torch_layer(cls, torch_cls, dict(bidirectional=True), 256, torch.float32)
+
+
+@pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize(
     "options,hidden,dtype",
     [
@@ -652,16 +658,17 @@ BACKWARD_COMPUTE_OPS = COMPUTE_OPS | {"aten::addmm_", "aten::add", "aten::add_"}
 @pytest.mark.parametrize("cls", [qlayers.QRNN, qlayers.QLSTM, qlayers.QLiGRU])
 @pytest.mark.parametrize(
     "hidden,dtype,products",
-    [(12, torch.float64, 1), (256, torch.float32, 1), (256, torch.float64, 3)],
+    [(12, torch.float64, 1), (256, torch.float32, None), (256, torch.float64, 3)],
     ids=["matrix", "onednn-or-eight", "eight"],
 )
-def test_cpu_step_is_one_product_and_one_gate_kernel(cls, hidden, dtype, products):
+def test_cpu_step_is_one_product_and_one_gate_kernel(cls, hidden, dtype, products, cpu_gemm):
     # The step product (mm with W, oneDNN's linear, or the eight-product form: two block mixes and
-    # one bmm) and one fused gate kernel; nothing else computes per step.
+    # one bmm) and one fused gate kernel; nothing else computes per step. A large float32 step takes
+    # oneDNN's linear only where oneDNN is the CPU's fast GEMM, else the eight-product form.
     layer = cls(hidden, hidden, dtype=dtype)
     x = torch.randn(20, 2, hidden, dtype=dtype)
-    if products == 1 and dtype == torch.float32 and not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        products = 3  # a torch without oneDNN takes the eight-product form
+    if products is None:
+        products = 1 if cpu_gemm == "onednn" else 3
     assert kernels_per_step(layer, x, "cpu", GATE_OPS) == 1
     assert kernels_per_step(layer, x, "cpu", COMPUTE_OPS) == products
 

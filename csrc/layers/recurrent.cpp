@@ -31,6 +31,7 @@
 #include "../recurrent_cells.h"
 #include "../recurrent_gates.h"
 #include "below_autograd.h"
+#include "cpu_gemm.h"
 #include "linear_choice.h"
 #include "linear_formulations.h"
 #include "onednn_linear.h"
@@ -141,11 +142,14 @@ at::Tensor previous_states(const Scan& scan, const at::Tensor& output, const at:
 }
 
 // The recurrent product of one step, rows @ W (or @ W^T for backward), with the weight prepared
-// once per sequence. This GEMM is the loop's cost. Per step, by what was fastest on this project's
-// 2-core CPU at the benchmark's size (16 rows, hidden 512: benchmarks/results):
-// - CPU float32 with oneDNN, large weights: oneDNN's linear with W reordered once (82 us);
+// once per sequence. This GEMM is the loop's cost. Per step, by what was fastest at the benchmark's
+// size (16 rows, hidden 512: benchmarks/results):
+// - CPU float32, large weights, where oneDNN's GEMM is this CPU's fast one (cpu_gemm.h): oneDNN's
+//   linear with W reordered once (82 us on the AMD machine, where oneDNN ran at twice mm's speed);
 // - CPU float32/float64 otherwise, large enough: the eight-product form, half the multiplications
-//   (its weight sums made once, temporaries reused; 118 us for the 8 GEMMs where MKL's mm takes 270);
+//   (its weight sums made once, temporaries reused; 118 us for the 8 GEMMs where MKL's mm took 270 on
+//   the AMD machine; on the Intel one, where mm is as fast as oneDNN, it beat oneDNN's prepacked
+//   linear: the QLSTM's no_grad forward 50-51 ms against 65-66, benchmarks/recurrent.py);
 // - elsewhere W itself and one mm: on the GPU a step stays at two kernels.
 class StepProduct {
  public:
@@ -153,7 +157,7 @@ class StepProduct {
     const int64_t n = w[0].size(0), m = w[0].size(1);
     const at::ScalarType dtype = w[0].scalar_type();
     const bool cpu = w[0].device().is_cpu(), large = n >= kMinQuaternions;
-    if (cpu && large && dtype == at::kFloat && onednn::available()) {
+    if (cpu && large && dtype == at::kFloat && onednn::available() && cpu_gemm::onednn_is_faster()) {
       // oneDNN's linear multiplies by its weight transposed: (out, in) is W backward, W^T forward,
       // built as it is (W^T is the Hamilton matrix of r^T, -i^T, -j^T, -k^T) rather than copied.
       onednn_.emplace(adjoint ? ops::hamilton_expand(w[0], w[1], w[2], w[3])
