@@ -124,6 +124,13 @@ PLANTS: List[Plant] = [
         RECURRENT,
     ),
     Plant(
+        "direct formulation: the forward's terms summed in one chain",
+        "csrc/layers/linear_direct.cpp",
+        "constexpr int64_t kTermsPerGroup = 16;",
+        "constexpr int64_t kTermsPerGroup = int64_t{1} << 30;",
+        ("tests/test_benchmark_scripts.py",),
+    ),
+    Plant(
         "eight formulation: chunks not bounded by W's size",
         "csrc/layers/linear_eight.cpp",
         "std::min({rows, kChunkRows, within_w})",
