@@ -196,7 +196,12 @@ PEAK_CASES = [
 # Measured 2026-12-03: hamilton through oneDNN peaks at 2.25 MiB at 512 x 512, input frozen, against
 # plain autograd's 2.00 (its weight gradient's blocks and four component gradients beside the
 # output and its gradient; plain's component gradients are views of its one dL/dW). Issue 25, item 4.
+# On torch 2.9.0 (`make test-oldest`) the same case stays within plain autograd's peak: its oneDNN
+# linear allocates differently. Versions between were not measured, so they may go either way.
 ONEDNN_OVER_PLAIN = {(512, 512, False)}
+TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+ONEDNN_OVER_PLAIN_MEASURED = TORCH_VERSION >= (2, 14)
+ONEDNN_OVER_PLAIN_POSSIBLE = TORCH_VERSION >= (2, 10)
 
 
 @pytest.mark.parametrize("rows,features,with_onednn,with_mm", PEAK_CASES)
@@ -208,9 +213,11 @@ def test_auto_never_peaks_above_plain_autograd(
     # The allocator's events, counted by the profiler: deterministic on the CPU (benchmarks/measure.py).
     n = features // 4
     formulation = with_onednn if cpu_gemm == "onednn" else with_mm
-    if cpu_gemm == "onednn" and (rows, features, input_grad) in ONEDNN_OVER_PLAIN:
+    if cpu_gemm == "onednn" and (rows, features, input_grad) in ONEDNN_OVER_PLAIN and ONEDNN_OVER_PLAIN_POSSIBLE:
         reason = "hamilton through oneDNN peaks above plain autograd here (issue 25, item 4)"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+        if not ONEDNN_OVER_PLAIN_MEASURED:
+            reason += "; measured on torch 2.14.1 (over) and 2.9.0 (within), not on this torch"
+        request.applymarker(pytest.mark.xfail(strict=ONEDNN_OVER_PLAIN_MEASURED, reason=reason))
     assert torch.ops.qlayers._linear_formulation(rows, n, n, torch.float32, "auto", "forward", "cpu") == formulation
     x = torch.randn(rows, features, requires_grad=input_grad)
     peaks = peaks_of_both_paths(
