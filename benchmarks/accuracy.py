@@ -56,6 +56,16 @@ def error_ratios(batch: int, features: int, algorithm: str = "auto", seed: int =
     return {t: q / p for t, q, p in zip(TENSORS, errors["qlayers"], errors["plain"])}
 
 
+def formulations(algorithm, batch, features):
+    """The formulation each phase takes, as one name where the phases agree, else "forward / input
+    grad / components' grads": a divergence between phases must show in the table."""
+    chosen = [
+        qlayers.functional.choose_algorithm(algorithm, rows=batch, n=features // 4, phase=phase)
+        for phase in qlayers.functional.choice.PHASES
+    ]
+    return chosen[0] if len(set(chosen)) == 1 else " / ".join(chosen)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
@@ -65,16 +75,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {measure.machine(torch.device('cpu'))}")
     print(f"\nfloat32 error over the plain path's, against float64 (algorithm {args.algorithm!r}, seed {args.seed}):\n")
-    print(
-        "| batch | features | formulation (forward) | largest ratio | on | output | input grad "
-        "| components' grads (max) |"
-    )
+    print("| batch | features | formulation | largest ratio | on | output | input grad | components' grads (max) |")
     print("|---:|---:|---|---:|---|---:|---:|---:|")
     for features in args.features:
         for batch in args.batches:
             ratios = error_ratios(batch, features, args.algorithm, args.seed)
             worst = max(ratios, key=ratios.get)
-            formulation = qlayers.functional.choose_algorithm(args.algorithm, rows=batch, n=features // 4)
+            formulation = formulations(args.algorithm, batch, features)
             components = max(ratios[c] for c in "rijk")
             print(
                 f"| {batch} | {features} | {formulation} | {ratios[worst]:.2f} | {worst} | {ratios['output']:.2f} "

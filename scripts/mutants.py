@@ -112,15 +112,15 @@ PLANTS: List[Plant] = [
     Plant(
         "hamilton formulation: oneDNN's GEMM whatever the verdict",
         "csrc/layers/linear_hamilton.cpp",
-        "other.numel() > 0 &&\n         cpu_gemm::onednn_is_faster();",
-        "other.numel() > 0 &&\n         onednn::available();",
+        "cpu_gemm::takes_onednn(x.device().type(), x.scalar_type());",
+        "x.device().is_cpu() && x.scalar_type() == at::kFloat && onednn::available();",
         LINEAR,
     ),
     Plant(
         "engine step: oneDNN's linear whatever the verdict",
         "csrc/layers/recurrent.cpp",
-        "onednn::available() && cpu_gemm::onednn_is_faster()) {",
-        "onednn::available()) {",
+        "if (large && cpu_gemm::takes_onednn(w[0].device().type(), dtype)) {",
+        "if (large && cpu && dtype == at::kFloat && onednn::available()) {",
         RECURRENT,
     ),
     Plant(

@@ -71,11 +71,14 @@ CPU_GEMMS = [
     ),
     pytest.param("mm"),
 ]
+# The library the process measured (or QLAYERS_CPU_GEMM named): for a test that parametrizes
+# `cpu_gemm` indirectly and pins a library in some cases only.
+MEASURED = ""
 
 
 @pytest.fixture(params=CPU_GEMMS)
 def cpu_gemm(request):
-    """The CPU GEMM library this test runs with ("onednn" or "mm"); the measured one after it."""
+    """The CPU GEMM library this test runs with ("onednn", "mm", or MEASURED); the measured one after it."""
     torch.ops.qlayers._set_cpu_gemm(request.param)
     yield request.param
     torch.ops.qlayers._set_cpu_gemm("")

@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import TOLERANCES, randomise
+from conftest import CPU_GEMMS, MEASURED, TOLERANCES, randomise
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -159,24 +159,29 @@ def assert_equals_twin(layer, twin, results, tolerance=F64):
 
 
 @pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
-def test_large_float32_step_equals_torch_layer_on_either_cpu_gemm(cls, torch_cls, cpu_gemm):
-    # The step product that library chooses: oneDNN's linear, or the eight-product form.
-    test_engine_equals_torch_layer(cls, torch_cls, dict(bidirectional=True), 256, torch.float32)
-
-
-@pytest.mark.parametrize("cls,torch_cls", LAYOUT_PEERS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize(
-    "options,hidden,dtype",
+    "options,hidden,dtype,cpu_gemm",
     [
-        (dict(), 12, torch.float64),  # W itself, one mm per step
-        (dict(num_layers=2, bidirectional=True), 8, torch.float64),
-        (dict(num_layers=2), 256, torch.float64),  # the eight-product step (float64)
-        (dict(bidirectional=True), 256, torch.float32),  # oneDNN's linear where torch has it, else eight
-        (dict(batch_first=True), 64, torch.float32),
+        pytest.param(dict(), 12, torch.float64, MEASURED, id="small"),  # W itself, one mm per step
+        pytest.param(dict(num_layers=2, bidirectional=True), 8, torch.float64, MEASURED, id="stacked-bidirectional"),
+        pytest.param(dict(num_layers=2), 256, torch.float64, MEASURED, id="eight-float64"),  # the eight-product step
+        # The step product each CPU GEMM library gives: oneDNN's linear, or the eight-product form.
+        *(
+            pytest.param(
+                dict(bidirectional=True),
+                256,
+                torch.float32,
+                *gemm.values,
+                marks=gemm.marks,
+                id=f"large-float32-{gemm.values[0]}",
+            )
+            for gemm in CPU_GEMMS
+        ),
+        pytest.param(dict(batch_first=True), 64, torch.float32, MEASURED, id="batch-first"),
     ],
-    ids=["small", "stacked-bidirectional", "eight-float64", "large-float32", "batch-first"],
+    indirect=["cpu_gemm"],
 )
-def test_engine_equals_torch_layer(cls, torch_cls, options, hidden, dtype):
+def test_engine_equals_torch_layer(cls, torch_cls, options, hidden, dtype, cpu_gemm):
     torch.manual_seed(0)
     layer = cls(8, hidden, dtype=dtype, **options)
     randomise(layer, 0.5 / hidden**0.5)  # non-zero biases; weights large enough to leave the linear regime

@@ -9,7 +9,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <functional>
 #include <limits>
 #include <sstream>
 
@@ -30,7 +29,8 @@ constexpr double kMinSpeedup = 1.25;
 constexpr int64_t kRows = 512, kFeatures = 1024;
 constexpr int kRounds = 5;
 
-double seconds(const std::function<at::Tensor()>& product) {
+template <typename Product>
+double seconds(const Product& product) {
   const auto start = std::chrono::steady_clock::now();
   product();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -50,8 +50,8 @@ Verdict measure() {
                                            c10::autograd_dispatch_keyset_with_ADInplaceOrView);
   const auto options = at::TensorOptions().dtype(at::kFloat);
   const at::Tensor x = at::randn({kRows, kFeatures}, options), weight = at::randn({kFeatures, kFeatures}, options);
-  const std::function<at::Tensor()> by_mm = [&] { return x.mm(weight.t()); };
-  const std::function<at::Tensor()> by_onednn = [&] { return onednn::linear(x, weight); };
+  const auto by_mm = [&] { return x.mm(weight.t()); };
+  const auto by_onednn = [&] { return onednn::linear(x, weight); };
   by_mm(), by_onednn();  // warm: first-call set-up (oneDNN's primitive cache, MKL's buffers) is not the rate
   double mm = std::numeric_limits<double>::infinity(), onednn = mm;
   for (int round = 0; round < kRounds; ++round) {

@@ -11,6 +11,9 @@
 // qlayers::_set_cpu_gemm overrides it in a running process (tests take each library in turn).
 #pragma once
 
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+
 #include <string>
 
 namespace qlayers {
@@ -20,6 +23,13 @@ namespace cpu_gemm {
 // least kMinSpeedup times faster than mm (or QLAYERS_CPU_GEMM=onednn). Measured on first call
 // (about 50 ms), then cached for the process.
 bool onednn_is_faster();
+
+// The one rule every CPU formulation follows (linear_choice.cpp, linear_hamilton.cpp, recurrent.cpp):
+// a product takes oneDNN's GEMM when it runs on the CPU in float32 and oneDNN is the faster library
+// there. Other dtypes take mm: oneDNN's linear was measured, and is wired, for float32 only.
+inline bool takes_onednn(c10::DeviceType device, c10::ScalarType dtype) {
+  return device == c10::DeviceType::CPU && dtype == c10::ScalarType::Float && onednn_is_faster();
+}
 
 // "onednn" or "mm", as onednn_is_faster() decides, and how: "measured" (with the two times),
 // "QLAYERS_CPU_GEMM" or "set"; for benchmark reports (qlayers::_cpu_gemm).

@@ -57,8 +57,6 @@ constexpr double kEightMinRowsPerFeature = 0.5;
 // below it hold: eight won every cell from 512 rows up there (benchmarks/results/cpu-2026-12-02.md).
 constexpr int64_t kDenseGemmMinRows = 17;
 
-bool fast_dense_gemm(at::ScalarType dtype) { return dtype == at::kFloat && cpu_gemm::onednn_is_faster(); }
-
 // eight rounds its operand sums and its eight products in the operands' dtype. Against a float64
 // oracle (tests/test_eight_product.py, all three products) its error was 1.05-1.43x the hamilton
 // product's in float32 (float64 rounds alike) and 1.55-1.81x in float16 and bfloat16: within the
@@ -96,7 +94,7 @@ Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, in
   (void)phase;  // one rule serves every phase today; each phase was measured on its own
   if (!on_cpu) return choose_off_cpu(rows, n, m, dtype);
   if (rows * n <= kDirectMaxRowsTimesFeatures) return Formulation::kDirect;
-  if (fast_dense_gemm(dtype) && rows >= n && rows >= kDenseGemmMinRows) return Formulation::kHamilton;
+  if (cpu_gemm::takes_onednn(device, dtype) && rows >= n && rows >= kDenseGemmMinRows) return Formulation::kHamilton;
   if (eight_is_accurate(dtype) && rows >= kEightMinRows && n >= kEightMinFeatures && m >= kEightMinFeatures &&
       static_cast<double>(rows) >= kEightMinRowsPerFeature * static_cast<double>(n)) {
     return Formulation::kEight;

@@ -23,8 +23,7 @@ static at::Tensor matrix(const Components& w) { return ops::hamilton_expand(w[0]
 
 // oneDNN refuses empty operands (no rows, or no rows to sum over): those take mm.
 static bool onednn_gemm(const at::Tensor& x, const at::Tensor& other) {
-  return x.device().is_cpu() && x.scalar_type() == at::kFloat && x.numel() > 0 && other.numel() > 0 &&
-         cpu_gemm::onednn_is_faster();
+  return x.numel() > 0 && other.numel() > 0 && cpu_gemm::takes_onednn(x.device().type(), x.scalar_type());
 }
 
 at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias) {

@@ -157,7 +157,7 @@ class StepProduct {
     const int64_t n = w[0].size(0), m = w[0].size(1);
     const at::ScalarType dtype = w[0].scalar_type();
     const bool cpu = w[0].device().is_cpu(), large = n >= kMinQuaternions;
-    if (cpu && large && dtype == at::kFloat && onednn::available() && cpu_gemm::onednn_is_faster()) {
+    if (large && cpu_gemm::takes_onednn(w[0].device().type(), dtype)) {
       // oneDNN's linear multiplies by its weight transposed: (out, in) is W backward, W^T forward,
       // built as it is (W^T is the Hamilton matrix of r^T, -i^T, -j^T, -k^T) rather than copied.
       onednn_.emplace(adjoint ? ops::hamilton_expand(w[0], w[1], w[2], w[3])
