@@ -117,6 +117,20 @@ PLANTS: List[Plant] = [
         LINEAR,
     ),
     Plant(
+        "oneDNN's scratch beside its output not counted",
+        "csrc/layers/onednn_linear.h",
+        "constexpr int64_t kScratchRows = 128, kScratchSlack = 1024;",
+        "constexpr int64_t kScratchRows = 0, kScratchSlack = 0;",
+        ("tests/test_algorithms.py", "tests/test_memory.py"),
+    ),
+    Plant(
+        "hamilton's oneDNN weight gradient: scratch and components not counted",
+        "csrc/layers/linear_hamilton.cpp",
+        "const int64_t room = 3 * n * out - onednn::scratch_elements(rows);",
+        "const int64_t room = 4 * n * out;",
+        MEMORY,
+    ),
+    Plant(
         "engine step: oneDNN's linear whatever the verdict",
         "csrc/layers/recurrent.cpp",
         "if (large && cpu_gemm::takes_onednn(w[0].device().type(), dtype)) {",

@@ -162,9 +162,12 @@ def test_choose_algorithm_rule(cpu_gemm):
     # The measured rule (csrc/layers/linear_choice.cpp): components while memory-bound, eight for
     # large float32/float64 products, never eight in 16-bit, hamilton otherwise; on the CPU in
     # float32 where oneDNN is the faster GEMM, hamilton once rows >= n (its W no larger than
-    # components' temporaries).
+    # components' temporaries) while its output and oneDNN's scratch fit beside W (rows <= 4n - 128
+    # or so: onednn_linear.h).
     assert choose_algorithm("auto", rows=8, n=512) == "components"
-    assert choose_algorithm("auto", rows=4096, n=256) == ("hamilton" if cpu_gemm == "onednn" else "eight")
+    assert choose_algorithm("auto", rows=4096, n=256) == "eight"
+    assert choose_algorithm("auto", rows=512, n=256) == ("hamilton" if cpu_gemm == "onednn" else "eight")
+    assert choose_algorithm("auto", rows=900, n=256) == "eight"  # 4n - 128 < rows: no room for the scratch
     assert choose_algorithm("auto", rows=200, n=256) == "eight"  # n/2 <= rows < n: eight either way
     assert choose_algorithm("auto", rows=4096, n=256, dtype=torch.float64) == "eight"
     for dtype in (torch.float16, torch.bfloat16):
@@ -214,14 +217,18 @@ def test_auto_picks_by_batch_size(cpu_gemm):
     medium = ops_called(qlayers.QLinear(256, 256), torch.randn(1024, 256, requires_grad=True))
     between = ops_called(qlayers.QLinear(1024, 1024), torch.randn(192, 1024, requires_grad=True))  # n = 256
     large = ops_called(layer, torch.randn(1024, 512, requires_grad=True))
-    # W built for the products; folded back by hamilton_reduce, or (oneDNN) block by block in C++.
-    onednn = cpu_gemm == "onednn"
-    hamilton = {"qlayers::hamilton_expand"} if onednn else {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
+    # W built for the products and folded back by hamilton_reduce: with either library at these
+    # sizes, as oneDNN's output and scratch would not fit beside W (onednn_linear.h; test_memory.py).
+    hamilton = {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
     eight = {"qlayers::_block_mix_into"}  # sums and combinations, into given views (one per component gradient)
     assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
     assert medium == hamilton
     assert between == eight
-    assert large == (hamilton if onednn else eight)
+    assert large == eight
+    # oneDNN's hamilton, where it is the faster library and fits (64 x 256): W folded back block by
+    # block in C++.
+    hamilton_onednn = ops_called(qlayers.QLinear(256, 256), torch.randn(64, 256, requires_grad=True))
+    assert hamilton_onednn == ({"qlayers::hamilton_expand"} if cpu_gemm == "onednn" else hamilton)
 
 
 def test_bad_algorithm_name():
@@ -262,12 +269,14 @@ def gemm_ops(cpu_gemm, rows):
 
 
 def test_hamilton_runs_its_gemms_on_the_chosen_library(cpu_gemm):
-    # The forward, input gradient and weight gradient (blocks of 64 rows at 256 x 256) all take one
-    # library: oneDNN where it is this CPU's faster GEMM, torch's mm otherwise.
+    # The forward, input gradient and weight gradient (one block per component at 96 x 256) all take one
+    # library: oneDNN where it is this CPU's faster GEMM, torch's mm otherwise, and mm where oneDNN's
+    # output and scratch would not fit beside W (512 x 256; onednn_linear.h).
     if cpu_gemm == "onednn":
-        assert gemm_ops(cpu_gemm, 512) == {"mkldnn::_linear_pointwise"}
+        assert gemm_ops(cpu_gemm, 96) == {"mkldnn::_linear_pointwise"}
     else:
-        assert gemm_ops(cpu_gemm, 512) == {"aten::mm", "aten::addmm"}
+        assert gemm_ops(cpu_gemm, 96) == {"aten::mm", "aten::addmm"}
+    assert gemm_ops(cpu_gemm, 512) == {"aten::mm", "aten::addmm"}
     # oneDNN refuses empty operands: no rows take mm with either library.
     assert "mkldnn::_linear_pointwise" not in gemm_ops(cpu_gemm, 0)
 

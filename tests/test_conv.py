@@ -51,7 +51,11 @@ def compare_with_twin(layer, twin, x):
     kernel = reference.quaternion_conv_kernel(*leaves, groups=layer.groups)
     expected_grads = torch.autograd.grad(kernel, leaves, twin.weight.grad)
     for param, want in zip(layer.components(), expected_grads):
-        torch.testing.assert_close(param.grad, want, **F64)
+        # Each is a sum over every image and pixel (6 x 32 x 32 x 9 terms at most here), summed in
+        # another order by each CPU's convolution: its absolute rounding scales with the largest entry.
+        torch.testing.assert_close(
+            param.grad, want, rtol=F64["rtol"], atol=F64["atol"] * max(1.0, want.abs().max().item())
+        )
     if layer.bias is not None:
         torch.testing.assert_close(layer.bias.grad, twin.bias.grad, **F64)
 

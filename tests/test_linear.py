@@ -217,11 +217,12 @@ class TestBadInput:
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "hamilton", "components", "eight", "direct"])
-@pytest.mark.parametrize("rows", [64, 1000])
+@pytest.mark.parametrize("rows", [64, 176, 1000])
 @pytest.mark.parametrize("gradient", ["expanded", "per row"])
 def test_float32_gradients_at_scale_match_float64_reference(algorithm, rows, gradient, cpu_gemm):
-    # 1000 rows of 256 features: the oneDNN weight gradient runs in several blocks per component;
-    # an expanded gradient (out.sum()) takes one row's products (csrc/layers/linear.cpp).
+    # 256 features: the oneDNN weight gradient runs in one block per component at 64 rows and in two
+    # (59 and 5 rows) at 176; at 1000 rows mm serves (linear_hamilton.cpp, onednn_linear.h).
+    # An expanded gradient (out.sum()) takes one row's products (csrc/layers/linear.cpp).
     n = 64
     x = torch.randn(rows, 4 * n, dtype=torch.float64)
     weights = components(n, n)

@@ -26,23 +26,34 @@ static bool onednn_gemm(const at::Tensor& x, const at::Tensor& other) {
   return x.numel() > 0 && other.numel() > 0 && cpu_gemm::takes_onednn(x.device().type(), x.scalar_type());
 }
 
+// Plain autograd builds W from four block rows as large as W: an output and oneDNN's scratch within
+// W's size (16 n m) keep the step below plain's peak (onednn::fits); larger outputs take mm.
+static bool output_fits_beside_w(const at::Tensor& rows, int64_t outputs, const Components& w) {
+  return onednn::fits(rows.size(0), rows.size(1), outputs, 16 * w[0].numel());
+}
+
 at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias) {
   // The bias rides in the GEMM.
-  if (onednn_gemm(x, w[0])) return onednn::linear(x, matrix(w).t(), bias);
+  if (onednn_gemm(x, w[0]) && output_fits_beside_w(x, 4 * w[0].size(1), w)) {
+    return onednn::linear(x, matrix(w).t(), bias);
+  }
   return bias.defined() ? at::addmm(bias, x, matrix(w)) : x.mm(matrix(w));
 }
 
 at::Tensor adjoint(const at::Tensor& g, const Components& w) {
-  if (onednn_gemm(g, w[0])) return onednn::linear(g, matrix(w));
+  if (onednn_gemm(g, w[0]) && output_fits_beside_w(g, 4 * w[0].size(0), w)) {
+    return onednn::linear(g, matrix(w));
+  }
   return g.mm(matrix(w).t());
 }
 
 // dL/dW = x^T g through oneDNN, which reads x^T only after copying it row-major (a copy as large
 // as the input), folded onto the components a block of dL/dW rows at a time: block (a, b) of dL/dW
-// adds to component a ^ b with the sign of HAMILTON.md's table. Each block's copy of x's columns
-// and its rows of dL/dW together stay within the size of dL/dW, which plain autograd allocates
-// whole, so the step never peaks above plain autograd's (tests/test_memory.py). Blocks thinner
-// than this many rows would make a slow GEMM: torch's mm, which copies nothing, serves then.
+// adds to component a ^ b with the sign of HAMILTON.md's table. The four component gradients, each
+// block's copy of x's columns, its rows of dL/dW and oneDNN's scratch (onednn::scratch_elements)
+// together stay within the size of dL/dW, which plain autograd allocates whole, so the step never
+// peaks above plain autograd's (tests/test_memory.py). Blocks thinner than this many rows would
+// make a slow GEMM: torch's mm, which copies nothing, serves then.
 constexpr int64_t kMinGradientBlockRows = 32;
 
 static Components onednn_gradients(const at::Tensor& x, const at::Tensor& g, int64_t block) {
@@ -65,7 +76,8 @@ static Components onednn_gradients(const at::Tensor& x, const at::Tensor& g, int
 Components gradients(const at::Tensor& x, const at::Tensor& g) {
   if (onednn_gemm(x, g)) {
     const int64_t rows = x.size(0), n = x.size(1) / 4, out = g.size(1);
-    const int64_t block = std::min(n, 4 * n * out / (rows + out));
+    const int64_t room = 3 * n * out - onednn::scratch_elements(rows);  // dL/dW (4 n out) less the components
+    const int64_t block = room <= 0 ? 0 : std::min(n, room / (rows + out));
     if (block >= kMinGradientBlockRows) return onednn_gradients(x, g, block);
   }
   // dL/dW in one GEMM; the adjoint of the expansion folds it onto the four components.

@@ -28,6 +28,24 @@ bool available();
 // views: oneDNN reads them strided, faster than a copy.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
 
+// The scratch, in elements, that linear() may allocate beside its result when it sums over `inner`
+// terms. With a plain weight, oneDNN allocated 128 rows of the inner dimension plus 1664 bytes on an
+// AVX2 AMD EPYC, none on an AVX-512 Xeon: a hamilton step of 128 x 256 peaked at 513.6 KiB there
+// against plain autograd's 512 (W, the output and that scratch), one of 1000 x 256 at 2.76 MiB
+// against 2.45 (the weight gradient's, 128 x 1000). Callers that promise a peak below plain
+// autograd's (linear_hamilton.cpp, linear_choice.cpp) count it, and take mm, which allocates
+// nothing but its result, where it does not fit.
+inline int64_t scratch_elements(int64_t inner) {
+  constexpr int64_t kScratchRows = 128, kScratchSlack = 1024;
+  return kScratchRows * inner + kScratchSlack;
+}
+
+// Whether linear()'s result of rows x outputs, summed over `inner` terms, and its scratch fit within
+// `budget` elements.
+inline bool fits(int64_t rows, int64_t inner, int64_t outputs, int64_t budget) {
+  return rows * outputs + scratch_elements(inner) <= budget;
+}
+
 // y = x @ weight^T for float32 CPU tensors, weight (out, in), x (rows, in) with up to `rows` rows.
 class Linear {
  public:
