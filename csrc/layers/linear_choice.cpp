@@ -6,7 +6,6 @@
 #include <string>
 
 #include "cpu_gemm.h"
-#include "onednn_linear.h"
 
 namespace qlayers {
 namespace linear {
@@ -54,9 +53,9 @@ constexpr double kEightMinRowsPerFeature = 0.5;
 // 2026-11-28-onednn.md) but three within 5% (eight at 64 x 2048 forward, components at 64 and 128 x
 // 256 component gradients). It takes over where its W (16 n m) is no larger than the components
 // formulation's block products (16 rows m), so a step's peak memory does not rise; components keeps
-// the smallest batches, where it won at 8 rows. Up to where its output and oneDNN's scratch still fit
-// within W's size (onednn::fits: about 4n - 128 rows for a square layer): beyond, oneDNN's scratch
-// would lift the step above plain autograd's peak, and the rules below serve. Where mm is as fast
+// the smallest batches, where it won at 8 rows. Up to where its output and oneDNN's scratch still
+// fit within W's size (hamilton::fits_onednn: about 4n - 128 rows for a square layer): beyond, the
+// scratch would lift the step above plain autograd's peak, and the rules below serve. Where mm is as fast
 // (the Intel machine), they hold throughout: eight won every cell from 512 rows up there
 // (benchmarks/results/cpu-2026-12-02.md).
 constexpr int64_t kDenseGemmMinRows = 17;
@@ -99,7 +98,7 @@ Formulation choose(Algorithm algorithm, Phase phase, int64_t rows, int64_t n, in
   if (!on_cpu) return choose_off_cpu(rows, n, m, dtype);
   if (rows * n <= kDirectMaxRowsTimesFeatures) return Formulation::kDirect;
   if (cpu_gemm::takes_onednn(device, dtype) && rows >= n && rows >= kDenseGemmMinRows &&
-      onednn::fits(rows, 4 * n, 4 * m, 16 * n * m) && onednn::fits(rows, 4 * m, 4 * n, 16 * n * m)) {
+      hamilton::fits_onednn(rows, 4 * n, 4 * m) && hamilton::fits_onednn(rows, 4 * m, 4 * n)) {
     return Formulation::kHamilton;
   }
   if (eight_is_accurate(dtype) && rows >= kEightMinRows && n >= kEightMinFeatures && m >= kEightMinFeatures &&

@@ -40,6 +40,11 @@ const char* name(Formulation formulation);
 
 namespace hamilton {
 QLAYERS_LINEAR_FORMULATION_PRODUCTS
+// Whether a product of `rows` rows from `inputs` to `outputs` columns by W (inputs x outputs) may
+// take oneDNN: its output and oneDNN's scratch (onednn_linear.h) must fit within W's size, the block
+// rows plain autograd builds W from, or the step would peak above plain autograd's. "auto"'s rule
+// (linear_choice.cpp) asks it for the forward (4n -> 4m) and the adjoint (4m -> 4n).
+bool fits_onednn(int64_t rows, int64_t inputs, int64_t outputs);
 }  // namespace hamilton
 
 namespace components {

@@ -26,22 +26,20 @@ static bool onednn_gemm(const at::Tensor& x, const at::Tensor& other) {
   return x.numel() > 0 && other.numel() > 0 && cpu_gemm::takes_onednn(x.device().type(), x.scalar_type());
 }
 
-// Plain autograd builds W from four block rows as large as W: an output and oneDNN's scratch within
-// W's size (16 n m) keep the step below plain's peak (onednn::fits); larger outputs take mm.
-static bool output_fits_beside_w(const at::Tensor& rows, int64_t outputs, const Components& w) {
-  return onednn::fits(rows.size(0), rows.size(1), outputs, 16 * w[0].numel());
+bool fits_onednn(int64_t rows, int64_t inputs, int64_t outputs) {
+  return onednn::fits(rows, inputs, outputs, inputs * outputs);
 }
 
 at::Tensor product(const at::Tensor& x, const Components& w, const at::Tensor& bias) {
   // The bias rides in the GEMM.
-  if (onednn_gemm(x, w[0]) && output_fits_beside_w(x, 4 * w[0].size(1), w)) {
+  if (onednn_gemm(x, w[0]) && fits_onednn(x.size(0), x.size(1), 4 * w[0].size(1))) {
     return onednn::linear(x, matrix(w).t(), bias);
   }
   return bias.defined() ? at::addmm(bias, x, matrix(w)) : x.mm(matrix(w));
 }
 
 at::Tensor adjoint(const at::Tensor& g, const Components& w) {
-  if (onednn_gemm(g, w[0]) && output_fits_beside_w(g, 4 * w[0].size(0), w)) {
+  if (onednn_gemm(g, w[0]) && fits_onednn(g.size(0), g.size(1), 4 * w[0].size(0))) {
     return onednn::linear(g, matrix(w));
   }
   return g.mm(matrix(w).t());

@@ -31,10 +31,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // The scratch, in elements, that linear() may allocate beside its result when it sums over `inner`
 // terms. With a plain weight, oneDNN allocated 128 rows of the inner dimension plus 1664 bytes on an
 // AVX2 AMD EPYC, none on an AVX-512 Xeon: a hamilton step of 128 x 256 peaked at 513.6 KiB there
-// against plain autograd's 512 (W, the output and that scratch), one of 1000 x 256 at 2.76 MiB
-// against 2.45 (the weight gradient's, 128 x 1000). Callers that promise a peak below plain
-// autograd's (linear_hamilton.cpp, linear_choice.cpp) count it, and take mm, which allocates
-// nothing but its result, where it does not fit.
+// against plain autograd's 512 (W, the output and that scratch; traced with the profiler's
+// allocation events), one of 1000 x 256 at 2.76 MiB against 2.45 (by the same rule the weight
+// gradient's 128 x 1000, not traced). Callers that promise a peak below plain autograd's count it
+// (hamilton::fits_onednn and hamilton's weight gradient, linear_hamilton.cpp), and take mm, which
+// allocates nothing but its result, where it does not fit. The recurrent engine's prepacked Linear
+// (below) does not count it; its peak under a oneDNN verdict has not been measured.
 inline int64_t scratch_elements(int64_t inner) {
   constexpr int64_t kScratchRows = 128, kScratchSlack = 1024;
   return kScratchRows * inner + kScratchSlack;
