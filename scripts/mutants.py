@@ -239,10 +239,17 @@ PLANTS: List[Plant] = [
         CONV,
     ),
     Plant(
-        "eight conv: input gradient's sums untransposed",
+        "eight conv: input gradient's shares from the weight's sum table",
         "csrc/layers/conv_eight.cpp",
-        "ref(kRightTransposed), blocks_of(grad_input",
-        "ref(tables::kRight), blocks_of(grad_input",
+        "gx.reshape({len, -1}), row(tables::kRight, t), written);",
+        "gx.reshape({len, -1}), row(tables::kLeft, t), written);",
+        CONV,
+    ),
+    Plant(
+        "eight conv: a block's first share written without its coefficient",
+        "csrc/layers/conv_eight.cpp",
+        "if (shares[c] != 1) block.mul_(shares[c]);",
+        "(void)shares;",
         CONV,
     ),
     # The recurrent cells (forward and backward, every kind).

@@ -215,10 +215,12 @@ def test_same_padding_with_an_odd_total_puts_the_extra_element_after(dims, kerne
 
 
 def test_eight_product_conv_gradients_over_several_chunks_of_images():
-    # 128 channels of 32 x 32: the eight-product backward takes 4 images a chunk (csrc/layers/
-    # conv_eight.cpp), so a batch of 6 is two chunks whose component gradients must add up.
-    layer = randomise(qlayers.QConv2d(128, 128, 3, padding=1, algorithm="eight", dtype=torch.float64))
-    compare_with_twin(layer, torch_twin(layer, nn.Conv2d, padding=1), torch.randn(6, 128, 32, 32, dtype=torch.float64))
+    # 16 channels of 256 x 512: the eight-product convolution takes 2 images a chunk (2^20 elements
+    # per quarter of the channels, csrc/layers/conv_eight.cpp), so a batch of 3 is two chunks, one of
+    # them partial, whose outputs and input gradients must land in place and whose component
+    # gradients must add up.
+    layer = randomise(qlayers.QConv2d(16, 16, 3, padding=1, algorithm="eight", dtype=torch.float64))
+    compare_with_twin(layer, torch_twin(layer, nn.Conv2d, padding=1), torch.randn(3, 16, 256, 512, dtype=torch.float64))
 
 
 COMPONENT_NAMES = ("r_weight", "i_weight", "j_weight", "k_weight")

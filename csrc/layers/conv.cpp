@@ -56,7 +56,9 @@ enum class Formulation { kKernel, kEight };
 // the plain path's time), so a kernel needs 9 elements, as a 3 x 3 one has. Small convolutions lose
 // too (`compare.py --quick`: 128 channels, batch 8, 16 x 16, 1.14x nn.Conv2d; 256 channels there
 // 0.78x), so each of the eight products needs enough multiply-adds (a b k x batch x output pixels):
-// 19M lost, 75M and more won.
+// 19M lost, 75M and more won. Those runs summed all eight products of 4 images at once; computed one
+// product at a time in chunks of up to 32 such images (conv_eight.cpp), the grid ran 0.69, 0.59 and
+// 0.55x nn.Conv2d at 128, 256 and 512 channels (one run, 2-core AMD EPYC, AVX2, 2026-12-03).
 constexpr int64_t kEightMinQuaternionChannels = 32;
 constexpr int64_t kEightMinKernelElements = 9;
 constexpr double kEightMinProductMacs = 50e6;
@@ -99,7 +101,7 @@ bool eight_serves(const Options& o) { return !o.transposed && o.groups == 1; }
 
 // The formulation for one call. "eight" for plain float32/float64 convolutions on the CPU with enough
 // channels, kernel elements and work; "kernel" elsewhere: on a GPU (one cuDNN convolution, where
-// eight is eight per chunk of images plus a stack copy, until a GPU measures otherwise), for
+// eight is eight convolutions per chunk of images plus their sums, until a GPU measures otherwise), for
 // transposed and grouped convolutions and channels-last inputs (which eight does not serve), and in
 // 16-bit, where the eight-product sums cost accuracy (the linear layer's rule, docs/algorithms.md).
 Formulation choose(c10::string_view algorithm, at::IntArrayRef input_shape, bool contiguous, const at::Tensor& r,

@@ -8,9 +8,11 @@
 // products, aten's convolution_backward gives each product's input and weight gradients, and the
 // sums' transposes fold them back onto the input and the components.
 //
-// Images go through in chunks so that the eight-fold temporaries stay near a MB each (as the linear
-// layer's rows do, linear_eight.cpp). groups = 1, not transposed, contiguous input: the layer
-// operator (conv.cpp) takes the real-kernel formulation for the rest.
+// Each product is computed on its own: its operand sum, its convolution, and its share of the result
+// (or, in backward, of the input gradient) added in, so that the temporaries are one product's, a
+// quarter of the input or output each, never the eight at once. Images go through in chunks that
+// keep each such temporary near kChunkElements. groups = 1, not transposed, contiguous input: the
+// layer operator (conv.cpp) takes the real-kernel formulation for the rest.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -28,13 +30,18 @@ namespace {
 namespace tables = ::qlayers::eight;
 
 constexpr auto kCombineTransposed = tables::transposed<4, 8>(tables::kCombine);
-constexpr auto kRightTransposed = tables::transposed<8, 4>(tables::kRight);
 constexpr auto kLeftTransposed = tables::transposed<8, 4>(tables::kLeft);
 
-// Elements per eight-block temporary (one chunk's sums or products).
+// Elements per temporary of one product (its operand sum, its result, a gradient) for one chunk of
+// images: 4 MiB in float32. The backward holds three of them, the forward two: for a batch within
+// one chunk, three quarters of the input's size where input and output match, less than plain
+// autograd's convolution backward allocated (tests/test_memory.py).
 constexpr int64_t kChunkElements = int64_t{1} << 20;
 
 at::ArrayRef<double> ref(const std::array<double, 32>& table) { return {table.data(), table.size()}; }
+
+// Row t of an 8 x 4 table: the coefficients of one product's sum over the four blocks.
+at::ArrayRef<double> row(const std::array<double, 32>& table, int t) { return {table.data() + 4 * t, 4}; }
 
 // (N, 4c, *spatial) -> its channel blocks as a (4, N, c * spatial) view.
 at::Tensor blocks_of(const at::Tensor& t) { return t.view({t.size(0), 4, -1}).transpose(0, 1); }
@@ -46,9 +53,36 @@ int64_t per_image(at::IntArrayRef sizes) {
   return n;
 }
 
-// Images per chunk: about kChunkElements per eight-block temporary.
+// Images per chunk: about kChunkElements per temporary, whose images hold a quarter of the
+// channels of the larger of input and output (`per_image` elements).
 int64_t images_per_chunk(int64_t per_image) {
-  return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, 8 * per_image));
+  return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, per_image / 4));
+}
+
+// Products in the order their shares are added: those whose coefficient alone makes a block (1 in
+// the combination, M5..M8; the sums' first use of each input block) can then be copied, not added.
+constexpr std::array<int, 8> kProductOrder = {4, 5, 6, 7, 0, 1, 2, 3};
+
+// blocks[c] (+)= shares[c] * value for each block c whose share is not zero; a block's first share
+// is written, not added (`written` says which were).
+void add_shares(const at::Tensor& blocks, const at::Tensor& value, at::ArrayRef<double> shares,
+                std::array<bool, 4>& written) {
+  for (int c = 0; c < 4; ++c) {
+    if (shares[c] == 0) continue;
+    const at::Tensor block = blocks[c];
+    if (written[c]) {
+      block.add_(value, shares[c]);
+    } else {
+      block.copy_(value);
+      if (shares[c] != 1) block.mul_(shares[c]);
+      written[c] = true;
+    }
+  }
+}
+
+// Column t of a 4 x 8 table (rows = blocks): product t's coefficient in each block.
+std::array<double, 4> column(const std::array<double, 32>& table, int t) {
+  return {table[t], table[8 + t], table[16 + t], table[24 + t]};
 }
 
 struct Options {
@@ -101,21 +135,20 @@ at::Tensor eight_forward(const at::Tensor& input, const at::Tensor& r, const at:
   out_sizes[0] = count;
   out_sizes[1] = 4 * a;
   at::Tensor out = at::empty(out_sizes, input.options());
-  const int64_t chunk = images_per_chunk(std::max(per_image(input.sizes()), per_image(out.sizes())) / 4);
+  const int64_t chunk = images_per_chunk(std::max(per_image(input.sizes()), per_image(out.sizes())));
+  std::vector<int64_t> sum_sizes = input.sizes().vec();
+  sum_sizes[1] /= 4;
   for (int64_t first = 0; first < count; first += chunk) {
     const int64_t len = std::min(chunk, count - first);
-    const at::Tensor x = input.narrow(0, first, len);
-    const at::Tensor sums = ops::block_mix(blocks_of(x), ref(tables::kRight), /*interleave=*/false);  // (8, len, b S)
-    // Each product copied into one (8, len, a S') tensor as it comes, never eight of them at once.
-    at::Tensor products;
-    for (int t = 0; t < 8; ++t) {
-      std::vector<int64_t> sizes = x.sizes().vec();
-      sizes[1] /= 4;
-      const at::Tensor p = product(sums[t].view(sizes), w[t], o);
-      if (!products.defined()) products = at::empty({8, len, p.numel() / len}, p.options());
-      products[t].copy_(p.reshape({len, -1}));
+    sum_sizes[0] = len;
+    const at::Tensor x_blocks = blocks_of(input.narrow(0, first, len));
+    const at::Tensor out_blocks = blocks_of(out.narrow(0, first, len));
+    std::array<bool, 4> written{};
+    for (const int t : kProductOrder) {
+      const at::Tensor sum = ops::block_mix(x_blocks, row(tables::kRight, t), /*interleave=*/false);
+      const at::Tensor p = product(sum.view(sum_sizes), w[t], o);
+      add_shares(out_blocks, p.view({len, -1}), column(tables::kCombine, t), written);
     }
-    ops::block_mix_into(products, ref(tables::kCombine), blocks_of(out.narrow(0, first, len)));
   }
   if (bias.defined()) {
     std::vector<int64_t> view(out.dim(), 1);
@@ -136,41 +169,38 @@ std::array<at::Tensor, 6> eight_backward(const at::Tensor& grad_output, const at
   const bool needs_components = output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
   TORCH_CHECK_VALUE(!needs_components || input.defined(),
                     "conv_eight_backward: the component gradients need the input");
-  // Made contiguous a chunk at a time: an expanded gradient (out.sum()) is never copied whole.
+  // Made contiguous a chunk at a time: an expanded gradient (out.sum()) is copied one chunk of images at a time.
   const at::Tensor& g = grad_output;
   const int64_t count = input_shape[0];
   const std::vector<at::Tensor> w = eighths(weight_sums(r, i, j, k));
   std::vector<int64_t> image_sizes(input_shape.begin(), input_shape.end());
-  image_sizes[1] /= 4;  // one block of one chunk's images, its count set per chunk
+  image_sizes[1] /= 4;  // one block of one chunk's images (and out_sizes, below), the count set per chunk
   at::Tensor grad_input = needs_input ? at::empty(input_shape, g.options()) : at::Tensor();
   at::Tensor grad_sums = needs_components ? at::zeros_like(w[0]).repeat_interleave(8, 0) : at::Tensor();  // (8a, b, *k)
   const std::vector<at::Tensor> grad_w = needs_components ? eighths(grad_sums) : std::vector<at::Tensor>();
-  const int64_t chunk = images_per_chunk(std::max(per_image(input_shape), per_image(g.sizes())) / 4);
+  const int64_t chunk = images_per_chunk(std::max(per_image(input_shape), per_image(g.sizes())));
+  std::vector<int64_t> out_sizes = g.sizes().vec();
+  out_sizes[1] /= 4;
   for (int64_t first = 0; first < count; first += chunk) {
     const int64_t len = std::min(chunk, count - first);
-    image_sizes[0] = len;
-    const at::Tensor grad_products =
-        ops::block_mix(blocks_of(g.narrow(0, first, len).contiguous()), ref(kCombineTransposed), false);
-    at::Tensor sums;
-    if (needs_components) sums = ops::block_mix(blocks_of(input.narrow(0, first, len)), ref(tables::kRight), false);
-    // The eight input-side gradients, each copied into one (8, len, b S) tensor as it comes.
-    at::Tensor grad_sums_in;
-    if (needs_input) grad_sums_in = at::empty({8, len, per_image(image_sizes)}, g.options());
-    for (int t = 0; t < 8; ++t) {
-      std::vector<int64_t> out_sizes = g.sizes().vec();
-      out_sizes[0] = len;
-      out_sizes[1] /= 4;
+    image_sizes[0] = out_sizes[0] = len;
+    const at::Tensor g_blocks = blocks_of(g.narrow(0, first, len).contiguous());
+    std::array<bool, 4> written{};
+    for (const int t : kProductOrder) {
+      // The combination's transpose spreads grad_output onto product t.
+      const at::Tensor grad_product = ops::block_mix(g_blocks, row(kCombineTransposed, t), false).view(out_sizes);
       // convolution_backward reads only the shape of an operand whose gradient it does not compute.
-      const at::Tensor x_t = needs_components ? sums[t].view(image_sizes)
-                                              : g.new_empty({1}).expand(image_sizes);
-      auto [gx, gw, gb] = at::convolution_backward(grad_products[t].view(out_sizes), x_t, w[t], std::nullopt, stride,
-                                                   padding, dilation, false, {0}, 1,
-                                                   {needs_input, needs_components, false});
-      if (needs_input) grad_sums_in[t].copy_(gx.reshape({len, -1}));
+      const at::Tensor sum =
+          needs_components
+              ? ops::block_mix(blocks_of(input.narrow(0, first, len)), row(tables::kRight, t), false).view(image_sizes)
+              : g.new_empty({1}).expand(image_sizes);
+      auto [gx, gw, gb] = at::convolution_backward(grad_product, sum, w[t], std::nullopt, stride, padding, dilation,
+                                                   false, {0}, 1, {needs_input, needs_components, false});
+      // The sum's transpose: product t's input-side gradient goes to the blocks it summed.
+      if (needs_input) {
+        add_shares(blocks_of(grad_input.narrow(0, first, len)), gx.reshape({len, -1}), row(tables::kRight, t), written);
+      }
       if (needs_components) grad_w[t].add_(gw);
-    }
-    if (needs_input) {
-      ops::block_mix_into(grad_sums_in, ref(kRightTransposed), blocks_of(grad_input.narrow(0, first, len)));
     }
   }
   // The fold, one row of its table at a time, each into a tensor of its own (an operator's outputs
