@@ -57,7 +57,7 @@ constexpr double kEightMinRowsPerFeature = 0.5;
 // fit within W's size (hamilton::fits_onednn: about 4n - 128 rows for a square layer): beyond, the
 // scratch would lift the step above plain autograd's peak, and the rules below serve. Where mm is as fast
 // (the Intel machine), they hold throughout: eight won every cell from 512 rows up there
-// (benchmarks/results/cpu-2026-12-02.md).
+// (benchmarks/results/cpu-2026-12-03.md, the Intel run).
 constexpr int64_t kDenseGemmMinRows = 17;
 
 // eight rounds its operand sums and its eight products in the operands' dtype. Against a float64
