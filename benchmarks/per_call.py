@@ -1,6 +1,6 @@
 """What a small layer pays per call: a quaternion layer against the dense one of the same size, batch 1.
 
-    python benchmarks/per_call.py [--layer linear|conv] [--features 64] [--threads 1]
+    python benchmarks/per_call.py [--layer linear|conv|autoencoder] [--features 64] [--threads 1]
 
 Times forward, and forward + backward (``layer(x).sum().backward()``), with torch.utils.benchmark,
 and prints the ratios:
@@ -10,6 +10,11 @@ and prints the ratios:
   real kernel (``hamilton_expand`` of the conjugate components, built once, a leaf that needs a
   gradient) and against the plain-autograd layer (``memory_efficient=False``), which rebuilds the
   kernel per call as core_qnn's layers do.
+- autoencoder: a training step's forward and backward of core_qnn's quaternion convolutional
+  autoencoder (its ICASSP 2019 experiment: 4 -> 32 -> 40 channels by stride-2 3 x 3 convolutions and
+  back by transposed ones, Hardtanh between) on one 4 x 64 x 96 image, with qlayers' layers against
+  the same model on the plain-autograd layers (``memory_efficient=False``, core_qnn's formulation).
+  The ratio is against the plain-autograd model: there is no dense model of the same function.
 """
 
 import argparse
@@ -30,7 +35,7 @@ def median_us(fn, threads, min_run_time):
 def linear_layers(features):
     x = torch.randn(1, features, requires_grad=True)
     title = f"QLinear({features}, {features}), batch 1"
-    return title, x, {"qlayers": qlayers.QLinear(features, features), "dense": nn.Linear(features, features)}
+    return title, x, {"qlayers": qlayers.QLinear(features, features), "dense": nn.Linear(features, features)}, "dense"
 
 
 def conv_layers(_features):
@@ -46,10 +51,41 @@ def conv_layers(_features):
         title,
         x,
         {"qlayers": layer, "plain autograd": plain, "dense": lambda x: F.conv2d(x, kernel, bias, padding=1)},
+        "dense",
     )
 
 
-LAYERS = {"linear": linear_layers, "conv": conv_layers}
+class QuaternionAutoencoder(nn.Module):
+    """core_qnn's QCAE, its layer sizes and activations, on qlayers' modules."""
+
+    def __init__(self, memory_efficient):
+        super().__init__()
+        options = {"kernel_size": 3, "stride": 2, "padding": 1, "memory_efficient": memory_efficient}
+        self.act = nn.Hardtanh()
+        self.encode = nn.ModuleList([qlayers.QConv2d(4, 32, **options), qlayers.QConv2d(32, 40, **options)])
+        self.decode = nn.ModuleList(
+            [
+                qlayers.QConvTranspose2d(40, 32, output_padding=1, **options),
+                qlayers.QConvTranspose2d(32, 4, output_padding=1, **options),
+            ]
+        )
+
+    def forward(self, x):
+        for layer in (*self.encode, self.decode[0]):
+            x = self.act(layer(x))
+        return self.act(self.decode[1](x))
+
+
+def autoencoder_models(_features):
+    x = torch.randn(1, 4, 64, 96, requires_grad=True)
+    model = QuaternionAutoencoder(memory_efficient=True)
+    plain = QuaternionAutoencoder(memory_efficient=False)
+    plain.load_state_dict(model.state_dict())
+    title = "core_qnn's convolutional autoencoder (4 -> 32 -> 40 -> 32 -> 4), one 4 x 64 x 96 image"
+    return title, x, {"qlayers": model, "plain autograd": plain}, "plain autograd"
+
+
+LAYERS = {"linear": linear_layers, "conv": conv_layers, "autoencoder": autoencoder_models}
 
 
 def main(argv=None):
@@ -60,7 +96,7 @@ def main(argv=None):
     parser.add_argument("--min-run-time", type=float, default=1.0)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    title, x, layers = LAYERS[args.layer](args.features)
+    title, x, layers, reference = LAYERS[args.layer](args.features)
     times = {}
     for name, layer in layers.items():
         times[name] = (
@@ -72,10 +108,10 @@ def main(argv=None):
     print("|---|---:|---:|")
     for name, (forward, step) in times.items():
         print(f"| {name} | {forward:.1f} | {step:.1f} |")
-    d = times["dense"]
+    d = times[reference]
     for name, (forward, step) in times.items():
-        if name != "dense":
-            print(f"| {name} / dense | {forward / d[0]:.2f} | {step / d[1]:.2f} |")
+        if name != reference:
+            print(f"| {name} / {reference} | {forward / d[0]:.2f} | {step / d[1]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -239,6 +239,20 @@ PLANTS: List[Plant] = [
         CONV,
     ),
     Plant(
+        "conv's real kernel on the CPU: only i's sign folded in, not j's and k's",
+        "csrc/cpu/hamilton_cpu.cpp",
+        "(hamilton_sign(a, b) < 0) != (conjugate && component != 0);",
+        "(hamilton_sign(a, b) < 0) != (conjugate && component == 1);",
+        CONV,
+    ),
+    Plant(
+        "conv's component gradients on the CPU: the conjugate's signs dropped",
+        "csrc/cpu/hamilton_cpu.cpp",
+        "conjugate && c != 0 ? -hamilton_sign(a, b) : hamilton_sign(a, b)",
+        "hamilton_sign(a, b)",
+        CONV,
+    ),
+    Plant(
         "eight conv: input gradient's shares from the weight's sum table",
         "csrc/layers/conv_eight.cpp",
         "gx.reshape({len, -1}), row(tables::kRight, t), written);",

@@ -226,9 +226,27 @@ def test_per_call_conv_compares_with_the_same_real_kernel(capsys):
     per_call.main(["--layer", "conv", "--min-run-time", "0.001"])
     out = capsys.readouterr().out
     assert "| qlayers / dense |" in out and "| plain autograd / dense |" in out
-    title, x, layers = per_call.conv_layers(None)
+    title, x, layers, reference = per_call.conv_layers(None)
+    assert reference == "dense"
     torch.testing.assert_close(layers["qlayers"](x), layers["dense"](x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layers["plain autograd"](x), layers["dense"](x), rtol=1e-5, atol=1e-5)
+
+
+def test_per_call_autoencoder_times_the_same_model_on_both_paths(capsys):
+    per_call.main(["--layer", "autoencoder", "--min-run-time", "0.001"])
+    assert "| qlayers / plain autograd |" in capsys.readouterr().out
+    title, x, models, reference = per_call.autoencoder_models(None)
+    assert reference == "plain autograd"
+    outputs = {}
+    for name, model in models.items():
+        out = model(x)
+        assert out.shape == x.shape  # stride-2 encoder, stride-2 transposed decoder: back to 64 x 96
+        out.square().sum().backward()
+        outputs[name] = (out, [p.grad.clone() for p in model.parameters()])
+    (out, grads), (plain_out, plain_grads) = outputs["qlayers"], outputs["plain autograd"]
+    torch.testing.assert_close(out, plain_out, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_recurrent_benchmark_runs_the_three_recurrent_workloads(tmp_path):

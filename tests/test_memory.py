@@ -154,7 +154,9 @@ def test_conv_builds_no_kernel_when_the_input_needs_no_gradient():
     out = layer(x)
     with torch.profiler.profile() as profile:
         out.sum().backward()
-    names = [event.name for event in profile.events()]
+    # On the CPU the kernel and its adjoint are built by direct calls, named for the profiler as
+    # "..._conjugate"; elsewhere through the dispatcher.
+    names = {event.name.removesuffix("_conjugate") for event in profile.events()}
     assert "qlayers::hamilton_reduce" in names  # the component gradients were computed
     assert "qlayers::hamilton_expand" not in names
 

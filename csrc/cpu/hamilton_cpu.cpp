@@ -7,6 +7,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,6 +18,8 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #endif
+
+#include "hamilton_cpu.h"
 
 #include "../hamilton.h"
 #include "../hamilton_shapes.h"
@@ -62,8 +65,9 @@ void signed_copy_run(const scalar_t* from, scalar_t* to, int64_t len, bool negat
   }
 }
 
+// `conjugate`: expand (r, -i, -j, -k) instead, the three negations folded into the block signs.
 template <typename scalar_t>
-void expand_kernel(const ExpandCall& call) {
+void expand_kernel(const ExpandCall& call, bool conjugate) {
   const int64_t n = call.n, m = call.m, inner = call.inner;
   std::array<Strided3d<const scalar_t>, 4> src;
   for (int c = 0; c < 4; ++c) src[c] = view_of<const scalar_t>(call.components[c]);
@@ -78,10 +82,11 @@ void expand_kernel(const ExpandCall& call) {
       const int b = static_cast<int>(segment % 4);
       const int a = static_cast<int>(row / n);
       const int64_t p = row % n;
-      const Strided3d<const scalar_t>& s = src[hamilton_component(a, b)];
+      const int component = hamilton_component(a, b);
+      const Strided3d<const scalar_t>& s = src[component];
       const scalar_t* from = s.data + p * s.row_stride;
       scalar_t* to = dst + segment * segment_len;
-      const bool negate = hamilton_sign(a, b) < 0;
+      const bool negate = (hamilton_sign(a, b) < 0) != (conjugate && component != 0);
       if (s.rows_contiguous(inner)) {
         signed_copy_run(from, to, segment_len, negate);
       } else {
@@ -188,8 +193,9 @@ void signed_sum_run_fast(const std::array<const scalar_t*, 4>& rows,
 }
 #endif
 
+// `conjugate`: the gradients of (r, -i, -j, -k)'s expansion with respect to r, i, j, k.
 template <typename scalar_t>
-void reduce_kernel(const ReduceCall& call) {
+void reduce_kernel(const ReduceCall& call, bool conjugate) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t n = call.n, m = call.m, inner = call.inner;
   const Strided3d<const scalar_t> g = view_of<const scalar_t>(call.grad);
@@ -208,7 +214,7 @@ void reduce_kernel(const ReduceCall& call) {
       for (int a = 0; a < 4; ++a) {
         const int b = hamilton_column(a, c);
         rows[a] = g.data + (a * n + p) * g.row_stride + b * m * g.col_stride;
-        signs[a] = static_cast<opmath_t>(hamilton_sign(a, b));
+        signs[a] = static_cast<opmath_t>(conjugate && c != 0 ? -hamilton_sign(a, b) : hamilton_sign(a, b));
       }
       scalar_t* to = call.outs[c].data_ptr<scalar_t>() + p * run;
       if (contiguous) {
@@ -269,23 +275,33 @@ void spread_kernel(const SpreadCall& call) {
   });
 }
 
-at::Tensor hamilton_expand_cpu(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
-                               const at::Tensor& k) {
+at::Tensor expand(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j, const at::Tensor& k,
+                  bool conjugate) {
   const ExpandCall call = prepare_expand(r, i, j, k);
   if (call.out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "hamilton_expand_cpu",
-                                    [&] { expand_kernel<scalar_t>(call); });
+                                    [&] { expand_kernel<scalar_t>(call, conjugate); });
   }
   return call.out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cpu(const at::Tensor& grad) {
+std::array<at::Tensor, 4> reduce(const at::Tensor& grad, bool conjugate) {
   const ReduceCall call = prepare_reduce(grad);
   if (call.outs[0].numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "hamilton_reduce_cpu",
-                                    [&] { reduce_kernel<scalar_t>(call); });
+                                    [&] { reduce_kernel<scalar_t>(call, conjugate); });
   }
-  return {call.outs[0], call.outs[1], call.outs[2], call.outs[3]};
+  return call.outs;
+}
+
+at::Tensor hamilton_expand_cpu(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
+                               const at::Tensor& k) {
+  return expand(r, i, j, k, /*conjugate=*/false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamilton_reduce_cpu(const at::Tensor& grad) {
+  const auto g = reduce(grad, /*conjugate=*/false);
+  return {g[0], g[1], g[2], g[3]};
 }
 
 at::Tensor hamilton_combine_cpu(const at::Tensor& products, bool transpose) {
@@ -307,6 +323,22 @@ at::Tensor hamilton_spread_cpu(const at::Tensor& grad, bool transpose) {
 }
 
 }  // namespace
+
+namespace cpu {
+
+// Named for the profiler as operators are, since the dispatcher does not see these calls.
+at::Tensor hamilton_expand_conjugate(const at::Tensor& r, const at::Tensor& i, const at::Tensor& j,
+                                     const at::Tensor& k) {
+  RECORD_FUNCTION("qlayers::hamilton_expand_conjugate", std::vector<c10::IValue>());
+  return expand(r, i, j, k, /*conjugate=*/true);
+}
+
+std::array<at::Tensor, 4> hamilton_reduce_conjugate(const at::Tensor& grad) {
+  RECORD_FUNCTION("qlayers::hamilton_reduce_conjugate", std::vector<c10::IValue>());
+  return reduce(grad, /*conjugate=*/true);
+}
+
+}  // namespace cpu
 
 TORCH_LIBRARY_IMPL(qlayers, CPU, m) {
   m.impl("hamilton_expand", &hamilton_expand_cpu);

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "../cpu/hamilton_cpu.h"
 #include "../hamilton_shapes.h"
 #include "below_autograd.h"
 #include "conv_eight.h"
@@ -131,36 +132,42 @@ Formulation choose(c10::string_view algorithm, at::IntArrayRef input_shape, bool
 
 // Components (a, b, *k) -> the real (4a, 4b, *k) kernel, group by group. A convolution kernel holds
 // the Hamilton table transposed (row block = output component); the table's off-diagonal signs are
-// antisymmetric, so that is the expansion of the conjugate (r, -i, -j, -k). Groups ride through
-// hamilton_expand as a trailing dim. Through the dispatcher, so that a graph records it when asked.
-at::Tensor real_kernel(const Components& w, int64_t groups) {
-  Components conjugate = {w[0], -w[1], -w[2], -w[3]};
-  if (groups == 1) return ops::hamilton_expand(conjugate[0], conjugate[1], conjugate[2], conjugate[3]);
+// antisymmetric, so that is the expansion of the conjugate (r, -i, -j, -k). Groups ride through the
+// expansion as a trailing dim. `recorded`: through the dispatcher, so that a graph records it;
+// otherwise on the CPU in one pass, without negated copies (a small convolution's per-call cost).
+at::Tensor real_kernel(const Components& w, int64_t groups, bool recorded) {
+  const auto expand_conjugate = [&](const Components& c) {
+    if (!recorded && c[0].is_cpu()) return cpu::hamilton_expand_conjugate(c[0], c[1], c[2], c[3]);
+    return ops::hamilton_expand(c[0], -c[1], -c[2], -c[3]);
+  };
+  if (groups == 1) return expand_conjugate(w);
   std::vector<int64_t> sizes = w[0].sizes().vec();
   const int64_t a = sizes[0];
   std::vector<int64_t> grouped_sizes = {groups, a / groups};
   grouped_sizes.insert(grouped_sizes.end(), sizes.begin() + 1, sizes.end());
-  for (auto& c : conjugate) c = c.reshape(grouped_sizes).movedim(0, 2);
+  Components grouped;
+  for (int c = 0; c < 4; ++c) grouped[c] = w[c].reshape(grouped_sizes).movedim(0, 2);
   sizes[0] *= 4;
   sizes[1] *= 4;
-  return ops::hamilton_expand(conjugate[0], conjugate[1], conjugate[2], conjugate[3]).movedim(2, 0).reshape(sizes);
+  return expand_conjugate(grouped).movedim(2, 0).reshape(sizes);
 }
 
 // The four component gradients from the real kernel's gradient: real_kernel's adjoint.
-Components real_kernel_adjoint(const at::Tensor& grad_kernel, int64_t groups) {
-  std::array<at::Tensor, 4> g;
-  if (groups == 1) {
-    g = ops::hamilton_reduce(grad_kernel);
-  } else {
-    std::vector<int64_t> sizes = grad_kernel.sizes().vec();
-    std::vector<int64_t> grouped_sizes = {groups, sizes[0] / groups};
-    grouped_sizes.insert(grouped_sizes.end(), sizes.begin() + 1, sizes.end());
-    g = ops::hamilton_reduce(grad_kernel.reshape(grouped_sizes).movedim(0, 2));
-    sizes[0] /= 4;
-    sizes[1] /= 4;
-    for (auto& part : g) part = part.movedim(2, 0).reshape(sizes);
-  }
-  return {g[0], -g[1], -g[2], -g[3]};
+Components real_kernel_adjoint(const at::Tensor& grad_kernel, int64_t groups, bool recorded) {
+  const auto reduce_conjugate = [&](const at::Tensor& g) -> Components {
+    if (!recorded && g.is_cpu()) return cpu::hamilton_reduce_conjugate(g);
+    const auto parts = ops::hamilton_reduce(g);
+    return {parts[0], -parts[1], -parts[2], -parts[3]};
+  };
+  if (groups == 1) return reduce_conjugate(grad_kernel);
+  std::vector<int64_t> sizes = grad_kernel.sizes().vec();
+  std::vector<int64_t> grouped_sizes = {groups, sizes[0] / groups};
+  grouped_sizes.insert(grouped_sizes.end(), sizes.begin() + 1, sizes.end());
+  Components g = reduce_conjugate(grad_kernel.reshape(grouped_sizes).movedim(0, 2));
+  sizes[0] /= 4;
+  sizes[1] /= 4;
+  for (auto& part : g) part = part.movedim(2, 0).reshape(sizes);
+  return g;
 }
 
 std::vector<int64_t> kernel_sizes(const at::Tensor& r) {
@@ -181,8 +188,8 @@ at::Tensor conv_forward(const at::Tensor& input, const Components& w, const at::
     return eight_forward(x.contiguous(), work[0], work[1], work[2], work[3], b, o.stride, o.padding, o.dilation,
                          o.groups);
   }
-  return at::convolution(x, real_kernel(work, o.groups), b, o.stride, o.padding, o.dilation, o.transposed,
-                         o.output_padding, o.groups);
+  return at::convolution(x, real_kernel(work, o.groups, /*recorded=*/false), b, o.stride, o.padding, o.dilation,
+                         o.transposed, o.output_padding, o.groups);
 }
 
 // Gradients of the input, r, i, j, k and bias; undefined where `mask` says none is needed. `input` may
@@ -210,7 +217,7 @@ std::array<at::Tensor, 6> conv_gradients(const at::Tensor& grad_output, const at
     // aten's convolution_backward reads only the shape of an operand whose gradient it does not
     // compute: a stand-in of that shape serves, so the kernel is built only for the input gradient.
     // The kernel's stand-in is a view of a component's first element: it allocates nothing.
-    const at::Tensor kernel = mask[0] ? real_kernel(work, o.groups)
+    const at::Tensor kernel = mask[0] ? real_kernel(work, o.groups, differentiable)
                                       : work[0].reshape({-1}).narrow(0, 0, 1).expand(kernel_sizes(w[0]));
     const at::Tensor operand = x.defined() ? x : g.new_empty({1}).expand(input_shape);
     const int64_t out_channels = o.transposed ? 4 * w[0].size(1) * o.groups : 4 * w[0].size(0);
@@ -221,7 +228,7 @@ std::array<at::Tensor, 6> conv_gradients(const at::Tensor& grad_output, const at
     grads[0] = grad_input;
     grads[5] = grad_bias;
     if (needs_components) {
-      const Components parts = real_kernel_adjoint(grad_kernel, o.groups);
+      const Components parts = real_kernel_adjoint(grad_kernel, o.groups, differentiable);
       for (int c = 0; c < 4; ++c) grads[1 + c] = parts[c];
     }
   }
@@ -255,15 +262,18 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction> {
                             c10::string_view algorithm, bool keep_input) {
     ctx->save_for_backward({keep_input ? input : at::Tensor(), r, i, j, k});
     ctx->saved_data["input_shape"] = input.sym_sizes();
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["transposed"] = transposed;
-    ctx->saved_data["output_padding"] = output_padding;
-    ctx->saved_data["groups"] = groups;
+    // The options in one list (a small convolution pays for each entry per call): stride, padding,
+    // dilation and output_padding, each its length and then its values, and transposed, groups,
+    // has_bias.
+    std::vector<int64_t> options;
+    for (const at::IntArrayRef values : {stride, padding, dilation, output_padding}) {
+      options.push_back(static_cast<int64_t>(values.size()));
+      options.insert(options.end(), values.begin(), values.end());
+    }
+    options.insert(options.end(), {transposed, groups, bias.has_value() && bias->defined()});
+    ctx->saved_data["options"] = std::move(options);
     layer_autograd::save_compute_dtype(ctx, compute_dtype);
     ctx->saved_data["algorithm"] = std::string(algorithm);
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto op = layer_autograd::typed_op<ForwardSignature>("qlayers::quaternion_conv");
     return op.call(input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding, groups,
@@ -274,14 +284,20 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction> {
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     auto& data = ctx->saved_data;
-    const std::vector<int64_t> stride = data["stride"].toIntVector(), padding = data["padding"].toIntVector(),
-                               dilation = data["dilation"].toIntVector(),
-                               output_padding = data["output_padding"].toIntVector();
-    const Options o{stride, padding, dilation, data["transposed"].toBool(), output_padding, data["groups"].toInt()};
+    const std::vector<int64_t> options = data["options"].toIntVector();
+    std::array<at::IntArrayRef, 4> lists;  // stride, padding, dilation, output_padding
+    size_t next = 0;
+    for (auto& list : lists) {
+      const auto length = static_cast<size_t>(options[next]);
+      list = at::IntArrayRef(options).slice(next + 1, length);
+      next += 1 + length;
+    }
+    const Options o{lists[0], lists[1], lists[2], options[next] != 0, lists[3], options[next + 1]};
+    const bool has_bias = options[next + 2] != 0;
     const std::optional<at::ScalarType> compute_dtype = layer_autograd::saved_compute_dtype(ctx);
     const std::string algorithm = data["algorithm"].toStringRef();
     const std::vector<c10::SymInt> input_shape = data["input_shape"].toSymIntVector();
-    const std::array<bool, 6> mask = layer_autograd::gradient_mask(ctx, data["has_bias"].toBool());
+    const std::array<bool, 6> mask = layer_autograd::gradient_mask(ctx, has_bias);
     std::array<at::Tensor, 6> result;
     if (at::GradMode::is_enabled()) {
       // A graph of the gradients (create_graph=True): the real-kernel formulation through recorded ops.

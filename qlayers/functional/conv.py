@@ -90,7 +90,8 @@ def _convolve(input: Tensor, components, bias: Optional[Tensor], options: tuple,
     """:func:`quaternion_conv` once its options are tuples, as ``aten::convolution`` takes them; the
     modules, whose options are tuples from their constructor, call it directly (a small convolution
     pays its Python per call, docs/performance.md)."""
-    compute_dtype = _autocast_dtype(input, components[0])
+    # Outside autocast (one cheap flag) there is no compute dtype to look up.
+    compute_dtype = _autocast_dtype(input, components[0]) if _torch_internals.any_autocast_enabled() else None
     if torch.compiler.is_compiling() or not _transforms_active():
         # The operator checks every argument, in the words of check_conv_arguments (its fake kernel's).
         try:

@@ -115,27 +115,34 @@ class _QConvNd(nn.Module):
         return tuple((p, p) for p in self.padding)
 
     def forward(self, input: Tensor) -> Tensor:
-        name = type(self).__name__
         if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (self.dims + 1, self.dims + 2):
-            raise ValueError(
-                f"{name}: expected a {self.dims + 2}-d (batched) or {self.dims + 1}-d (unbatched) input, "
-                f"got a {input.dim()}-d input of shape {tuple(input.shape)}"
-            )
+            raise TypeError(f"{type(self).__name__}: expected input to be a Tensor, got {type(input).__name__}")
         unbatched = input.dim() == self.dims + 1
         if unbatched:
             input = input.unsqueeze(0)
-        pads = self._explicit_padding()
-        padding = tuple(before for before, _ in pads)
-        if self.padding_mode != "zeros" or any(before != after for before, after in pads):
-            # F.pad takes the last dim first; the convolution then pads nothing itself.
-            flat = [p for before_after in reversed(pads) for p in before_after]
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            input = torch.nn.functional.pad(input, flat, mode=mode)
-            padding = (0,) * self.dims
+        elif input.dim() != self.dims + 2:
+            raise ValueError(
+                f"{type(self).__name__}: expected a {self.dims + 2}-d (batched) or {self.dims + 1}-d (unbatched) "
+                f"input, got a {input.dim()}-d input of shape {tuple(input.shape)}"
+            )
+        padding = self.padding
+        # Numeric zero padding (the common case) goes to the convolution as it is: a small
+        # convolution pays each line of Python here per call.
+        if self.padding_mode != "zeros" or isinstance(padding, str):
+            input, padding = self._pad(input)
         output = self._convolve(input, padding)
         return output.squeeze(0) if unbatched else output
+
+    def _pad(self, input: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+        """The input and the padding left to the convolution, for "same", "valid" and padding modes
+        other than zeros: asymmetric or non-zero padding is applied here by F.pad."""
+        pads = self._explicit_padding()
+        if self.padding_mode == "zeros" and all(before == after for before, after in pads):
+            return input, tuple(before for before, _ in pads)
+        # F.pad takes the last dim first; the convolution then pads nothing itself.
+        flat = [p for before_after in reversed(pads) for p in before_after]
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return torch.nn.functional.pad(input, flat, mode=mode), (0,) * self.dims
 
     def _convolve(self, input: Tensor, padding) -> Tensor:
         if self.memory_efficient:
