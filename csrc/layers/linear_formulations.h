@@ -54,14 +54,14 @@ QLAYERS_LINEAR_FORMULATION_PRODUCTS
 namespace eight {
 QLAYERS_LINEAR_FORMULATION_PRODUCTS
 // For many products by one weight (the recurrent engine's steps): the weight's side of the
-// product and of the adjoint, (8, k, cols) each, made once; then out (R, 4 cols) = rows @ W (or
-// @ W^T with the adjoint's sums), written into a given view with unit column stride, its
-// temporaries in a workspace made once for up to `rows` rows.
+// product and of the adjoint, (8, k, cols) each, made once (the adjoint's stored transposed where
+// `reused`); then out (R, 4 cols) = rows @ W (or @ W^T with the adjoint's sums), written into a
+// given view with unit column stride, its temporaries in a workspace made once for up to `rows` rows.
 struct Workspace {
   at::Tensor sums, products;
 };
 at::Tensor product_sums(const Components& w);
-at::Tensor adjoint_sums(const Components& w);
+at::Tensor adjoint_sums(const Components& w, bool reused);
 Workspace workspace(int64_t rows, int64_t k, int64_t cols, const at::TensorOptions& options);
 void product_into(const at::Tensor& rows, const at::Tensor& sums, const at::Tensor& out, const Workspace& space);
 }  // namespace eight

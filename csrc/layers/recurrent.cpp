@@ -164,7 +164,7 @@ class StepProduct {
                               : ops::hamilton_expand(w[0].t(), w[1].t().neg(), w[2].t().neg(), w[3].t().neg()),
                       batch);
     } else if (cpu && large && (dtype == at::kFloat || dtype == at::kDouble)) {
-      sums_ = adjoint ? linear::eight::adjoint_sums(w) : linear::eight::product_sums(w);
+      sums_ = adjoint ? linear::eight::adjoint_sums(w, /*reused=*/true) : linear::eight::product_sums(w);
       space_ = linear::eight::workspace(batch, adjoint ? m : n, adjoint ? n : m, w[0].options());
     } else {
       const at::Tensor weight = ops::hamilton_expand(w[0], w[1], w[2], w[3]);
