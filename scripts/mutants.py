@@ -253,6 +253,20 @@ PLANTS: List[Plant] = [
         CONV,
     ),
     Plant(
+        "engine's adjoint sums: stored without their transpose",
+        "csrc/layers/linear_eight.cpp",
+        "if (transposed) sums[t].copy_(sum.t());",
+        "if (transposed) sums[t].copy_(sum.view({cols, k}));",
+        RECURRENT,
+    ),
+    Plant(
+        "CPU block mix: a four-term output's last term dropped",
+        "csrc/cpu/block_mix_cpu.cpp",
+        "case 4: mix_run<4>(from, c, to, len); break;",
+        "case 4: mix_run<3>(from, c, to, len); break;",
+        ("tests/test_eight_product.py", "tests/test_kernels_emulated.py"),
+    ),
+    Plant(
         "eight conv: input gradient's shares from the weight's sum table",
         "csrc/layers/conv_eight.cpp",
         "gx.reshape({len, -1}), row(tables::kRight, t), written);",
