@@ -18,7 +18,8 @@
 namespace qlayers {
 namespace {
 
-// Elements of one row per task: small enough to stay in L1 with its accumulator.
+// Elements of one row per task: small enough that the chunk of every input block stays in L1 while
+// each output block is written from it.
 constexpr int64_t kChunk = 512;
 
 // One call's operands and, per output block, its nonzero terms (input block, coefficient).

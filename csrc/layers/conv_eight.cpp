@@ -169,8 +169,7 @@ std::array<at::Tensor, 6> eight_backward(const at::Tensor& grad_output, const at
   const bool needs_components = output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
   TORCH_CHECK_VALUE(!needs_components || input.defined(),
                     "conv_eight_backward: the component gradients need the input");
-  // Made contiguous a chunk at a time: an expanded gradient (out.sum()) is copied one chunk of images at a time.
-  const at::Tensor& g = grad_output;
+  const at::Tensor& g = grad_output;  // an expanded one (out.sum()) is made contiguous a chunk at a time
   const int64_t count = input_shape[0];
   const std::vector<at::Tensor> w = eighths(weight_sums(r, i, j, k));
   std::vector<int64_t> image_sizes(input_shape.begin(), input_shape.end());
