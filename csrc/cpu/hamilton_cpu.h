@@ -1,7 +1,7 @@
 // The CPU expansion of a conjugate, for the convolution's real kernel: called directly, not through
 // the dispatcher, where nothing records the call (a forward below autograd, a backward that builds
-// no graph). It saves a small convolution three negated copies of its components and two dispatches
-// a call (docs/performance.md, "Per call").
+// no graph). It saves a small convolution three negated copies of its components and the four
+// dispatches (three negations, one expansion) a call made (docs/performance.md, "Per call").
 #pragma once
 
 #include <ATen/core/Tensor.h>
