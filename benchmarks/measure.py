@@ -67,6 +67,7 @@ class GridRecord:
     features: int
     impl: str
     time_ms: float
+    forward_ms: Optional[float] = None  # torch.no_grad() forward; runs before it was measured lack it
 
 
 @dataclass
@@ -206,13 +207,16 @@ def kernel_case(shape, dtype, device, min_run_time) -> List[KernelRecord]:
 
 
 def grid_cell(batch, features, impl, device, min_run_time) -> GridRecord:
-    """One cell of the speed grid: one QLinear (or its peer), forward + backward."""
+    """One cell of the speed grid: one QLinear (or its peer), forward + backward, and forward alone
+    (torch.no_grad(): no autograd graph, nothing saved)."""
     x = torch.randn(batch, features, device=device, requires_grad=True)
     torch.manual_seed(0)
     layer = workloads.GRID_IMPLS[impl](features).to(device)
     training_step(layer, x)
     seconds = median_seconds(partial(timed_step, layer), x, device, min_run_time)
-    return GridRecord(batch, features, impl, seconds * 1e3)
+    with torch.no_grad():
+        forward_seconds = median_seconds(layer, x, device, min_run_time)
+    return GridRecord(batch, features, impl, seconds * 1e3, forward_seconds * 1e3)
 
 
 def conv_cell(size, channels, impl, device, min_run_time) -> ConvGridRecord:

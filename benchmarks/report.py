@@ -80,8 +80,10 @@ def kernel_table(records):
     return lines
 
 
-def grid_table(records):
-    by_key = {(r.batch, r.features, r.impl): r.time_ms for r in records}
+def grid_table(records, field="time_ms"):
+    """The speed grid's times in `field` (time_ms: forward + backward; forward_ms: forward alone)."""
+    by_key = {(r.batch, r.features, r.impl): getattr(r, field) for r in records}
+    by_key = {key: value for key, value in by_key.items() if value is not None}
     impls = list(dict.fromkeys(r.impl for r in records))
     lines = [
         "| batch | features | "
@@ -101,6 +103,11 @@ def grid_table(records):
             + f" | {_over(ours, by_key.get((batch, features, 'autograd')))} |"
         )
     return lines
+
+
+def grid_forward_table(records):
+    """The speed grid's forward times; none for a run that did not measure them."""
+    return grid_table(records, "forward_ms") if any(r.forward_ms is not None for r in records) else []
 
 
 def _over(value, base):
@@ -143,14 +150,16 @@ def header_and_lines(result):
     for key, title, rows in (
         ("kernels", "Kernels against a clone of the (4n, 4m) matrix, bandwidth = bytes read + written:", kernel_table),
         ("grid", "One layer, forward + backward, by batch and features (qlayers = algorithm 'auto'):", grid_table),
+        ("grid", "The same layers, forward alone (torch.no_grad()):", grid_forward_table),
         (
             "conv_grid",
             "One 3 x 3 convolution, forward + backward, by channels (qlayers = the 'auto' formulation):",
             conv_grid_table,
         ),
     ):
-        if result[key]:
-            lines += ["", title, ""] + rows(result[key])
+        table_lines = rows(result[key]) if result[key] else []
+        if table_lines:
+            lines += ["", title, ""] + table_lines
     while lines and not lines[0]:
         lines.pop(0)
     note = incremental.status_note(result)

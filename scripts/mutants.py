@@ -147,8 +147,8 @@ PLANTS: List[Plant] = [
     Plant(
         "eight formulation: chunks not bounded by W's size",
         "csrc/layers/linear_eight.cpp",
-        "std::min({rows, kChunkRows, within_w})",
-        "std::min({rows, kChunkRows})",
+        "std::min(rows, within_w)",
+        "rows",
         MEMORY,
     ),
     Plant(

@@ -145,6 +145,12 @@ def test_compare_smoke(tmp_path):
     assert "| expand (torch.cat) |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| workload | impl |" in paths["md"].read_text()
+    # The speed grid: every cell with every implementation, forward + backward and forward alone.
+    grid = workloads.GRID["tiny"]
+    cells = [(b, f, impl) for f in grid["features"] for b in grid["batches"] for impl in workloads.GRID_IMPLS]
+    assert [(g["batch"], g["features"], g["impl"]) for g in result["grid"]] == cells
+    assert all(g["time_ms"] > 0 and g["forward_ms"] > 0 for g in result["grid"])
+    assert "The same layers, forward alone (torch.no_grad()):" in paths["md"].read_text()
 
     # --from-json reports the same run again without measuring: the same Markdown, the same JSON.
     again = {kind: tmp_path / f"again.{kind}" for kind in ("json", "png", "md")}

@@ -80,8 +80,9 @@ def products(x, weights, bias, grad, algorithm):
 @pytest.mark.parametrize("rows", [0, 1, 127, 128, 129, 300])
 @pytest.mark.parametrize("n,m", [(3, 5), (16, 7)])
 def test_eight_gives_all_three_products(rows, n, m):
-    # Rows around the 128-row chunks: the forward and input gradient write chunk by chunk, the
-    # component gradients sum over chunks.
+    # Several chunks (W's size bounds them to 1 row at n, m = 3, 5 and 4 at 16, 7; 0 and 1 rows make
+    # none or one): the forward and input gradient write chunk by chunk, the component gradients sum
+    # over chunks.
     x = torch.randn(rows, 4 * n, dtype=torch.float64)
     weights = components(n, m)
     bias = torch.randn(4 * m, dtype=torch.float64)

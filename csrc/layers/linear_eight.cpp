@@ -6,10 +6,10 @@
 //   gradients: p = g's blocks,                          q = conj(x)^T
 // Operand sums and the final combination are one block_mix pass each; the 8 GEMMs are one bmm.
 //
-// Rows go through in chunks: the sums and products of one chunk (8 x rows x features each) are
-// about a MB, reused chunk after chunk and still in cache when the next step reads them.
-// Whole-batch temporaries cost more than the GEMMs save: the CPU allocator keeps no cache, so each
-// call page-faulted every 4 KB of them (17 ms of 57 at 4096 x 1024 here).
+// Rows go through in chunks, as large as W's size allows (chunk_rows): the sums and products of one
+// chunk are reused chunk after chunk. Whole-batch temporaries cost more than the GEMMs save: the CPU
+// allocator keeps no cache, so each call page-faulted every 4 KB of them (17 ms of 57 at 4096 x 1024
+// here).
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -24,18 +24,16 @@ namespace eight {
 
 namespace tables = ::qlayers::eight;
 
-// Measured by hand, fwd+bwd against nn.Linear on this 2-core CPU (torch.utils.benchmark, float32):
-// chunks of 128 rows gave 0.58 at 512 x 1024 and 4096 x 1024, 256 rows 0.64/0.62, 512 rows 0.67/0.66.
-constexpr int64_t kChunkRows = 128;
-
-// Rows per chunk: kChunkRows, or fewer for a narrow layer, so that the chunk's temporaries (8 chunk
-// (k + cols) sums and products) and the eight weight (or gradient) products (8 k cols) stay within
-// the Hamilton matrix W (16 k cols) plain autograd builds: a step never peaks above plain's. At 512
-// features (k = cols = 128) 128-row chunks peaked at 2.50-2.75 MiB for 512 rows against plain's
-// 2.00 (tests/test_memory.py); 1024 features and up keep 128.
+// Rows per chunk: as many as keep the chunk's temporaries (8 chunk (k + cols) sums and products) and
+// the eight weight (or gradient) products (8 k cols) within the Hamilton matrix W (16 k cols) plain
+// autograd builds, so that a step never peaks above plain's: k cols / (k + cols) rows, n / 2 for a
+// square layer. Each chunk's 8 GEMMs read all eight weight sums again, so fewer chunks are faster:
+// fwd+bwd against nn.Linear, one run each (2-core Intel Xeon, float32), chunks of 128 / 256 / 512
+// rows (W's bound) took 0.72 / 0.66 / 0.58 at 512 x 4096, and 4096 x 4096 0.68 in 128-row chunks
+// against 0.62 in 512-row ones. Up to 1024 features, W's bound is 128 rows or fewer.
 static int64_t chunk_rows(int64_t rows, int64_t k, int64_t cols) {
-  const int64_t within_w = k + cols == 0 ? kChunkRows : k * cols / (k + cols);
-  return std::max<int64_t>(1, std::min({rows, kChunkRows, within_w}));
+  const int64_t within_w = k + cols == 0 ? rows : k * cols / (k + cols);
+  return std::max<int64_t>(1, std::min(rows, within_w));
 }
 
 static constexpr auto kLeftConjugate = tables::conjugated(tables::kLeft);
