@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "../block_mix.h"
+#include "cpu_features.h"
 
 namespace qlayers {
 namespace {
@@ -85,11 +86,6 @@ __attribute__((always_inline)) inline void mix_tasks(const MixPlan<scalar_t>& pl
 // CUDA kernel's emulation). With the sums kept in registers (mix_run), the eight-product mixes of
 // the QLSTM's whole-sequence products ((8, 102, 512) -> (4, 102, 512) and back) took 22 and 26 us
 // where the portable, accumulator-in-memory loops took 57 and 64 (2-core Intel Xeon, float32).
-bool has_avx2() {
-  static const bool supported = __builtin_cpu_supports("avx2");
-  return supported;
-}
-
 __attribute__((target("avx2"))) void mix_tasks_avx2(const MixPlan<float>& plan, int64_t begin, int64_t end) {
   mix_tasks(plan, begin, end);
 }
@@ -128,7 +124,7 @@ void block_mix_kernel(const at::Tensor& blocks, at::ArrayRef<double> coefficient
   at::parallel_for(0, rows * plan.chunks_per_row, grain, [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      if (has_avx2()) return mix_tasks_avx2(plan, begin, end);
+      if (cpu::features::avx2()) return mix_tasks_avx2(plan, begin, end);
     }
 #endif
     mix_tasks(plan, begin, end);

@@ -19,6 +19,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_features.h"
 #include "hamilton_cpu.h"
 
 #include "../hamilton.h"
@@ -122,11 +123,6 @@ void signed_sum_run(const std::array<const scalar_t*, 4>& rows,
 // The lambdas below take and return AVX vectors inside AVX-enabled functions only.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-bool has_avx2_f16c() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  return supported;
-}
-
 template <typename Widen, typename Narrow>
 __attribute__((target("avx2,f16c"))) inline int64_t signed_sum_x8(const std::array<const uint16_t*, 4>& rows,
                                                                   const std::array<float, 4>& signs, uint16_t* to,
@@ -180,7 +176,7 @@ void signed_sum_run_fast(const std::array<const scalar_t*, 4>& rows,
                          const std::array<at::opmath_type<scalar_t>, 4>& signs, scalar_t* to, int64_t len) {
   int64_t done = 0;
   if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (has_avx2_f16c()) done = signed_sum_x8(rows, signs, to, len);
+    if (cpu::features::avx2() && cpu::features::f16c()) done = signed_sum_x8(rows, signs, to, len);
   }
   signed_sum_run<scalar_t>({rows[0] + done, rows[1] + done, rows[2] + done, rows[3] + done}, signs, to + done,
                            len - done);

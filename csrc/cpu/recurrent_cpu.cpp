@@ -9,10 +9,14 @@
 #define QLAYERS_CPU_KERNELS portable
 #include "recurrent_cpu_kernels.h"
 #include "../recurrent_gates.h"
+#include "cpu_features.h"
 #include "recurrent_cpu.h"
 
 namespace qlayers {
 namespace {
+
+// The AVX2 kernels use FMA as well.
+bool avx2_usable() { return cpu::avx2::built() && cpu::features::avx2() && cpu::features::fma(); }
 
 template <typename scalar_t>
 constexpr bool kHasAvx2Kernels = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
@@ -28,7 +32,7 @@ void gates_forward_cpu(const at::Tensor& projected, const at::Tensor& recurrent,
                                                          a.mask, a.kind, slots, 1, gate_major)
                        .params;
     if constexpr (kHasAvx2Kernels<scalar_t>) {
-      if (cpu::avx2::usable()) return cpu::avx2::gates_forward(p, hidden.numel());
+      if (avx2_usable()) return cpu::avx2::gates_forward(p, hidden.numel());
     }
     cpu::portable::gates_forward(p, hidden.numel());
   });
@@ -47,7 +51,7 @@ void gates_backward_cpu(const at::Tensor& pre, const c10::optional<at::Tensor>& 
                                                           a.cell_prev, a.cell, a.mask, a.kind, slots, 1, gate_major)
                        .params;
     if constexpr (kHasAvx2Kernels<scalar_t>) {
-      if (cpu::avx2::usable()) return cpu::avx2::gates_backward(p, grad_hidden.numel());
+      if (avx2_usable()) return cpu::avx2::gates_backward(p, grad_hidden.numel());
     }
     cpu::portable::gates_backward(p, grad_hidden.numel());
   });

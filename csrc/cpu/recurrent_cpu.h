@@ -9,9 +9,9 @@ namespace qlayers {
 namespace cpu {
 namespace avx2 {
 
-// Whether the AVX2 kernels were compiled (setup.py gives recurrent_cpu_avx2.cpp -mavx2 -mfma on x86)
-// and this CPU runs them.
-bool usable();
+// Whether the AVX2 kernels were compiled (setup.py gives recurrent_cpu_avx2.cpp -mavx2 -mfma on x86);
+// recurrent_cpu.cpp also asks whether this CPU runs them (cpu_features.h).
+bool built();
 
 // float and double only; `states` is the element count of one state (rows x H).
 template <typename scalar_t>

@@ -20,14 +20,7 @@ namespace qlayers {
 namespace cpu {
 namespace avx2 {
 
-bool usable() {
-#if QLAYERS_AVX2_BUILT
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-#else
-  return false;
-#endif
-}
+bool built() { return QLAYERS_AVX2_BUILT; }
 
 template <typename scalar_t>
 void gates_forward(const kernels::GatesForwardParams<scalar_t>& p, int64_t states) {
