@@ -10,8 +10,8 @@ benchmarks/measure.py defines them.
 Then the kernels alone: hamilton_expand and hamilton_reduce, each beside the torch.cat version that
 plain autograd runs, their bandwidth (bytes read + written per second) against a clone of the
 (4n, 4m) matrix they write or read. Then two speed grids, forward + backward against the dense
-layer: one QLinear by batch and features (each formulation beside "auto"), and one 3 x 3 QConv2d by
-channels.
+layer: one QLinear by batch and features (each formulation beside "auto"; also its forward alone,
+under torch.no_grad()), and one 3 x 3 QConv2d by channels.
 
 --workloads picks what is measured, in the order given: a workload by its key (small, large, mlp,
 recurrence, cnn, pointwise, qlstm, qrnn, qligru), a section (kernels, grid, conv-grid), "recurrent"

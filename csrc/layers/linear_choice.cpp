@@ -68,8 +68,8 @@ bool eight_is_accurate(at::ScalarType dtype) { return dtype == at::kFloat || dty
 
 // On a GPU (CUDA, and any device but the CPU): "hamilton" for every product. Nothing here has been
 // measured on a GPU yet, and the CPU's thresholds do not carry over: there the eight formulation's
-// 128-row chunks were sized for a CPU cache (at the lecture's 3200 x 256 x 1024, 25 chunks of 3
-// launches each where hamilton is one cuBLAS GEMM on W, built once per call), and components'
+// chunks are bounded by W's size (at the lecture's 3200 x 256 x 1024, 63 chunks of 51 rows, 3
+// launches each, where hamilton is one cuBLAS GEMM on W, built once per call), and components'
 // 16 block products are 16 launches. The GPU check runs `benchmarks/choose_linear.py --device cuda`,
 // whose summary gives, per phase, where each formulation won; a measured CUDA rule belongs here.
 Formulation choose_off_cpu(int64_t rows, int64_t n, int64_t m, at::ScalarType dtype) {
