@@ -12,12 +12,14 @@ and prints the ratios:
   kernel per call as core_qnn's layers do.
 - autoencoder: a training step's forward and backward of core_qnn's quaternion convolutional
   autoencoder (its ICASSP 2019 experiment: 4 -> 32 -> 40 channels by stride-2 3 x 3 convolutions and
-  back by transposed ones, Hardtanh between) on one 4 x 64 x 96 image, with qlayers' layers against
-  the same model on the plain-autograd layers (``memory_efficient=False``, core_qnn's formulation).
+  back by transposed ones, Hardtanh between) on one 4 x 64 x 96 image, built as core_qnn's users
+  build it, from core_qnn's layer classes (qlayers.compat.core_qnn), against the same model on
+  qlayers' plain-autograd layers (``memory_efficient=False``, core_qnn's formulation).
   The ratio is against the plain-autograd model: there is no dense model of the same function.
 """
 
 import argparse
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 
 import qlayers
+from qlayers.compat import core_qnn
 
 
 def median_us(fn, threads, min_run_time):
@@ -55,31 +58,35 @@ def conv_layers(_features):
     )
 
 
-class QuaternionAutoencoder(nn.Module):
-    """core_qnn's QCAE, its layer sizes and activations, on qlayers' modules."""
+class CoreQnnAutoencoder(nn.Module):
+    """core_qnn's QCAE as its users write it: its four layers (e1, e2, d5, d6) and Hardtanh, each
+    layer core_qnn's class from qlayers.compat.core_qnn (qlayers' memory-efficient convolution
+    behind core_qnn's signatures), or, with ``plain=True``, qlayers' plain-autograd modules under the
+    same names (core_qnn's formulation: the real kernel rebuilt by autograd each call)."""
 
-    def __init__(self, memory_efficient):
+    def __init__(self, plain=False):
         super().__init__()
-        options = {"kernel_size": 3, "stride": 2, "padding": 1, "memory_efficient": memory_efficient}
         self.act = nn.Hardtanh()
-        self.encode = nn.ModuleList([qlayers.QConv2d(4, 32, **options), qlayers.QConv2d(32, 40, **options)])
-        self.decode = nn.ModuleList(
-            [
-                qlayers.QConvTranspose2d(40, 32, output_padding=1, **options),
-                qlayers.QConvTranspose2d(32, 4, output_padding=1, **options),
-            ]
-        )
+        down = {"kernel_size": 3, "stride": 2, "padding": 1}
+        up = {**down, "output_padding": 1}
+        if plain:
+            conv = partial(qlayers.QConv2d, memory_efficient=False)
+            transposed = partial(qlayers.QConvTranspose2d, memory_efficient=False)
+        else:
+            conv, transposed = core_qnn.QuaternionConv, core_qnn.QuaternionTransposeConv
+        self.e1, self.e2 = conv(4, 32, **down), conv(32, 40, **down)
+        self.d5, self.d6 = transposed(40, 32, **up), transposed(32, 4, **up)
 
     def forward(self, x):
-        for layer in (*self.encode, self.decode[0]):
+        for layer in (self.e1, self.e2, self.d5):
             x = self.act(layer(x))
-        return self.act(self.decode[1](x))
+        return self.act(self.d6(x))
 
 
 def autoencoder_models(_features):
     x = torch.randn(1, 4, 64, 96, requires_grad=True)
-    model = QuaternionAutoencoder(memory_efficient=True)
-    plain = QuaternionAutoencoder(memory_efficient=False)
+    model = CoreQnnAutoencoder()
+    plain = CoreQnnAutoencoder(plain=True)
     plain.load_state_dict(model.state_dict())
     title = "core_qnn's convolutional autoencoder (4 -> 32 -> 40 -> 32 -> 4), one 4 x 64 x 96 image"
     return title, x, {"qlayers": model, "plain autograd": plain}, "plain autograd"
