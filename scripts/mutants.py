@@ -152,6 +152,13 @@ PLANTS: List[Plant] = [
         MEMORY,
     ),
     Plant(
+        "eight formulation: the in-place weight sums read every component from r",
+        "csrc/cpu/block_mix_cpu.cpp",
+        "for (int64_t b = 0; b < count; ++b) in[b] = parts[b].const_data_ptr<scalar_t>();",
+        "for (int64_t b = 0; b < count; ++b) in[b] = parts[0].const_data_ptr<scalar_t>();",
+        ("tests/test_eight_product.py",),
+    ),
+    Plant(
         "eight formulation: weight gradients overwritten per chunk of rows",
         "csrc/layers/linear_eight.cpp",
         "products.baddbmm_(x_sums.transpose(1, 2), g_sums);",

@@ -93,6 +93,23 @@ def test_eight_gives_all_three_products(rows, n, m):
         torch.testing.assert_close(hamilton, expected, **TOLERANCES[torch.float64])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_eight_weight_sums_agree_for_strided_components(dtype):
+    # Contiguous components are mixed in place on the CPU (one pass over the four); strided ones take
+    # one add per sum. Each sum is exact to one rounding either way, so every product is bitwise the
+    # same, and both match the float64 oracle.
+    x, grad = torch.randn(130, 4 * 24, dtype=dtype), torch.randn(130, 4 * 20, dtype=dtype)
+    weights = [c.to(dtype) for c in components(24, 20)]
+    strided = [c.t().contiguous().t() for c in weights]  # the same values, column-major
+    assert not strided[0].is_contiguous()
+    bias = torch.randn(4 * 20, dtype=dtype)
+    in_place, added = products(x, weights, bias, grad, "eight"), products(x, strided, bias, grad, "eight")
+    oracle = products(x.double(), [c.double() for c in weights], bias.double(), grad.double(), "dense")
+    for got, other, want in zip(in_place, added, oracle):
+        assert torch.equal(got, other)
+        torch.testing.assert_close(got.double(), want, **TOLERANCES[dtype])
+
+
 def relative_error(got, want):
     return ((got.double() - want).norm() / want.norm()).item()
 

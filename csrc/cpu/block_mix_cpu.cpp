@@ -7,13 +7,16 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <type_traits>
+#include <vector>
 
 #include "../block_mix.h"
+#include "block_mix_cpu.h"
 #include "cpu_features.h"
 
 namespace qlayers {
@@ -23,14 +26,15 @@ namespace {
 // each output block is written from it.
 constexpr int64_t kChunk = 512;
 
-// One call's operands and, per output block, its nonzero terms (input block, coefficient).
+// One call's operands and, per output block, its nonzero terms (input block, coefficient). Each
+// input block has its own base (one tensor's blocks, or separate tensors of one shape).
 template <typename scalar_t>
 struct MixPlan {
   using opmath_t = at::opmath_type<scalar_t>;
-  const scalar_t* in;
+  std::array<const scalar_t*, kMaxMixedBlocks> in{};
   scalar_t* out;
   int64_t cols, chunks_per_row, blocks_out;
-  int64_t in_block, in_row, out_block, out_row;
+  int64_t in_row, out_block, out_row;
   std::array<std::array<int, kMaxMixedBlocks>, kMaxMixedBlocks> term_block{};
   std::array<std::array<opmath_t, kMaxMixedBlocks>, kMaxMixedBlocks> term_coefficient{};
   std::array<int, kMaxMixedBlocks> terms{};
@@ -57,11 +61,11 @@ __attribute__((always_inline)) inline void mix_tasks(const MixPlan<scalar_t>& pl
   for (int64_t task = begin; task < end; ++task) {
     const int64_t row = task / plan.chunks_per_row, first = (task % plan.chunks_per_row) * kChunk;
     const int64_t len = std::min(kChunk, plan.cols - first);
-    const scalar_t* in = plan.in + row * plan.in_row + first;
+    const int64_t offset = row * plan.in_row + first;
     for (int64_t t = 0; t < plan.blocks_out; ++t) {
       scalar_t* to = plan.out + t * plan.out_block + row * plan.out_row + first;
       std::array<const scalar_t*, kMaxMixedBlocks> from{};
-      for (int s = 0; s < plan.terms[t]; ++s) from[s] = in + plan.term_block[t][s] * plan.in_block;
+      for (int s = 0; s < plan.terms[t]; ++s) from[s] = plan.in[plan.term_block[t][s]] + offset;
       const auto& c = plan.term_coefficient[t];
       static_assert(kMaxMixedBlocks == 8, "mix_tasks: one case per term count");
       switch (plan.terms[t]) {
@@ -95,19 +99,20 @@ __attribute__((target("avx2"))) void mix_tasks_avx2(const MixPlan<double>& plan,
 }
 #endif
 
+// The blocks: `blocks_in` (rows, cols) inputs at the bases in `in`, rows `in_row` elements apart,
+// unit column stride; `into` (B_out, rows, cols) with unit column stride.
 template <typename scalar_t>
-void block_mix_kernel(const at::Tensor& blocks, at::ArrayRef<double> coefficients, const at::Tensor& into) {
+void block_mix_kernel(const std::array<const scalar_t*, kMaxMixedBlocks>& in, int64_t blocks_in, int64_t rows,
+                      int64_t cols, int64_t in_row, at::ArrayRef<double> coefficients, const at::Tensor& into) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t rows = blocks.size(1), cols = blocks.size(2);
-  const int64_t blocks_in = blocks.size(0), blocks_out = into.size(0);
+  const int64_t blocks_out = into.size(0);
   MixPlan<scalar_t> plan;
-  plan.in = blocks.const_data_ptr<scalar_t>();
+  plan.in = in;
   plan.out = into.data_ptr<scalar_t>();
   plan.cols = cols;
   plan.chunks_per_row = (cols + kChunk - 1) / kChunk;
   plan.blocks_out = blocks_out;
-  plan.in_block = blocks.stride(0);
-  plan.in_row = blocks.stride(1);
+  plan.in_row = in_row;
   plan.out_block = into.stride(0);
   plan.out_row = into.stride(1);
   for (int64_t t = 0; t < blocks_out; ++t) {
@@ -136,8 +141,11 @@ void block_mix_into_cpu(const at::Tensor& blocks, at::ArrayRef<double> coefficie
   if (out.numel() > 0) {
     // The kernel reads rows in place; only a row that is not one contiguous run is copied.
     const at::Tensor input = blocks.stride(2) == 1 ? blocks : blocks.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks.scalar_type(), "block_mix_cpu",
-                                    [&] { block_mix_kernel<scalar_t>(input, coefficients, out); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks.scalar_type(), "block_mix_cpu", [&] {
+      std::array<const scalar_t*, kMaxMixedBlocks> in{};
+      for (int64_t b = 0; b < input.size(0); ++b) in[b] = input.const_data_ptr<scalar_t>() + b * input.stride(0);
+      block_mix_kernel<scalar_t>(in, input.size(0), input.size(1), input.size(2), input.stride(1), coefficients, out);
+    });
   }
 }
 
@@ -148,6 +156,34 @@ at::Tensor block_mix_cpu(const at::Tensor& blocks, at::ArrayRef<double> coeffici
 }
 
 }  // namespace
+
+namespace cpu {
+
+void block_mix_parts_into(at::ArrayRef<at::Tensor> parts, at::ArrayRef<double> coefficients, const at::Tensor& out) {
+  RECORD_FUNCTION("qlayers::block_mix_parts_into", std::vector<c10::IValue>());
+  const auto count = static_cast<int64_t>(parts.size());
+  TORCH_CHECK(count >= 1 && count <= kMaxMixedBlocks &&
+                  static_cast<int64_t>(coefficients.size()) == out.size(0) * count,
+              "block_mix_parts_into: expected 1 to ", kMaxMixedBlocks, " parts and ", out.size(0),
+              " x parts coefficients");
+  const at::Tensor& first = parts[0];
+  for (const at::Tensor& part : parts) {
+    TORCH_CHECK(part.is_cpu() && part.dim() == 2 && part.sizes() == first.sizes() && part.is_contiguous() &&
+                    part.scalar_type() == out.scalar_type(),
+                "block_mix_parts_into: expected contiguous CPU parts of one shape and out's dtype");
+  }
+  TORCH_CHECK(out.dim() == 3 && out.size(1) == first.size(0) && out.size(2) == first.size(1) && out.is_contiguous(),
+              "block_mix_parts_into: expected a contiguous out of shape (B_out, ", first.size(0), ", ",
+              first.size(1), ")");
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "block_mix_parts_into", [&] {
+    std::array<const scalar_t*, kMaxMixedBlocks> in{};
+    for (int64_t b = 0; b < count; ++b) in[b] = parts[b].const_data_ptr<scalar_t>();
+    block_mix_kernel<scalar_t>(in, count, first.size(0), first.size(1), first.size(1), coefficients, out);
+  });
+}
+
+}  // namespace cpu
 
 TORCH_LIBRARY_IMPL(qlayers, CPU, m) {
   m.impl("_block_mix", &block_mix_cpu);
