@@ -220,7 +220,9 @@ def test_auto_picks_by_batch_size(cpu_gemm):
     # W built for the products and folded back by hamilton_reduce: with either library at these
     # sizes, as oneDNN's output and scratch would not fit beside W (onednn_linear.h; test_memory.py).
     hamilton = {"qlayers::hamilton_expand", "qlayers::hamilton_reduce"}
-    eight = {"qlayers::_block_mix_into"}  # sums and combinations, into given views (one per component gradient)
+    # The operand sums and combinations, into given views (one per component gradient), and the
+    # weight sums, mixed from the four components in place (csrc/cpu/block_mix_cpu.h).
+    eight = {"qlayers::_block_mix_into", "qlayers::block_mix_parts_into"}
     assert small == {"qlayers::hamilton_combine", "qlayers::hamilton_spread"}
     assert medium == hamilton
     assert between == eight
