@@ -82,8 +82,7 @@ def kernel_table(records):
 
 def grid_table(records, field="time_ms"):
     """The speed grid's times in `field` (time_ms: forward + backward; forward_ms: forward alone)."""
-    by_key = {(r.batch, r.features, r.impl): getattr(r, field) for r in records}
-    by_key = {key: value for key, value in by_key.items() if value is not None}
+    by_key = {(r.batch, r.features, r.impl): getattr(r, field) for r in records if getattr(r, field) is not None}
     impls = list(dict.fromkeys(r.impl for r in records))
     lines = [
         "| batch | features | "

@@ -57,11 +57,9 @@ static at::Tensor blocks_of(const at::Tensor& rows) {
 static at::Tensor weight_sums(const Components& w, const std::array<double, 32>& table, bool transposed) {
   const int64_t k = w[0].size(0), cols = w[0].size(1);
   at::Tensor sums = transposed ? at::empty({8, cols, k}, w[0].options()) : at::empty({8, k, cols}, w[0].options());
-  const bool in_place = w[0].is_cpu() && std::all_of(w.begin(), w.end(), [](const at::Tensor& c) {
-    return c.is_contiguous();
-  });
-  if (!transposed && in_place) {
-    cpu::block_mix_parts_into(w, ref(table), sums);
+  const auto contiguous = [](const at::Tensor& c) { return c.is_contiguous(); };
+  if (!transposed && w[0].is_cpu() && std::all_of(w.begin(), w.end(), contiguous)) {
+    cpu::block_mix_parts_into(w, ref(table), sums);  // one pass
     return sums;
   }
   at::Tensor sum = transposed ? at::empty({k, cols}, w[0].options()) : at::Tensor();
