@@ -283,7 +283,7 @@ def build_folder(record):
 
 def _extension():
     """The compiled library as torch's build helpers describe it, and its build record."""
-    sources = [os.path.join(CSRC, "qlayers.cpp")] + sorted(
+    sources = [os.path.join(CSRC, "qlayers.cpp"), os.path.join(CSRC, "eager_calls.cpp")] + sorted(
         glob.glob(os.path.join(CSRC, "cpu", "*.cpp")) + glob.glob(os.path.join(CSRC, "layers", "*.cpp"))
     )
     # torch's build helpers pick the C++ standard its headers need. -g0 overrides the -g of

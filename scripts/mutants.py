@@ -35,6 +35,7 @@ RECURRENT = ("tests/test_recurrent_engine.py", "tests/test_recurrent.py", "tests
 OPS = ("tests/test_ops.py", "tests/test_linear.py")
 NORM = ("tests/test_norm.py",)
 MEMORY = ("tests/test_memory.py",)
+EAGER = ("tests/test_eager_calls.py",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,6 +401,21 @@ PLANTS: List[Plant] = [
         "if input.dim() != dims + 2:",
         "if input.dim() < dims + 1:",
         CONV,
+    ),
+    # The eager calls from Python (csrc/eager_calls.cpp).
+    Plant(
+        "eager calls: taken under autocast, which the Python wrappers must serve",
+        "csrc/eager_calls.cpp",
+        "if ((keys.excluded_ & c10::autocast_dispatch_keyset) != c10::autocast_dispatch_keyset) return false;",
+        "",
+        EAGER,
+    ),
+    Plant(
+        "eager conv: the dilation read from the padding argument",
+        "csrc/eager_calls.cpp",
+        "!read_sizes(args[8], dims, dilation)",
+        "!read_sizes(args[7], dims, dilation)",
+        EAGER,
     ),
     # Modules.
     Plant(

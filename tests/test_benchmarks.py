@@ -236,6 +236,7 @@ def test_per_call_conv_compares_with_the_same_real_kernel(capsys):
     assert reference == "dense"
     torch.testing.assert_close(layers["qlayers"](x), layers["dense"](x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layers["plain autograd"](x), layers["dense"](x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(layers["qlayers via torch.ops"](x), layers["qlayers"](x))  # one operator, two calls
 
 
 def test_per_call_autoencoder_times_the_same_model_on_both_paths(capsys):

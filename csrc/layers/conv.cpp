@@ -241,10 +241,6 @@ std::array<at::Tensor, 6> conv_gradients(const at::Tensor& grad_output, const at
   return grads;
 }
 
-using ForwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                    const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
-                                    at::IntArrayRef, at::IntArrayRef, bool, at::IntArrayRef, int64_t,
-                                    std::optional<at::ScalarType>, c10::string_view);
 using BackwardSignature = Six(const at::Tensor&, const std::optional<at::Tensor>&, c10::SymIntArrayRef,
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool, at::IntArrayRef, int64_t,
@@ -275,9 +271,8 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction> {
     layer_autograd::save_compute_dtype(ctx, compute_dtype);
     ctx->saved_data["algorithm"] = std::string(algorithm);
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto op = layer_autograd::typed_op<ForwardSignature>("qlayers::quaternion_conv");
-    return op.call(input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding, groups,
-                             compute_dtype, algorithm);
+    return ops::quaternion_conv(input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding,
+                                groups, compute_dtype, algorithm);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,

@@ -24,6 +24,7 @@
 #include "layer_checks.h"
 #include "linear_choice.h"
 #include "linear_formulations.h"
+#include "qlayers_ops.h"
 
 namespace qlayers {
 namespace linear {
@@ -154,9 +155,6 @@ std::array<at::Tensor, 6> linear_gradients(const at::Tensor& grad_output, const 
   return grads;
 }
 
-using ForwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                    const at::Tensor&, const std::optional<at::Tensor>&,
-                                    std::optional<at::ScalarType>, c10::string_view);
 using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, std::optional<at::ScalarType>, c10::string_view, std::array<bool, 6>);
@@ -177,8 +175,7 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction> {
     // The operator again, below autograd: a traced graph (torch.compile, torch.export) records this
     // one opaque call, never W, and eager calls reach the same kernel.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto op = layer_autograd::typed_op<ForwardSignature>("qlayers::quaternion_linear");
-    return op.call(input, r, i, j, k, bias, compute_dtype, algorithm);
+    return ops::quaternion_linear(input, r, i, j, k, bias, compute_dtype, algorithm);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,

@@ -8,9 +8,10 @@
 // it is for large weights only. Absent from torch builds without oneDNN: available() says so.
 // Float32 only: the callers keep other dtypes on their own GEMMs.
 //
-// The package's one private torch API in C++ (the Python side's are in qlayers/_torch_internals.py):
-// both ops are torch internals, underscored, reached through the dispatcher by name and checked by
-// schema (onednn_linear.cpp). Checked on torch 2.9-2.14, the supported range; a torch that drops or
+// One of the package's two uses of torch internals in C++ (the other is eager_calls.cpp, which reads
+// torch's Python tensor objects and its thread-local modes; the Python side's are in
+// qlayers/_torch_internals.py): both ops are torch internals, underscored, reached through the
+// dispatcher by name and checked by schema (onednn_linear.cpp). Checked on torch 2.9-2.14, the supported range; a torch that drops or
 // changes them turns this path off (available() is false), it does not break the build.
 #pragma once
 

@@ -7,6 +7,7 @@
 #include <c10/util/string_view.h>
 
 #include <array>
+#include <optional>
 #include <tuple>
 
 namespace qlayers {
@@ -83,6 +84,35 @@ inline void recurrent_gates_backward(const at::Tensor& pre, const c10::optional<
                                          Optional, c10::string_view, at::IntArrayRef, bool, Optional)>();
   op.call(pre, grad_output, grad_hidden, grad_cell, hidden_prev, cell_prev, cell, cell_name, slots, gate_major,
           mask);
+}
+
+// The layer operators themselves: their Autograd kernels call them again below autograd, and
+// eager_calls.cpp calls them from Python without the boxed call.
+inline at::Tensor quaternion_linear(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i,
+                                    const at::Tensor& j, const at::Tensor& k, const std::optional<at::Tensor>& bias,
+                                    std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("qlayers::quaternion_linear", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                               std::optional<at::ScalarType>, c10::string_view)>();
+  return op.call(input, r, i, j, k, bias, compute_dtype, algorithm);
+}
+
+inline at::Tensor quaternion_conv(const at::Tensor& input, const at::Tensor& r, const at::Tensor& i,
+                                  const at::Tensor& j, const at::Tensor& k, const std::optional<at::Tensor>& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  bool transposed, at::IntArrayRef output_padding, int64_t groups,
+                                  std::optional<at::ScalarType> compute_dtype, c10::string_view algorithm) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("qlayers::quaternion_conv", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
+                            at::IntArrayRef, bool, at::IntArrayRef, int64_t, std::optional<at::ScalarType>,
+                            c10::string_view)>();
+  return op.call(input, r, i, j, k, bias, stride, padding, dilation, transposed, output_padding, groups,
+                 compute_dtype, algorithm);
 }
 
 }  // namespace ops

@@ -22,6 +22,11 @@ import torch
 from torch import Tensor
 
 from qlayers import _torch_internals
+
+# The operator called without torch.ops' boxed call, in the plain eager case (exact tensors, no mode,
+# transform or autocast), or NotImplemented (csrc/eager_calls.cpp). Its arguments are
+# aten::convolution's, in its order, then the algorithm.
+from qlayers._C import quaternion_conv as eager_conv
 from qlayers.functional._autocast import _autocast_dtype
 from qlayers.ops._shared import _transforms_active
 from qlayers.ops.checks import check_conv_arguments, check_tensors
@@ -73,6 +78,13 @@ def quaternion_conv(
     ``torch.compile`` and ``torch.export`` the convolution is the same one operator, which chooses
     its formulation at run time.
     """
+    if not torch.compiler.is_compiling():
+        output = eager_conv(
+            input, r_weight, i_weight, j_weight, k_weight, bias, stride, padding, dilation, transposed,
+            output_padding, groups, algorithm,
+        )  # fmt: skip
+        if output is not NotImplemented:
+            return output
     components = (r_weight, i_weight, j_weight, k_weight)
     if not isinstance(r_weight, Tensor):
         check_tensors(_op_name(transposed), input, components, bias)

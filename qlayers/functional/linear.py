@@ -15,6 +15,10 @@ import torch
 from torch import Tensor
 
 from qlayers import _torch_internals
+
+# The operator called without torch.ops' boxed call, in the plain eager case (exact tensors, no mode,
+# transform or autocast), or NotImplemented (csrc/eager_calls.cpp).
+from qlayers._C import quaternion_linear as eager_linear
 from qlayers.functional._autocast import _autocast_dtype
 from qlayers.functional.choice import check_algorithm
 from qlayers.ops._shared import _transforms_active
@@ -50,6 +54,10 @@ def quaternion_linear(
         product is the same one operator, which picks the formulations from the concrete sizes at
         run time: W never enters a traced graph, and no guard on the batch size is installed.
     """
+    if not torch.compiler.is_compiling():
+        output = eager_linear(input, r_weight, i_weight, j_weight, k_weight, bias, algorithm)
+        if output is not NotImplemented:
+            return output
     components = (r_weight, i_weight, j_weight, k_weight)
     if torch.compiler.is_compiling() or not _transforms_active():
         # Outside autocast (one cheap flag) there is no compute dtype to look up. The operator checks

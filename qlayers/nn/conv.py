@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from qlayers import _torch_internals, functional, reference
 from qlayers import init as quaternion_init
+from qlayers.functional.conv import eager_conv
 from qlayers.nn._parameters import quaternion_parameters, register_quaternion_parameters
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -115,6 +116,16 @@ class _QConvNd(nn.Module):
         return tuple((p, p) for p in self.padding)
 
     def forward(self, input: Tensor) -> Tensor:
+        # The plain case (a batched input, numeric zero padding) in one call of the operator, past
+        # torch.ops' boxed call (csrc/eager_calls.cpp): a small convolution pays for each line here.
+        if self.memory_efficient and self.padding_mode == "zeros" and not torch.compiler.is_compiling():
+            r_weight, i_weight, j_weight, k_weight, bias = quaternion_parameters(self)
+            output = eager_conv(
+                input, r_weight, i_weight, j_weight, k_weight, bias, self.stride, self.padding, self.dilation,
+                self.transposed, self.output_padding, self.groups, self.algorithm,
+            )  # fmt: skip
+            if output is not NotImplemented:
+                return output
         if not isinstance(input, Tensor):
             raise TypeError(f"{type(self).__name__}: expected input to be a Tensor, got {type(input).__name__}")
         unbatched = input.dim() == self.dims + 1
