@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import baselines  # noqa: E402
 import choose_linear  # noqa: E402
 import compare  # noqa: E402
+import eight_gemm_libraries  # noqa: E402
 import measure  # noqa: E402
 import per_call  # noqa: E402
 import recurrent  # noqa: E402
@@ -220,6 +221,21 @@ def test_choose_linear_times_every_formulation(capsys):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[-1] in choose_linear.FORMULATIONS
         assert all(float(t) > 0 for t in cells[3:-1])
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_eight_gemm_libraries_times_every_variant_against_the_onednn_dense_layer(capsys):
+    eight_gemm_libraries.main(["--sizes", "8x16", "--rounds", "2", "--number", "1"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8 x 16 |")]
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert len(cells) == 1 + 5 + 4  # the size, five times, four ratios
+    assert all(float(c) > 0 for c in cells[1:])
+    # The variants compute the products they name, each library the same ones.
+    fns = eight_gemm_libraries.variants(8, 16)
+    eight = fns["eight bmm"]()
+    assert eight.shape == (8, 8, 4)
+    torch.testing.assert_close(torch.stack(fns["eight oneDNN, weights packed"]()), eight, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fns["dense oneDNN"](), fns["dense mm"](), rtol=1e-5, atol=1e-5)
 
 
 def test_per_call_reports_both_layers(capsys):
