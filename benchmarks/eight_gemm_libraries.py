@@ -15,7 +15,7 @@ rounds (each round times every variant once; the medians of the rounds' ratios a
   would pay).
 The operand sums and the combination (block_mix) are the same work on either library and are not
 timed. The question it answers: how much of half the multiplications oneDNN would realise. Needs a
-torch with oneDNN (``torch.backends.mkldnn.is_available()``).
+torch with oneDNN's linear (qlayers._torch_internals.onednn_linear_available()).
 """
 
 import argparse
@@ -24,10 +24,11 @@ import time
 
 import torch
 
+from qlayers import _torch_internals
+
 
 def variants(rows, features):
-    reorder = torch.ops.mkldnn._reorder_linear_weight.default
-    linear = torch.ops.mkldnn._linear_pointwise.default
+    reorder, linear = _torch_internals.onednn_reorder_linear_weight, _torch_internals.onednn_linear
     n = features // 4
     x, weight = torch.randn(rows, features), torch.randn(features, features)
     packed = reorder(weight.t().contiguous(), rows)
@@ -37,15 +38,13 @@ def variants(rows, features):
 
     def eight_packed_per_call():
         for t in range(8):
-            linear(sums[t], reorder(left[t].t().contiguous(), rows), None, "none", [], None)
+            linear(sums[t], reorder(left[t].t().contiguous(), rows))
 
     return {
         "dense mm": lambda: torch.mm(x, weight),
-        "dense oneDNN": lambda: linear(x, packed, None, "none", [], None),
+        "dense oneDNN": lambda: linear(x, packed),
         "eight bmm": lambda: torch.bmm(sums, left, out=products),
-        "eight oneDNN, weights packed": lambda: [
-            linear(sums[t], packed_left[t], None, "none", [], None) for t in range(8)
-        ],
+        "eight oneDNN, weights packed": lambda: [linear(sums[t], packed_left[t]) for t in range(8)],
         "eight oneDNN, packed per call": eight_packed_per_call,
     }
 
@@ -70,7 +69,7 @@ def main(argv=None):
     parser.add_argument("--number", type=int, default=3, help="calls per variant per round")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if not torch.backends.mkldnn.is_available():
+    if not _torch_internals.onednn_linear_available():
         raise SystemExit("eight_gemm_libraries: this torch has no oneDNN")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -223,7 +223,7 @@ def test_choose_linear_times_every_formulation(capsys):
         assert all(float(t) > 0 for t in cells[3:-1])
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+@pytest.mark.skipif(not qlayers._torch_internals.onednn_linear_available(), reason="this torch has no oneDNN linear")
 def test_eight_gemm_libraries_times_every_variant_against_the_onednn_dense_layer(capsys):
     eight_gemm_libraries.main(["--sizes", "8x16", "--rounds", "2", "--number", "1"])
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8 x 16 |")]
